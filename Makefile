@@ -1,0 +1,25 @@
+# Each target builds the virtual environment it needs from this project's own files.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,demo,bench]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m numba_opt.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/bench_roof.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

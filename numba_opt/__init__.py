@@ -1,0 +1,13 @@
+"""numba_opt: torch.optim-style optimizers for NumPy (and CUDA) arrays, run by Numba kernels.
+
+    import numba_opt as nopt
+    opt = nopt.Adam([W, b], lr=1e-3)
+    opt.step([dW, db])          # updates W and b in place
+
+The CUDA backend is imported only when CUDA arrays (or device="cuda") are used.
+"""
+from . import functional
+from .optim import SGD, Adagrad, Adam, AdamW, Optimizer, RMSProp, RMSprop
+
+__version__ = "0.1.0"
+__all__ = ["Optimizer", "SGD", "RMSprop", "RMSProp", "Adam", "AdamW", "Adagrad", "functional"]

@@ -1,0 +1,109 @@
+"""The per-element update rules: the ONLY place the optimizer equations live.
+
+Each rule is a scalar function ``rule(param, grad, *state, h) -> (param, *state)`` compiled with
+``inline="always"`` so that the CPU prange loops (``_cpu.py``) and the CUDA kernels (``_cuda.py``)
+both inline the very same arithmetic.  ``h`` is a namedtuple of scalars that the host computed once
+per step in float64 and cast to the array dtype (see ``functional.py``): the rules never build a
+float constant of their own (``math.sqrt``, not ``** 0.5``), so float32 kernels stay float32 and
+never compile a second signature.
+
+Semantics follow torch.optim (see DESIGN.md); comments name where a convention differs.
+"""
+import math
+from collections import namedtuple
+
+from numba import njit
+
+_rule = njit(inline="always", error_model="numpy")
+
+SGDScalars = namedtuple(
+    "SGDScalars",
+    "lr momentum one_minus_dampening weight_decay nesterov maximize first_momentum_step",
+)
+RMSpropScalars = namedtuple(
+    "RMSpropScalars",
+    "lr alpha one_minus_alpha eps weight_decay momentum centered eps_inside_sqrt maximize",
+)
+AdamScalars = namedtuple(
+    "AdamScalars",
+    # param_scale is 1 - lr*weight_decay for AdamW's decoupled decay, exactly 1 otherwise;
+    # weight_decay is the coupled L2 term (0 for AdamW).
+    "step_size beta1 one_minus_beta1 beta2 one_minus_beta2 eps bias_correction2_sqrt "
+    "weight_decay param_scale amsgrad maximize",
+)
+AdagradScalars = namedtuple("AdagradScalars", "clr eps weight_decay maximize")
+
+
+@_rule
+def sgd(param, grad, momentum_buffer, h):
+    """SGD with optional momentum/Nesterov. ``momentum_buffer`` is ignored when momentum == 0."""
+    if h.maximize:
+        grad = -grad
+    if h.weight_decay != 0:
+        grad = grad + h.weight_decay * param
+    if h.momentum != 0:
+        if h.first_momentum_step:
+            # torch: the buffer starts as a copy of the gradient, undampened
+            momentum_buffer = grad
+        else:
+            momentum_buffer = h.momentum * momentum_buffer + h.one_minus_dampening * grad
+        if h.nesterov:
+            grad = grad + h.momentum * momentum_buffer
+        else:
+            grad = momentum_buffer
+    return param - h.lr * grad, momentum_buffer
+
+
+@_rule
+def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, h):
+    """RMSprop; ``grad_avg`` is used only when centered, ``momentum_buffer`` only when momentum > 0."""
+    if h.maximize:
+        grad = -grad
+    if h.weight_decay != 0:
+        grad = grad + h.weight_decay * param
+    square_avg = h.alpha * square_avg + h.one_minus_alpha * grad * grad
+    variance = square_avg
+    if h.centered:
+        grad_avg = h.alpha * grad_avg + h.one_minus_alpha * grad
+        variance = square_avg - grad_avg * grad_avg
+    if h.eps_inside_sqrt:
+        denom = math.sqrt(variance + h.eps)  # TF/Keras: sqrt(v + eps)
+    else:
+        denom = math.sqrt(variance) + h.eps  # torch: sqrt(v) + eps
+    if h.momentum > 0:
+        momentum_buffer = h.momentum * momentum_buffer + grad / denom
+        param = param - h.lr * momentum_buffer
+    else:
+        param = param - h.lr * (grad / denom)
+    return param, square_avg, grad_avg, momentum_buffer
+
+
+@_rule
+def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, h):
+    """Adam / AdamW with bias correction; ``max_exp_avg_sq`` is used only with amsgrad."""
+    if h.maximize:
+        grad = -grad
+    param = param * h.param_scale  # decoupled decay (AdamW) happens before the moment update
+    if h.weight_decay != 0:
+        grad = grad + h.weight_decay * param
+    exp_avg = h.beta1 * exp_avg + h.one_minus_beta1 * grad
+    exp_avg_sq = h.beta2 * exp_avg_sq + h.one_minus_beta2 * grad * grad
+    second_moment = exp_avg_sq
+    if h.amsgrad:
+        # max on the raw (uncorrected) second moment, NaN-propagating like torch.maximum
+        if exp_avg_sq > max_exp_avg_sq or exp_avg_sq != exp_avg_sq:
+            max_exp_avg_sq = exp_avg_sq
+        second_moment = max_exp_avg_sq
+    denom = math.sqrt(second_moment) / h.bias_correction2_sqrt + h.eps
+    return param - h.step_size * exp_avg / denom, exp_avg, exp_avg_sq, max_exp_avg_sq
+
+
+@_rule
+def adagrad(param, grad, state_sum, h):
+    """Adagrad; ``h.clr`` already holds lr / (1 + (t - 1) * lr_decay)."""
+    if h.maximize:
+        grad = -grad
+    if h.weight_decay != 0:
+        grad = grad + h.weight_decay * param
+    state_sum = state_sum + grad * grad
+    return param - h.clr * grad / (math.sqrt(state_sum) + h.eps), state_sum

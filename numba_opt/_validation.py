@@ -1,0 +1,126 @@
+"""Checks shared by the optimizer classes and the functional layer.
+
+Every check raises before anything is modified, with a message that names the offending parameter.
+TypeError: wrong kind of thing (not an array, wrong dtype, not a number); ValueError: right kind,
+wrong value (shape, layout, read-only, out of range).
+"""
+import math
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _layout(array):
+    """(c_contiguous, f_contiguous, readonly) for a NumPy array or a __cuda_array_interface__ object."""
+    if isinstance(array, np.ndarray):
+        return array.flags.c_contiguous, array.flags.f_contiguous, not array.flags.writeable
+    cai = array.__cuda_array_interface__
+    shape, strides = tuple(cai["shape"]), cai.get("strides")
+    readonly = bool(cai["data"][1])
+    if strides is None:  # the interface's way of saying C-contiguous
+        return True, len(shape) <= 1, readonly
+    itemsize = np.dtype(cai["typestr"]).itemsize
+
+    def contiguous(dims):
+        expected = itemsize
+        for extent, stride in dims:
+            if extent > 1 and stride != expected:
+                return False
+            expected *= extent
+        return True
+
+    dims = list(zip(shape, strides))
+    return contiguous(reversed(dims)), contiguous(dims), readonly
+
+
+def is_array(obj):
+    return isinstance(obj, np.ndarray) or hasattr(obj, "__cuda_array_interface__")
+
+
+def _require_array(obj, name):
+    if not is_array(obj):
+        raise TypeError(f"{name} must be a NumPy array or a CUDA array, got {type(obj).__name__}")
+
+
+def check_param(array, name):
+    _require_array(array, name)
+    dtype = array.dtype
+    if np.dtype(dtype) not in FLOAT_DTYPES:
+        raise TypeError(f"{name} has dtype {dtype}; numba_opt updates float32 or float64 arrays")
+    c_contiguous, f_contiguous, readonly = _layout(array)
+    if not (c_contiguous or f_contiguous):
+        raise ValueError(f"{name} is not contiguous; the update is in place, so pass the array "
+                         "itself, not a strided view (np.ascontiguousarray would copy it)")
+    if readonly:
+        raise ValueError(f"{name} is read-only; the update is in place and needs a writeable array")
+
+
+def check_like(array, param, name, param_name, writeable=False):
+    """A gradient or state array must match its param exactly: shape, dtype and memory order."""
+    _require_array(array, name)
+    dtype = array.dtype
+    if tuple(array.shape) != tuple(param.shape):
+        raise ValueError(f"{name} has shape {tuple(array.shape)} but {param_name} has shape "
+                         f"{tuple(param.shape)}")
+    if np.dtype(dtype) != np.dtype(param.dtype):
+        raise TypeError(f"{name} has dtype {dtype} but {param_name} has dtype {param.dtype}; "
+                        "numba_opt does not convert dtypes silently")
+    c_contiguous, f_contiguous, readonly = _layout(array)
+    p_c, p_f, _ = _layout(param)
+    if not ((c_contiguous and p_c) or (f_contiguous and p_f)):
+        raise ValueError(f"{name} is not contiguous in the same memory order as {param_name}")
+    if writeable and readonly:
+        raise ValueError(f"{name} is read-only")
+
+
+def real(name, value):
+    """A finite real number (bools are refused: lr=True is a bug, not 1.0)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+def non_negative(name, value):
+    value = real(name, value)
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return value
+
+
+def in_range(name, value, low, high, high_inclusive=False):
+    value = real(name, value)
+    if not (low <= value < high or (high_inclusive and value == high)):
+        closing = "]" if high_inclusive else ")"
+        raise ValueError(f"{name} must be in [{low}, {high}{closing}, got {value}")
+    return value
+
+
+def flag(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def betas(name, value):
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"{name} must be a pair (beta1, beta2), got {value!r}")
+    return (in_range(f"{name}[0]", value[0], 0.0, 1.0), in_range(f"{name}[1]", value[1], 0.0, 1.0))
+
+
+def count(name, value, low=0):
+    """An int >= low (bools refused)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    return int(value)
+
+
+def step_number(name, value):
+    """A 1-based step count."""
+    return count(name, value, low=1)

@@ -1,0 +1,51 @@
+"""Where the arrays live decides which backend runs the kernels.
+
+``device="auto"`` follows the arrays: NumPy arrays -> the CPU kernels in ``_cpu``; objects with
+``__cuda_array_interface__`` (numba device arrays, CuPy, torch CUDA tensors) -> the CUDA kernels in
+``_cuda``.  Nothing is ever copied between host and device: a mismatch is a TypeError naming the
+array.  Backends are modules with the same kernel names, imported on first use, so importing
+numba_opt never initialises CUDA.
+"""
+import importlib
+
+import numpy as np
+
+DEVICES = ("auto", "cpu", "cuda")
+_BACKEND_MODULES = {"cpu": "numba_opt._cpu", "cuda": "numba_opt._cuda"}
+
+
+def location(array):
+    """'cpu', 'cuda', or None for something that is neither kind of array."""
+    if isinstance(array, np.ndarray):
+        return "cpu"
+    if hasattr(array, "__cuda_array_interface__"):
+        return "cuda"
+    return None
+
+
+def resolve_device(device, named_arrays):
+    """The device every array in ``named_arrays`` (pairs of name, array) lives on, checked."""
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    decided_by = f"device={device!r}"
+    for name, array in named_arrays:
+        where = location(array)
+        if where is None:
+            raise TypeError(f"{name} must be a NumPy array or a CUDA array, "
+                            f"got {type(array).__name__}")
+        if device == "auto":
+            device, decided_by = where, f"set by {name}"
+        elif where != device:
+            raise TypeError(f"{name} lives on {where} but the optimizer runs on {device} "
+                            f"({decided_by}); numba_opt never copies between host and device")
+    return "cpu" if device == "auto" else device
+
+
+def backend(device):
+    """The kernel module for a resolved device ('cpu' or 'cuda')."""
+    try:
+        return importlib.import_module(_BACKEND_MODULES[device])
+    except ImportError as exc:
+        raise RuntimeError(
+            "device='cuda' needs the CUDA backend: pip install 'numba-opt[cuda]' (numba-cuda) "
+            f"and an NVIDIA driver ({exc})") from exc

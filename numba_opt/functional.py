@@ -1,0 +1,199 @@
+"""Stateless step functions, and the host-side half of every update rule.
+
+For each optimizer this module holds:
+- ``<name>_layout(...)``: which kernel runs and which state buffers it updates, in kernel order;
+- ``<name>_scalars(dtype, ...)``: every per-step scalar (bias corrections, 1 - beta, lr / bc1 ...)
+  computed once in float64 and cast to the array dtype, packed in the ``_math`` namedtuple;
+- ``<name>_step(param, grad, *state, ...)``: the public function for users who keep their own
+  state.  It validates everything, then updates ``param`` and the state arrays in place.
+
+The optimizer classes (``numba_opt.optim``) use the same layout and scalars functions, so the host
+arithmetic exists once.  Each ``*_step`` works on one array; its state arrays must match the param
+in shape, dtype, memory order and device, and are updated in place.
+"""
+import math
+
+import numpy as np
+
+from . import _math, _validation as check, dispatch
+
+
+def _cast(dtype):
+    return np.dtype(dtype).type
+
+
+# ----------------------------------------------------------------------------------------- SGD
+def sgd_layout(momentum):
+    if momentum != 0:
+        return "sgd_momentum", ("momentum_buffer",)
+    return "sgd", ()
+
+
+def sgd_scalars(dtype, *, lr, momentum, dampening, weight_decay, nesterov, maximize,
+                first_momentum_step):
+    c = _cast(dtype)
+    return _math.SGDScalars(c(lr), c(momentum), c(1.0 - dampening), c(weight_decay),
+                            bool(nesterov), bool(maximize), bool(first_momentum_step))
+
+
+def check_sgd(lr, momentum, dampening, weight_decay, nesterov, maximize):
+    check.non_negative("lr", lr)
+    check.non_negative("momentum", momentum)
+    check.real("dampening", dampening)
+    check.non_negative("weight_decay", weight_decay)
+    if check.flag("nesterov", nesterov) and (momentum <= 0 or dampening != 0):
+        raise ValueError("nesterov=True requires momentum > 0 and dampening == 0")
+    check.flag("maximize", maximize)
+
+
+def sgd_step(param, grad, momentum_buffer=None, *, step, lr=1e-3, momentum=0.0, dampening=0.0,
+             weight_decay=0.0, nesterov=False, maximize=False, device="auto"):
+    """One SGD step on ``param`` in place.  With momentum, ``momentum_buffer`` is required; at
+    ``step == 1`` it is overwritten with the gradient (torch's first-step rule)."""
+    check_sgd(lr, momentum, dampening, weight_decay, nesterov, maximize)
+    step = check.step_number("step", step)
+    kernel, names = sgd_layout(momentum)
+    h = sgd_scalars(param.dtype, lr=lr, momentum=momentum, dampening=dampening,
+                    weight_decay=weight_decay, nesterov=nesterov, maximize=maximize,
+                    first_momentum_step=step == 1)
+    _run(kernel, device, param, grad, names, (momentum_buffer,), h)
+
+
+# ------------------------------------------------------------------------------------- RMSprop
+def rmsprop_layout(centered, momentum):
+    names = ("square_avg",) + (("grad_avg",) if centered else ()) + (
+        ("momentum_buffer",) if momentum > 0 else ())
+    kernel = "rmsprop" + ("_centered" if centered else "") + ("_momentum" if momentum > 0 else "")
+    return kernel, names
+
+
+def rmsprop_scalars(dtype, *, lr, alpha, eps, weight_decay, momentum, centered, eps_inside_sqrt,
+                    maximize):
+    c = _cast(dtype)
+    return _math.RMSpropScalars(c(lr), c(alpha), c(1.0 - alpha), c(eps), c(weight_decay),
+                                c(momentum), bool(centered), bool(eps_inside_sqrt),
+                                bool(maximize))
+
+
+def check_rmsprop(lr, alpha, eps, weight_decay, momentum, centered, eps_inside_sqrt, maximize):
+    check.non_negative("lr", lr)
+    check.in_range("alpha", alpha, 0.0, 1.0, high_inclusive=True)
+    check.non_negative("eps", eps)
+    check.non_negative("weight_decay", weight_decay)
+    check.non_negative("momentum", momentum)
+    check.flag("centered", centered)
+    check.flag("eps_inside_sqrt", eps_inside_sqrt)
+    check.flag("maximize", maximize)
+
+
+def rmsprop_step(param, grad, square_avg, grad_avg=None, momentum_buffer=None, *, lr=1e-2,
+                 alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
+                 eps_inside_sqrt=False, maximize=False, device="auto"):
+    """One RMSprop step in place; ``grad_avg`` is needed when centered, ``momentum_buffer`` when
+    momentum > 0.  ``eps_inside_sqrt=True`` uses the TF/Keras denominator sqrt(v + eps)."""
+    check_rmsprop(lr, alpha, eps, weight_decay, momentum, centered, eps_inside_sqrt, maximize)
+    kernel, names = rmsprop_layout(centered, momentum)
+    given = {"square_avg": square_avg, "grad_avg": grad_avg, "momentum_buffer": momentum_buffer}
+    h = rmsprop_scalars(param.dtype, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                        momentum=momentum, centered=centered, eps_inside_sqrt=eps_inside_sqrt,
+                        maximize=maximize)
+    _run(kernel, device, param, grad, names, [given[n] for n in names], h)
+
+
+# ---------------------------------------------------------------------------------- Adam/AdamW
+def adam_layout(amsgrad):
+    if amsgrad:
+        return "adam_amsgrad", ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    return "adam", ("exp_avg", "exp_avg_sq")
+
+
+def adam_scalars(dtype, *, step, lr, betas, eps, weight_decay, amsgrad, maximize, decoupled):
+    beta1, beta2 = betas
+    bias_correction1 = 1.0 - beta1 ** step
+    bias_correction2 = 1.0 - beta2 ** step
+    c = _cast(dtype)
+    return _math.AdamScalars(
+        step_size=c(lr / bias_correction1), beta1=c(beta1), one_minus_beta1=c(1.0 - beta1),
+        beta2=c(beta2), one_minus_beta2=c(1.0 - beta2), eps=c(eps),
+        bias_correction2_sqrt=c(math.sqrt(bias_correction2)),
+        weight_decay=c(0.0 if decoupled else weight_decay),
+        param_scale=c(1.0 - lr * weight_decay if decoupled else 1.0),
+        amsgrad=bool(amsgrad), maximize=bool(maximize))
+
+
+def check_adam(lr, betas, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay=False):
+    check.non_negative("lr", lr)
+    check.betas("betas", betas)
+    check.non_negative("eps", eps)
+    check.non_negative("weight_decay", weight_decay)
+    check.flag("amsgrad", amsgrad)
+    check.flag("maximize", maximize)
+    check.flag("decoupled_weight_decay", decoupled_weight_decay)
+
+
+def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3,
+              betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False,
+              decoupled_weight_decay=False, device="auto"):
+    """One Adam step in place (AdamW with ``decoupled_weight_decay=True``).  ``step`` is this
+    step's 1-based count, used for bias correction; ``max_exp_avg_sq`` is needed with amsgrad."""
+    check_adam(lr, betas, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay)
+    step = check.step_number("step", step)
+    kernel, names = adam_layout(amsgrad)
+    h = adam_scalars(param.dtype, step=step, lr=lr, betas=betas, eps=eps,
+                     weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
+                     decoupled=decoupled_weight_decay)
+    _run(kernel, device, param, grad, names, (exp_avg, exp_avg_sq, max_exp_avg_sq)[:len(names)], h)
+
+
+def adamw_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3,
+               betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, maximize=False,
+               device="auto"):
+    """One AdamW step in place: Adam with decoupled weight decay (torch's AdamW defaults)."""
+    adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step=step, lr=lr, betas=betas,
+              eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
+              decoupled_weight_decay=True, device=device)
+
+
+# ------------------------------------------------------------------------------------- Adagrad
+def adagrad_layout():
+    return "adagrad", ("sum",)
+
+
+def adagrad_scalars(dtype, *, step, lr, lr_decay, eps, weight_decay, maximize):
+    c = _cast(dtype)
+    return _math.AdagradScalars(c(lr / (1.0 + (step - 1) * lr_decay)), c(eps), c(weight_decay),
+                                bool(maximize))
+
+
+def check_adagrad(lr, lr_decay, weight_decay, initial_accumulator_value, eps, maximize):
+    check.non_negative("lr", lr)
+    check.non_negative("lr_decay", lr_decay)
+    check.non_negative("weight_decay", weight_decay)
+    check.non_negative("initial_accumulator_value", initial_accumulator_value)
+    check.non_negative("eps", eps)
+    check.flag("maximize", maximize)
+
+
+def adagrad_step(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
+                 eps=1e-10, maximize=False, device="auto"):
+    """One Adagrad step in place; ``state_sum`` starts at initial_accumulator_value."""
+    check_adagrad(lr, lr_decay, weight_decay, 0.0, eps, maximize)
+    step = check.step_number("step", step)
+    kernel, names = adagrad_layout()
+    h = adagrad_scalars(param.dtype, step=step, lr=lr, lr_decay=lr_decay, eps=eps,
+                        weight_decay=weight_decay, maximize=maximize)
+    _run(kernel, device, param, grad, names, (state_sum,), h)
+
+
+# -------------------------------------------------------------------------------------- common
+def _run(kernel_name, device, param, grad, state_names, states, h):
+    """Validate one param, its grad and its state arrays, then run the kernel on flat views."""
+    check.check_param(param, "param")
+    check.check_like(grad, param, "grad", "param")
+    for name, state in zip(state_names, states):
+        if state is None:
+            raise ValueError(f"{name} is required with these options")
+        check.check_like(state, param, name, "param", writeable=True)
+    named = [("param", param), ("grad", grad), *zip(state_names, states)]
+    backend = dispatch.backend(dispatch.resolve_device(device, named))
+    getattr(backend, kernel_name)(*(backend.flat(a) for _, a in named), h)

@@ -1,0 +1,40 @@
+from .. import functional as F
+from .base import Optimizer
+
+
+class Adam(Optimizer):
+    """Adam with bias correction (torch.optim.Adam), optional AMSGrad and L2 weight decay.
+
+    m <- beta1*m + (1 - beta1)*g; v <- beta2*v + (1 - beta2)*g^2;
+    p <- p - lr/(1 - beta1^t) * m / (sqrt(v)/sqrt(1 - beta2^t) + eps).
+    ``decoupled_weight_decay=True`` makes it AdamW.
+    """
+    state_names = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 amsgrad=False, maximize=False, decoupled_weight_decay=False, device="auto"):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      amsgrad=amsgrad, maximize=maximize,
+                                      decoupled_weight_decay=decoupled_weight_decay), device)
+
+    def _check(self, hyper):
+        F.check_adam(**hyper)
+
+    def _layout(self, group):
+        return F.adam_layout(group["amsgrad"])
+
+    def _scalars(self, group, dtype, step, fresh):
+        return F.adam_scalars(dtype, step=step, lr=group["lr"], betas=group["betas"],
+                              eps=group["eps"], weight_decay=group["weight_decay"],
+                              amsgrad=group["amsgrad"], maximize=group["maximize"],
+                              decoupled=group["decoupled_weight_decay"])
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (torch.optim.AdamW): p <- p*(1 - lr*wd) before the update."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 amsgrad=False, maximize=False, device="auto"):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=True,
+                         device=device)

@@ -1,0 +1,33 @@
+from .. import functional as F
+from .base import Optimizer
+
+
+class RMSprop(Optimizer):
+    """RMSprop (torch.optim.RMSprop): plain, centered, with momentum, with L2 weight decay.
+
+    v <- alpha*v + (1 - alpha)*g^2; denom = sqrt(v) + eps (centered: sqrt(v - gbar^2) + eps).
+    ``eps_inside_sqrt=True`` switches to the TF/Keras denominator sqrt(v + eps).
+    """
+    state_names = ("square_avg", "grad_avg", "momentum_buffer")
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
+                 centered=False, maximize=False, eps_inside_sqrt=False, device="auto"):
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                                      momentum=momentum, centered=centered, maximize=maximize,
+                                      eps_inside_sqrt=eps_inside_sqrt), device)
+
+    def _check(self, hyper):
+        F.check_rmsprop(**hyper)
+
+    def _layout(self, group):
+        return F.rmsprop_layout(group["centered"], group["momentum"])
+
+    def _scalars(self, group, dtype, step, fresh):
+        return F.rmsprop_scalars(dtype, lr=group["lr"], alpha=group["alpha"], eps=group["eps"],
+                                 weight_decay=group["weight_decay"], momentum=group["momentum"],
+                                 centered=group["centered"],
+                                 eps_inside_sqrt=group["eps_inside_sqrt"],
+                                 maximize=group["maximize"])
+
+
+RMSProp = RMSprop  # the spelling of the Keras / course material

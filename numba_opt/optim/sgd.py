@@ -1,0 +1,29 @@
+from .. import functional as F
+from .base import Optimizer
+
+
+class SGD(Optimizer):
+    """SGD with optional momentum, dampening, Nesterov momentum and L2 weight decay (torch.optim.SGD).
+
+    With momentum, the first step sets the buffer to the gradient (no dampening), later steps
+    b <- momentum*b + (1 - dampening)*g; Nesterov uses g + momentum*b; then p <- p - lr*g.
+    """
+    state_names = ("momentum_buffer",)
+
+    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
+                 nesterov=False, maximize=False, device="auto"):
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
+                                      weight_decay=weight_decay, nesterov=nesterov,
+                                      maximize=maximize), device)
+
+    def _check(self, hyper):
+        F.check_sgd(**hyper)
+
+    def _layout(self, group):
+        return F.sgd_layout(group["momentum"])
+
+    def _scalars(self, group, dtype, step, fresh):
+        return F.sgd_scalars(dtype, lr=group["lr"], momentum=group["momentum"],
+                             dampening=group["dampening"], weight_decay=group["weight_decay"],
+                             nesterov=group["nesterov"], maximize=group["maximize"],
+                             first_momentum_step="momentum_buffer" in fresh)

@@ -1,0 +1,62 @@
+"""The table of optimizers under test and the problem they are run on."""
+import numpy as np
+
+import numba_opt as nopt
+
+# (optimizer name, constructor kwargs): every option each optimizer has, alone and combined.
+CASES = [
+    ("SGD", {}),
+    ("SGD", {"lr": 0.1}),
+    ("SGD", {"lr": 0.01, "momentum": 0.9}),
+    ("SGD", {"lr": 0.01, "momentum": 0.9, "dampening": 0.3}),
+    ("SGD", {"lr": 0.01, "momentum": 0.9, "nesterov": True}),
+    ("SGD", {"lr": 0.01, "momentum": 0.5, "weight_decay": 0.1, "maximize": True}),
+    ("RMSprop", {}),
+    ("RMSprop", {"centered": True}),
+    ("RMSprop", {"momentum": 0.9}),
+    ("RMSprop", {"centered": True, "momentum": 0.5, "weight_decay": 0.05}),
+    ("RMSprop", {"alpha": 0.9, "eps": 1e-6, "maximize": True}),
+    ("RMSprop", {"eps_inside_sqrt": True, "eps": 1e-7}),
+    ("RMSprop", {"eps_inside_sqrt": True, "centered": True, "momentum": 0.9}),
+    ("Adam", {}),
+    ("Adam", {"lr": 1e-2, "betas": (0.8, 0.99), "eps": 1e-6}),
+    ("Adam", {"amsgrad": True}),
+    ("Adam", {"weight_decay": 0.1, "maximize": True}),
+    ("Adam", {"weight_decay": 0.1, "decoupled_weight_decay": True}),
+    ("AdamW", {}),
+    ("AdamW", {"lr": 1e-2, "weight_decay": 0.3, "amsgrad": True}),
+    ("Adagrad", {}),
+    ("Adagrad", {"lr_decay": 0.05}),
+    ("Adagrad", {"initial_accumulator_value": 0.1, "eps": 1e-6}),
+    ("Adagrad", {"weight_decay": 0.1, "maximize": True}),
+]
+
+# torch.optim has every option above except the TF/Keras denominator
+TORCH_UNSUPPORTED = {"eps_inside_sqrt"}
+
+# Small shapes (serial kernels), a 0-d param, and one above SERIAL_BELOW (parallel kernels).
+SHAPES = [(7, 5), (5,), (3, 4, 2), (), (130, 130)]
+STEPS = 25
+
+TOLERANCE = {np.float32: dict(rtol=1e-5, atol=1e-6), np.float64: dict(rtol=1e-12, atol=1e-13)}
+
+
+def case_id(case):
+    name, kwargs = case
+    return name + ("-" + "-".join(f"{k}={v}" for k, v in kwargs.items()) if kwargs else "")
+
+
+def make_params(dtype, seed=0, shapes=SHAPES):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(shape).astype(dtype) for shape in shapes]
+
+
+def make_grads(params, step, seed=1):
+    """Deterministic per step; scaled so that early and late steps differ in size."""
+    rng = np.random.default_rng((seed, step))
+    scale = 1.0 + 0.5 * np.sin(step)
+    return [np.asarray(scale * rng.standard_normal(p.shape) + 0.1 * p, dtype=p.dtype) for p in params]
+
+
+def optimizer(name, params, **kwargs):
+    return getattr(nopt, name)(params, **kwargs)

@@ -1,0 +1,74 @@
+"""Float64 NumPy reference optimizers, written straight from the equations in DESIGN.md.
+
+Deliberately plain: whole-array NumPy, float64, no shared code with numba_opt.  Each function
+updates ``param`` (a float64 array) and the ``state`` dict in place for one step.
+"""
+import numpy as np
+
+
+def sgd(param, grad, state, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
+        nesterov=False, maximize=False):
+    g = -grad if maximize else grad.copy()
+    if weight_decay:
+        g = g + weight_decay * param
+    if momentum:
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = g.copy()
+        else:
+            state["momentum_buffer"] = momentum * state["momentum_buffer"] + (1 - dampening) * g
+        b = state["momentum_buffer"]
+        g = g + momentum * b if nesterov else b
+    param -= lr * g
+
+
+def rmsprop(param, grad, state, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
+            centered=False, maximize=False, eps_inside_sqrt=False):
+    g = -grad if maximize else grad.copy()
+    if weight_decay:
+        g = g + weight_decay * param
+    v = state["square_avg"] = alpha * state.get("square_avg", 0.0) + (1 - alpha) * g * g
+    if centered:
+        gbar = state["grad_avg"] = alpha * state.get("grad_avg", 0.0) + (1 - alpha) * g
+        v = v - gbar * gbar
+    denom = np.sqrt(v + eps) if eps_inside_sqrt else np.sqrt(v) + eps
+    if momentum > 0:
+        b = state["momentum_buffer"] = momentum * state.get("momentum_buffer", 0.0) + g / denom
+        param -= lr * b
+    else:
+        param -= lr * g / denom
+
+
+def adam(param, grad, state, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+         amsgrad=False, maximize=False, decoupled_weight_decay=False):
+    b1, b2 = betas
+    t = state["step"] = state.get("step", 0) + 1
+    g = -grad if maximize else grad.copy()
+    if weight_decay:
+        if decoupled_weight_decay:
+            param *= 1 - lr * weight_decay
+        else:
+            g = g + weight_decay * param
+    m = state["exp_avg"] = b1 * state.get("exp_avg", 0.0) + (1 - b1) * g
+    v = state["exp_avg_sq"] = b2 * state.get("exp_avg_sq", 0.0) + (1 - b2) * g * g
+    if amsgrad:
+        v = state["max_exp_avg_sq"] = np.maximum(state.get("max_exp_avg_sq", 0.0), v)
+    bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
+    param -= (lr / bc1) * m / (np.sqrt(v) / np.sqrt(bc2) + eps)
+
+
+def adamw(param, grad, state, weight_decay=1e-2, **kw):
+    adam(param, grad, state, weight_decay=weight_decay, decoupled_weight_decay=True, **kw)
+
+
+def adagrad(param, grad, state, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
+            initial_accumulator_value=0.0, eps=1e-10, maximize=False):
+    t = state["step"] = state.get("step", 0) + 1
+    g = -grad if maximize else grad.copy()
+    if weight_decay:
+        g = g + weight_decay * param
+    s = state["sum"] = state.get("sum", initial_accumulator_value) + g * g
+    clr = lr / (1 + (t - 1) * lr_decay)
+    param -= clr * g / (np.sqrt(s) + eps)
+
+
+RULES = {"SGD": sgd, "RMSprop": rmsprop, "Adam": adam, "AdamW": adamw, "Adagrad": adagrad}

@@ -1,0 +1,64 @@
+"""Every optimizer x option x dtype follows the float64 reference written from the equations."""
+import numpy as np
+import pytest
+
+from cases import CASES, STEPS, TOLERANCE, case_id, make_grads, make_params, optimizer
+from reference import RULES
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_matches_float64_reference(case, dtype):
+    name, kwargs = case
+    params = make_params(dtype)
+    ref_params = [p.astype(np.float64) for p in params]
+    ref_state = [{} for _ in params]
+    opt = optimizer(name, params, **kwargs)
+    for step in range(1, STEPS + 1):
+        grads = make_grads(params, step)
+        opt.step(grads)
+        for p, g, s in zip(ref_params, grads, ref_state):
+            RULES[name](p, g.astype(np.float64), s, **kwargs)
+    for i, (p, ref) in enumerate(zip(params, ref_params)):
+        assert p.dtype == dtype
+        np.testing.assert_allclose(p, ref, **TOLERANCE[dtype], err_msg=f"param {i}")
+        assert not np.array_equal(p, make_params(dtype)[i]), "the step did not move the param"
+        for key, buffer in opt.state[i].items():
+            if key == "step":
+                assert buffer == STEPS
+                continue
+            assert buffer.dtype == dtype, f"state {key} of param {i} changed dtype"
+            # A momentum buffer is a running sum: where it crosses zero its float32 error is
+            # relative to the size of the terms summed, so atol scales with the buffer's range.
+            scale = max(1.0, float(np.max(np.abs(ref_state[i][key]))))
+            tol = TOLERANCE[dtype]
+            np.testing.assert_allclose(buffer, ref_state[i][key], rtol=tol["rtol"],
+                                       atol=tol["atol"] * scale,
+                                       err_msg=f"state {key} of param {i}")
+    assert opt.step_count == STEPS
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_functional_matches_class(case):
+    """The stateless functions compute exactly what the classes compute."""
+    import numba_opt.functional as F
+    name, kwargs = case
+    params = make_params(np.float32)
+    mine = [p.copy() for p in params]
+    opt = optimizer(name, params, **kwargs)
+    states = [{} for _ in mine]
+    fn = {"SGD": F.sgd_step, "RMSprop": F.rmsprop_step, "Adam": F.adam_step,
+          "AdamW": F.adamw_step, "Adagrad": F.adagrad_step}[name]
+    for step in range(1, 6):
+        grads = make_grads(params, step)
+        opt.step(grads)
+        for p, g, st in zip(mine, grads, states):
+            if not st:
+                fill = kwargs.get("initial_accumulator_value", 0.0)
+                st.update({k: np.full_like(p, fill) for k in opt.state_names})
+            call = {k: v for k, v in kwargs.items() if k != "initial_accumulator_value"}
+            if name != "RMSprop":
+                call["step"] = step
+            fn(p, g, *st.values(), **call)
+    for p, q in zip(params, mine):
+        np.testing.assert_array_equal(p, q)
