@@ -1,0 +1,150 @@
+"""Param groups, named params, editable hyper-parameters, None grads, state_dict round trips."""
+import numpy as np
+import pytest
+
+import numba_opt as nopt
+from cases import CASES, TOLERANCE, case_id, make_grads, make_params, optimizer
+from reference import RULES
+
+
+def run_reference(name, params, grads_per_step, kwargs_per_param):
+    ref = [p.astype(np.float64) for p in params]
+    states = [{} for _ in params]
+    for grads in grads_per_step:
+        for p, g, s, kw in zip(ref, grads, states, kwargs_per_param):
+            if g is not None:
+                RULES[name](p, g.astype(np.float64), s, **kw)
+    return ref
+
+
+def test_param_groups_use_their_own_hyper_parameters():
+    params = make_params(np.float64)
+    groups = [{"params": params[:2], "lr": 0.1, "momentum": 0.9},
+              {"params": params[2:], "weight_decay": 0.01}]
+    opt = nopt.SGD(groups, lr=0.02)
+    assert opt.param_groups[1]["lr"] == 0.02  # missing keys come from the defaults
+    assert opt.param_groups[1]["momentum"] == 0.0
+    initial = [p.copy() for p in params]
+    steps = [make_grads(params, s) for s in range(1, 21)]
+    for grads in steps:
+        opt.step(grads)
+    kwargs = [dict(lr=0.1, momentum=0.9)] * 2 + [dict(lr=0.02, weight_decay=0.01)] * 3
+    for p, r in zip(params, run_reference("SGD", initial, steps, kwargs)):
+        np.testing.assert_allclose(p, r, **TOLERANCE[np.float64])
+
+
+def test_named_params_take_named_grads():
+    rng = np.random.default_rng(3)
+    model = {"W": rng.standard_normal((4, 3)), "b": np.zeros(3)}
+    initial = {k: v.copy() for k, v in model.items()}
+    opt = nopt.Adam(model, lr=0.01)
+    grads = {"b": np.ones(3), "W": np.full((4, 3), 0.5)}  # order of the dict does not matter
+    opt.step(grads)
+    ref = run_reference("Adam", [initial["W"], initial["b"]], [[grads["W"], grads["b"]]],
+                        [dict(lr=0.01)] * 2)
+    np.testing.assert_allclose(model["W"], ref[0], rtol=1e-12)
+    np.testing.assert_allclose(model["b"], ref[1], rtol=1e-12)
+    with pytest.raises(ValueError, match="missing \\['b'\\]"):
+        opt.step({"W": grads["W"]})
+    with pytest.raises(TypeError, match="must be a dict"):
+        opt.step([grads["W"], grads["b"]])
+
+
+def test_editing_lr_between_steps_takes_effect():
+    params = make_params(np.float64)
+    initial = [p.copy() for p in params]
+    opt = nopt.RMSprop(params, lr=0.01, centered=True)
+    steps = [make_grads(params, s) for s in range(1, 21)]
+    for k, grads in enumerate(steps):
+        if k == 10:
+            opt.param_groups[0]["lr"] = 0.001
+        opt.step(grads)
+    ref = [p.astype(np.float64) for p in initial]
+    states = [{} for _ in ref]
+    for k, grads in enumerate(steps):
+        for p, g, s in zip(ref, grads, states):
+            RULES["RMSprop"](p, g, s, lr=0.01 if k < 10 else 0.001, centered=True)
+    for p, r in zip(params, ref):
+        np.testing.assert_allclose(p, r, **TOLERANCE[np.float64])
+
+
+def test_turning_momentum_on_later_starts_the_buffer_like_torch():
+    params = make_params(np.float64)
+    initial = [p.copy() for p in params]
+    opt = nopt.SGD(params, lr=0.01)
+    steps = [make_grads(params, s) for s in range(1, 11)]
+    for k, grads in enumerate(steps):
+        if k == 5:
+            opt.param_groups[0]["momentum"] = 0.9
+        opt.step(grads)
+    ref = [p.copy() for p in initial]
+    states = [{} for _ in ref]
+    for k, grads in enumerate(steps):
+        for p, g, s in zip(ref, grads, states):
+            RULES["SGD"](p, g, s, lr=0.01, momentum=0.9 if k >= 5 else 0.0)
+    for p, r in zip(params, ref):
+        np.testing.assert_allclose(p, r, **TOLERANCE[np.float64])
+
+
+def test_none_grad_skips_its_param_and_its_step_counter():
+    params = make_params(np.float32)
+    frozen = params[1].copy()
+    opt = nopt.Adam(params)
+    for step in range(1, 4):
+        grads = make_grads(params, step)
+        grads[1] = None
+        opt.step(grads)
+    np.testing.assert_array_equal(params[1], frozen)
+    assert opt.state[1] == {}
+    assert opt.state[0]["step"] == 3 and opt.step_count == 3
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_resume_from_state_dict_repeats_the_trajectory_exactly(case):
+    name, kwargs = case
+    params = make_params(np.float32)
+    opt = optimizer(name, params, **kwargs)
+    for step in range(1, 11):
+        opt.step(make_grads(params, step))
+    checkpoint = opt.state_dict()
+    saved_params = [p.copy() for p in params]
+    for step in range(11, 21):
+        opt.step(make_grads(params, step))
+
+    resumed_params = [p.copy() for p in saved_params]
+    resumed = optimizer(name, resumed_params, **kwargs)
+    resumed.load_state_dict(checkpoint)
+    assert resumed.step_count == 10
+    for step in range(11, 21):
+        resumed.step(make_grads(resumed_params, step))
+    for a, b in zip(params, resumed_params):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_state_dict_holds_copies_and_loading_copies_in():
+    params = make_params(np.float64)
+    opt = nopt.Adam(params)
+    opt.step(make_grads(params, 1))
+    sd = opt.state_dict()
+    assert sd["optimizer"] == "Adam" and sd["param_groups"][0]["params"] == [0, 1, 2, 3, 4]
+    sd["state"][0]["exp_avg"][...] = 123.0
+    assert not np.any(opt.state[0]["exp_avg"] == 123.0)
+    opt.load_state_dict(sd)
+    sd["state"][0]["exp_avg"][...] = 7.0
+    assert np.all(opt.state[0]["exp_avg"] == 123.0)
+
+
+def test_fortran_ordered_params_are_updated_in_place():
+    rng = np.random.default_rng(0)
+    param = np.asfortranarray(rng.standard_normal((6, 4)))
+    grad = np.asfortranarray(rng.standard_normal((6, 4)))
+    expected = param.copy(order="C")
+    RULES["Adam"](expected, grad.copy(order="C"), {}, lr=0.1)
+    nopt.Adam([param], lr=0.1).step([grad])
+    assert param.flags.f_contiguous
+    np.testing.assert_allclose(param, expected, rtol=1e-12)
+
+
+def test_repr_names_the_groups():
+    opt = nopt.AdamW([np.zeros(3, np.float32)])
+    assert "AdamW(device='cpu', params=1" in repr(opt) and "weight_decay=0.01" in repr(opt)
