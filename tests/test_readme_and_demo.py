@@ -1,0 +1,36 @@
+"""The README's usage example runs as written, and the demo trains."""
+import pathlib
+import re
+
+import numpy as np
+
+from numba_opt import demo
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_readme_usage_example_runs_and_converges(capsys):
+    readme = (ROOT / "README.md").read_text()
+    code = re.findall(r"```python\n(.*?)```", readme, re.S)[0]
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    x, y, W, b = (namespace[k] for k in ("x", "y", "W", "b"))
+    assert 0.5 * np.mean((x @ W + b - y) ** 2) < 1e-3
+    assert "after 300 steps" in capsys.readouterr().out
+
+
+def test_readme_starts_with_the_two_setup_commands():
+    readme = (ROOT / "README.md").read_text()
+    first_block = re.findall(r"```bash\n(.*?)```", readme, re.S)[0]
+    commands = [line.split("#")[0].strip() for line in first_block.splitlines()]
+    assert commands == ["make demo", "make test"]
+
+
+def test_demo_trains_every_optimizer_above_chance(capsys):
+    demo.main(["--epochs", "2", "--hidden", "16"])
+    rows = [line for line in capsys.readouterr().out.splitlines()
+            if line.split() and line.split()[0] in {"SGD", "RMSprop", "Adam", "AdamW", "Adagrad"}]
+    assert len(rows) == len(demo.OPTIMIZERS)
+    for row in rows:
+        accuracy = float(row.split()[-3])
+        assert accuracy > 0.5, row  # ten classes: chance is 0.1
