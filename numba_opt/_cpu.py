@@ -1,14 +1,16 @@
 """CPU backend: prange loops that apply the ``_math`` rules element by element.
 
-The loops do no arithmetic of their own.  Each loop is compiled twice: a ``parallel=True`` version
-and a serial twin, because opening a prange region costs a few microseconds, more than a small
-tensor's whole update.  ``SERIAL_BELOW`` is where the two cross on a 2-core machine (measured with
-``bench/bench_roof.py``: equal at 1e4 elements, parallel 1.7x faster at 1e5).
+The loops do no arithmetic of their own: each kernel is one loop over ``_math.<name>_at``.
+Every kernel is compiled twice, a ``parallel=True`` version and a serial twin, because opening
+a prange region costs a few microseconds, more than a small tensor's whole update.
+``SERIAL_BELOW`` is where the two cross on a 2-core machine (measured: equal near 1e4 elements,
+parallel 1.7x faster at 1e5).
 
-All arrays reaching a kernel are 1-D contiguous views of the same length and dtype (the callers
-validate that); absent optional state (no momentum, not centered, no amsgrad) is handled by a
-separate loop, so no placeholder buffer is ever read or written.
+All arrays reaching a kernel are 1-D contiguous views of the same length and dtype; the callers
+validate that.
 """
+import hashlib
+import inspect
 import types
 
 import numpy as np
@@ -21,94 +23,67 @@ SERIAL_BELOW = 1 << 14
 # error_model="numpy": the default 'python' model adds division checks that block vectorization.
 _JIT_OPTIONS = dict(error_model="numpy", cache=True)
 
+# Numba's on-disk cache notices edits to this file only, not to the _math rules it inlines, so
+# the rules' source hash goes into every kernel's name: an edited rule never loads a stale kernel.
+_RULES_VERSION = hashlib.sha256(inspect.getsource(_math).encode()).hexdigest()[:10]
+
+
+# One loop template per number of state buffers; ``apply_at`` is bound per kernel by _compile.
+
+def _loop0(param, grad, h):
+    for i in prange(param.size):
+        apply_at(i, param, grad, h)  # noqa: F821
+
+
+def _loop1(param, grad, s0, h):
+    for i in prange(param.size):
+        apply_at(i, param, grad, s0, h)  # noqa: F821
+
+
+def _loop2(param, grad, s0, s1, h):
+    for i in prange(param.size):
+        apply_at(i, param, grad, s0, s1, h)  # noqa: F821
+
+
+def _loop3(param, grad, s0, s1, s2, h):
+    for i in prange(param.size):
+        apply_at(i, param, grad, s0, s1, s2, h)  # noqa: F821
+
+
+_LOOPS = (_loop0, _loop1, _loop2, _loop3)
+
+
+def _compile(name, parallel):
+    """The loop for ``name`` with ``apply_at`` bound to ``_math.<name>_at``, under a name of its
+    own (numba keys its cache by qualified name; two kernels of one name would overwrite each
+    other's machine code)."""
+    template = _LOOPS[_math.KERNELS[name]]
+    scope = {**globals(), "apply_at": getattr(_math, name + "_at")}
+    kind = "parallel" if parallel else "serial"
+    loop = types.FunctionType(template.__code__, scope, f"{name}_{kind}")
+    loop.__qualname__ = f"{name}_{kind}_{_RULES_VERSION}"
+    return njit(parallel=parallel, **_JIT_OPTIONS)(loop)
+
 
 class Kernel:
-    """A prange loop and its serial twin; calling it picks one by the length of the first array."""
+    """A prange loop and its serial twin; calling it picks one by the length of the param.
+    Called as ``kernel(param, grad, states, h)`` with ``states`` a tuple of 1-D arrays."""
 
-    def __init__(self, loop):
-        self.parallel = njit(parallel=True, **_JIT_OPTIONS)(loop)
-        # A renamed clone gets its own on-disk cache entry: numba keys the cache by qualified
-        # name, so two dispatchers of one function would overwrite each other's machine code.
-        twin = types.FunctionType(loop.__code__, loop.__globals__, loop.__name__ + "_serial")
-        twin.__qualname__ = loop.__qualname__ + "_serial"
-        self.serial = njit(**_JIT_OPTIONS)(twin)
-        self.__name__ = loop.__name__
+    def __init__(self, name):
+        self.__name__ = name
+        self.parallel = _compile(name, parallel=True)
+        self.serial = _compile(name, parallel=False)
 
-    def __call__(self, *args):
-        if args[0].size >= SERIAL_BELOW:
-            self.parallel(*args)
-        else:
-            self.serial(*args)
+    def __call__(self, param, grad, states, h):
+        loop = self.parallel if param.size >= SERIAL_BELOW else self.serial
+        loop(param, grad, *states, h)
 
     def dispatchers(self):
         return (self.parallel, self.serial)
 
 
-# In the loops below, ``g[i]`` is passed where a rule takes a state it will not use: it is a value
-# already loaded, so nothing extra is read, and the rule's flags guarantee it is ignored.
-
-def _sgd(p, g, h):
-    for i in prange(p.size):
-        p[i], _ = _math.sgd(p[i], g[i], g[i], h)
-
-
-def _sgd_momentum(p, g, momentum_buffer, h):
-    for i in prange(p.size):
-        p[i], momentum_buffer[i] = _math.sgd(p[i], g[i], momentum_buffer[i], h)
-
-
-def _rmsprop(p, g, square_avg, h):
-    for i in prange(p.size):
-        p[i], square_avg[i], _, _ = _math.rmsprop(p[i], g[i], square_avg[i], g[i], g[i], h)
-
-
-def _rmsprop_centered(p, g, square_avg, grad_avg, h):
-    for i in prange(p.size):
-        p[i], square_avg[i], grad_avg[i], _ = _math.rmsprop(
-            p[i], g[i], square_avg[i], grad_avg[i], g[i], h)
-
-
-def _rmsprop_momentum(p, g, square_avg, momentum_buffer, h):
-    for i in prange(p.size):
-        p[i], square_avg[i], _, momentum_buffer[i] = _math.rmsprop(
-            p[i], g[i], square_avg[i], g[i], momentum_buffer[i], h)
-
-
-def _rmsprop_centered_momentum(p, g, square_avg, grad_avg, momentum_buffer, h):
-    for i in prange(p.size):
-        p[i], square_avg[i], grad_avg[i], momentum_buffer[i] = _math.rmsprop(
-            p[i], g[i], square_avg[i], grad_avg[i], momentum_buffer[i], h)
-
-
-def _adam(p, g, exp_avg, exp_avg_sq, h):
-    for i in prange(p.size):
-        p[i], exp_avg[i], exp_avg_sq[i], _ = _math.adam(
-            p[i], g[i], exp_avg[i], exp_avg_sq[i], g[i], h)
-
-
-def _adam_amsgrad(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, h):
-    for i in prange(p.size):
-        p[i], exp_avg[i], exp_avg_sq[i], max_exp_avg_sq[i] = _math.adam(
-            p[i], g[i], exp_avg[i], exp_avg_sq[i], max_exp_avg_sq[i], h)
-
-
-def _adagrad(p, g, state_sum, h):
-    for i in prange(p.size):
-        p[i], state_sum[i] = _math.adagrad(p[i], g[i], state_sum[i], h)
-
-
-sgd = Kernel(_sgd)
-sgd_momentum = Kernel(_sgd_momentum)
-rmsprop = Kernel(_rmsprop)
-rmsprop_centered = Kernel(_rmsprop_centered)
-rmsprop_momentum = Kernel(_rmsprop_momentum)
-rmsprop_centered_momentum = Kernel(_rmsprop_centered_momentum)
-adam = Kernel(_adam)
-adam_amsgrad = Kernel(_adam_amsgrad)
-adagrad = Kernel(_adagrad)
-
-KERNELS = (sgd, sgd_momentum, rmsprop, rmsprop_centered, rmsprop_momentum,
-           rmsprop_centered_momentum, adam, adam_amsgrad, adagrad)
+KERNELS = tuple(Kernel(name) for name in _math.KERNELS)
+globals().update({kernel.__name__: kernel for kernel in KERNELS})
 
 
 def flat(array):

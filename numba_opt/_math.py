@@ -107,3 +107,68 @@ def adagrad(param, grad, state_sum, h):
         grad = grad + h.weight_decay * param
     state_sum = state_sum + grad * grad
     return param - h.clr * grad / (math.sqrt(state_sum) + h.eps), state_sum
+
+
+# ------------------------------------------------------------------------------------------------
+# Appliers: one per kernel variant, ``name_at(i, param, grad, *states, h)``, applying a rule to
+# element i of 1-D arrays; ``states`` are the buffers that variant updates, in the order
+# ``functional.<name>_layout`` lists them.  Both backends loop over i and call these, so the
+# mapping from buffers to rule arguments exists once.  Where a variant has no buffer for a state
+# the rule takes, ``grad[i]`` stands in: a value already loaded, which the rule's flags ignore.
+# (The buffers are separate arguments, not a tuple: numba's parallel regions lose writes made
+# through a tuple of arrays, numba issues #7135 and #10338.)
+
+@_rule
+def sgd_at(i, param, grad, h):
+    param[i], _ = sgd(param[i], grad[i], grad[i], h)
+
+
+@_rule
+def sgd_momentum_at(i, param, grad, momentum_buffer, h):
+    param[i], momentum_buffer[i] = sgd(param[i], grad[i], momentum_buffer[i], h)
+
+
+@_rule
+def rmsprop_at(i, param, grad, square_avg, h):
+    param[i], square_avg[i], _, _ = rmsprop(param[i], grad[i], square_avg[i], grad[i], grad[i], h)
+
+
+@_rule
+def rmsprop_centered_at(i, param, grad, square_avg, grad_avg, h):
+    param[i], square_avg[i], grad_avg[i], _ = rmsprop(
+        param[i], grad[i], square_avg[i], grad_avg[i], grad[i], h)
+
+
+@_rule
+def rmsprop_momentum_at(i, param, grad, square_avg, momentum_buffer, h):
+    param[i], square_avg[i], _, momentum_buffer[i] = rmsprop(
+        param[i], grad[i], square_avg[i], grad[i], momentum_buffer[i], h)
+
+
+@_rule
+def rmsprop_centered_momentum_at(i, param, grad, square_avg, grad_avg, momentum_buffer, h):
+    param[i], square_avg[i], grad_avg[i], momentum_buffer[i] = rmsprop(
+        param[i], grad[i], square_avg[i], grad_avg[i], momentum_buffer[i], h)
+
+
+@_rule
+def adam_at(i, param, grad, exp_avg, exp_avg_sq, h):
+    param[i], exp_avg[i], exp_avg_sq[i], _ = adam(
+        param[i], grad[i], exp_avg[i], exp_avg_sq[i], grad[i], h)
+
+
+@_rule
+def adam_amsgrad_at(i, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, h):
+    param[i], exp_avg[i], exp_avg_sq[i], max_exp_avg_sq[i] = adam(
+        param[i], grad[i], exp_avg[i], exp_avg_sq[i], max_exp_avg_sq[i], h)
+
+
+@_rule
+def adagrad_at(i, param, grad, state_sum, h):
+    param[i], state_sum[i] = adagrad(param[i], grad[i], state_sum[i], h)
+
+
+# kernel variant -> how many state buffers it updates
+KERNELS = {"sgd": 0, "sgd_momentum": 1, "rmsprop": 1, "rmsprop_centered": 2,
+           "rmsprop_momentum": 2, "rmsprop_centered_momentum": 3, "adam": 2, "adam_amsgrad": 3,
+           "adagrad": 1}

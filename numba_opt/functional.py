@@ -56,7 +56,7 @@ def sgd_step(param, grad, momentum_buffer=None, *, step, lr=1e-3, momentum=0.0, 
     h = sgd_scalars(param.dtype, lr=lr, momentum=momentum, dampening=dampening,
                     weight_decay=weight_decay, nesterov=nesterov, maximize=maximize,
                     first_momentum_step=step == 1)
-    _run(kernel, device, param, grad, names, (momentum_buffer,), h)
+    _run(kernel, device, param, grad, names, dict(momentum_buffer=momentum_buffer), h)
 
 
 # ------------------------------------------------------------------------------------- RMSprop
@@ -93,11 +93,11 @@ def rmsprop_step(param, grad, square_avg, grad_avg=None, momentum_buffer=None, *
     momentum > 0.  ``eps_inside_sqrt=True`` uses the TF/Keras denominator sqrt(v + eps)."""
     check_rmsprop(lr, alpha, eps, weight_decay, momentum, centered, eps_inside_sqrt, maximize)
     kernel, names = rmsprop_layout(centered, momentum)
-    given = {"square_avg": square_avg, "grad_avg": grad_avg, "momentum_buffer": momentum_buffer}
     h = rmsprop_scalars(param.dtype, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                         momentum=momentum, centered=centered, eps_inside_sqrt=eps_inside_sqrt,
                         maximize=maximize)
-    _run(kernel, device, param, grad, names, [given[n] for n in names], h)
+    _run(kernel, device, param, grad, names, dict(square_avg=square_avg, grad_avg=grad_avg,
+                                                  momentum_buffer=momentum_buffer), h)
 
 
 # ---------------------------------------------------------------------------------- Adam/AdamW
@@ -142,7 +142,8 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr
     h = adam_scalars(param.dtype, step=step, lr=lr, betas=betas, eps=eps,
                      weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
                      decoupled=decoupled_weight_decay)
-    _run(kernel, device, param, grad, names, (exp_avg, exp_avg_sq, max_exp_avg_sq)[:len(names)], h)
+    _run(kernel, device, param, grad, names, dict(exp_avg=exp_avg, exp_avg_sq=exp_avg_sq,
+                                                  max_exp_avg_sq=max_exp_avg_sq), h)
 
 
 def adamw_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3,
@@ -182,18 +183,21 @@ def adagrad_step(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0, weight_
     kernel, names = adagrad_layout()
     h = adagrad_scalars(param.dtype, step=step, lr=lr, lr_decay=lr_decay, eps=eps,
                         weight_decay=weight_decay, maximize=maximize)
-    _run(kernel, device, param, grad, names, (state_sum,), h)
+    _run(kernel, device, param, grad, names, {"sum": state_sum}, h)
 
 
 # -------------------------------------------------------------------------------------- common
-def _run(kernel_name, device, param, grad, state_names, states, h):
-    """Validate one param, its grad and its state arrays, then run the kernel on flat views."""
+def _run(kernel_name, device, param, grad, state_names, given, h):
+    """Validate one param, its grad and the state arrays the kernel needs (picked by name from
+    ``given``; the others are ignored), then run the kernel on flat views."""
     check.check_param(param, "param")
     check.check_like(grad, param, "grad", "param")
+    states = [given[name] for name in state_names]
     for name, state in zip(state_names, states):
         if state is None:
             raise ValueError(f"{name} is required with these options")
         check.check_like(state, param, name, "param", writeable=True)
     named = [("param", param), ("grad", grad), *zip(state_names, states)]
     backend = dispatch.backend(dispatch.resolve_device(device, named))
-    getattr(backend, kernel_name)(*(backend.flat(a) for _, a in named), h)
+    flat = backend.flat
+    getattr(backend, kernel_name)(flat(param), flat(grad), tuple(flat(s) for s in states), h)

@@ -17,7 +17,7 @@ def kernel_calls(name, kwargs, dtype, size=40_000):
     kernel_name, names = opt._layout(opt.param_groups[0])
     state = opt.state[0]
     h = opt._scalars(opt.param_groups[0], params[0].dtype, 2, [])
-    args = (params[0], make_grads(params, 2)[0], *(state[n] for n in names), h)
+    args = (params[0], make_grads(params, 2)[0], tuple(state[n] for n in names), h)
     return getattr(_cpu, kernel_name), args
 
 
@@ -26,13 +26,14 @@ def kernel_calls(name, kwargs, dtype, size=40_000):
 def test_parallel_and_serial_kernels_agree_bit_for_bit(case, dtype):
     kernel, args = kernel_calls(*case, dtype)
     results = []
+    param, grad, states, h = args
     for dispatcher in kernel.dispatchers():
-        copies = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
-        dispatcher(*copies)
-        results.append([c for c in copies if isinstance(c, np.ndarray)])
+        copies = [param.copy(), *(s.copy() for s in states)]
+        dispatcher(copies[0], grad, *copies[1:], h)
+        results.append(copies)
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(results[0][0], args[0]), "the kernel did not update the param"
+    assert not np.array_equal(results[0][0], param), "the kernel did not update the param"
 
 
 def test_size_threshold_picks_the_serial_or_parallel_loop(monkeypatch):
@@ -72,8 +73,8 @@ def test_float32_kernels_see_only_float32():
     for kernel in _cpu.KERNELS:
         for dispatcher in kernel.dispatchers():
             for signature in dispatcher.signatures:
-                arrays = [t for t in signature if isinstance(t, types.Array)]
-                scalars = [t for t in signature[-1] if t != types.boolean]
+                *arrays, h = signature
+                scalars = [t for t in h if t != types.boolean]
                 dtypes = {t.dtype for t in arrays} | set(scalars)
                 assert len(dtypes) == 1, f"{dispatcher.py_func.__name__}{signature}"
     assert all(d.signatures for k in _cpu.KERNELS for d in k.dispatchers())

@@ -74,7 +74,8 @@ class Optimizer:
                     state[name] = self._backend.full_like(param, self._initial_value(name, group))
                 state["step"] = state.get("step", 0) + 1
                 h = self._scalars(group, param.dtype, state["step"], fresh)
-                kernel(self._flat_params[i], flat(grads[i]), *(flat(state[n]) for n in names), h)
+                states = tuple(flat(state[n]) for n in names)
+                kernel(self._flat_params[i], flat(grads[i]), states, h)
         self.step_count += 1
 
     def _match_grads(self, grads):
