@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-gpu bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +15,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m numba_opt.demo
 
+# The CUDA kernels run under numba's CUDA simulator here (no GPU needed) ...
 test: $(STAMP)
-	$(PY) -m pytest -q
+	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest -q
+
+# ... and unchanged on a real NVIDIA GPU.
+test-gpu: $(STAMP)
+	NUMBA_ENABLE_CUDASIM=0 $(PY) -m pytest -q
 
 bench: $(STAMP)
 	$(PY) bench/bench_roof.py

@@ -9,13 +9,18 @@ import numbers
 
 import numpy as np
 
+from . import dispatch
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _layout(array):
-    """(c_contiguous, f_contiguous, readonly) for a NumPy array or a __cuda_array_interface__ object."""
+    """(c_contiguous, f_contiguous, readonly) for a NumPy array, a __cuda_array_interface__
+    object, or a device array of numba's CUDA simulator."""
     if isinstance(array, np.ndarray):
         return array.flags.c_contiguous, array.flags.f_contiguous, not array.flags.writeable
+    if not hasattr(array, "__cuda_array_interface__"):  # the simulator's fake device array
+        return array.is_c_contiguous(), array.is_f_contiguous(), False
     cai = array.__cuda_array_interface__
     shape, strides = tuple(cai["shape"]), cai.get("strides")
     readonly = bool(cai["data"][1])
@@ -36,7 +41,16 @@ def _layout(array):
 
 
 def is_array(obj):
-    return isinstance(obj, np.ndarray) or hasattr(obj, "__cuda_array_interface__")
+    return isinstance(obj, np.ndarray) or dispatch.is_cuda_array(obj)
+
+
+def data_span(array):
+    """[start, end) of the bytes a contiguous array occupies (for aliasing checks)."""
+    interface = getattr(array, "__cuda_array_interface__", None)
+    if interface is None:  # NumPy, and the simulator's device arrays, which forward to NumPy
+        interface = getattr(array, "__array_interface__")
+    start = interface["data"][0]
+    return start, start + int(np.prod(array.shape)) * np.dtype(array.dtype).itemsize
 
 
 def _require_array(obj, name):

@@ -18,9 +18,15 @@ def location(array):
     """'cpu', 'cuda', or None for something that is neither kind of array."""
     if isinstance(array, np.ndarray):
         return "cpu"
-    if hasattr(array, "__cuda_array_interface__"):
+    if is_cuda_array(array):
         return "cuda"
     return None
+
+
+def is_cuda_array(obj):
+    """Any __cuda_array_interface__ object, or a device array of numba's CUDA simulator (which
+    has no interface; its marker is ``__cuda_ndarray__``).  Needs no import of numba.cuda."""
+    return hasattr(obj, "__cuda_array_interface__") or hasattr(obj, "__cuda_ndarray__")
 
 
 def resolve_device(device, named_arrays):
@@ -42,10 +48,13 @@ def resolve_device(device, named_arrays):
 
 
 def backend(device):
-    """The kernel module for a resolved device ('cpu' or 'cuda')."""
+    """The kernel module for a resolved device ('cpu' or 'cuda'), ready to run."""
     try:
-        return importlib.import_module(_BACKEND_MODULES[device])
+        module = importlib.import_module(_BACKEND_MODULES[device])
     except ImportError as exc:
         raise RuntimeError(
             "device='cuda' needs the CUDA backend: pip install 'numba-opt[cuda]' (numba-cuda) "
             f"and an NVIDIA driver ({exc})") from exc
+    if device == "cuda":
+        module.check_available()
+    return module

@@ -243,14 +243,7 @@ def _normalise_params(params):
 def _reject_shared_memory(arrays, labels):
     """Each param must own its memory: the same array twice, or overlapping views, would be
     updated twice per step.  Contiguous arrays occupy [start, start + nbytes)."""
-    spans = []
-    for array, label in zip(arrays, labels):
-        if isinstance(array, np.ndarray):
-            start = array.__array_interface__["data"][0]
-        else:
-            start = array.__cuda_array_interface__["data"][0]
-        nbytes = int(np.prod(array.shape)) * np.dtype(array.dtype).itemsize
-        spans.append((start, start + nbytes, label))
+    spans = [(*check.data_span(array), label) for array, label in zip(arrays, labels)]
     spans.sort()
     reach, reach_label = None, None  # the furthest end so far, and whose it is
     for start, end, label in spans:

@@ -1,0 +1,167 @@
+"""The CUDA backend: the whole optimizer table on CUDA arrays, against the float64 reference and
+the CPU backend.  Runs under the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``, as ``make test``
+does) with tiny launches so several blocks and strides run, or unchanged on a real GPU
+(``make test-gpu``)."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import numba_opt as nopt
+from numba_opt import _math
+from cases import CASES, TOLERANCE, case_id, make_grads, make_params, optimizer
+from reference import RULES
+
+cuda = pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
+from numba import config  # noqa: E402
+
+SIMULATED = bool(config.ENABLE_CUDASIM)
+needs_cuda = pytest.mark.skipif(not SIMULATED and not cuda.is_available(),
+                                reason="no GPU; run with NUMBA_ENABLE_CUDASIM=1")
+SHAPES = [(7, 5), (5,), (3, 2, 2), ()]
+STEPS = 20
+
+
+@pytest.fixture(autouse=True)
+def small_launches(monkeypatch):
+    """Under the simulator every thread is a Python thread: keep blocks tiny but several."""
+    if SIMULATED:
+        from numba_opt import _cuda
+        monkeypatch.setattr(_cuda, "THREADS_PER_BLOCK", 4)
+        monkeypatch.setattr(_cuda, "MAX_BLOCKS", 3)
+
+
+def to_device(arrays):
+    return [cuda.to_device(a) for a in arrays]
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_cuda_matches_the_reference_and_the_cpu_backend(case, dtype):
+    name, kwargs = case
+    host = make_params(dtype, shapes=SHAPES)
+    ref = [p.astype(np.float64) for p in host]
+    ref_state = [{} for _ in host]
+    device = to_device(host)
+    gpu = optimizer(name, device, **kwargs)
+    cpu = optimizer(name, host, **kwargs)
+    assert gpu.device == "cuda" and cpu.device == "cpu"
+    for step in range(1, STEPS + 1):
+        grads = make_grads(host, step)
+        cpu.step(grads)
+        gpu.step(to_device(grads))
+        for p, g, s in zip(ref, grads, ref_state):
+            RULES[name](p, g.astype(np.float64), s, **kwargs)
+    for i, (d, h, r) in enumerate(zip(device, host, ref)):
+        result = d.copy_to_host()
+        assert result.dtype == dtype
+        np.testing.assert_allclose(result, r, **TOLERANCE[dtype], err_msg=f"param {i} vs ref")
+        np.testing.assert_allclose(result, h, **TOLERANCE[dtype], err_msg=f"param {i} vs cpu")
+        for key in cpu.state[i]:
+            if key != "step":
+                np.testing.assert_allclose(gpu.state[i][key].copy_to_host(), cpu.state[i][key],
+                                           **TOLERANCE[dtype], err_msg=f"state {key}")
+
+
+@needs_cuda
+def test_state_dict_moves_between_cuda_and_cpu():
+    host = make_params(np.float32, shapes=SHAPES)
+    device = to_device(host)
+    gpu = nopt.Adam(device, amsgrad=True, lr=1e-2)
+    for step in range(1, 6):
+        gpu.step(to_device(make_grads(host, step)))
+    checkpoint = gpu.state_dict()
+    assert all(isinstance(v, np.ndarray) for st in checkpoint["state"].values()
+               for k, v in st.items() if k != "step")
+    resumed_host = [d.copy_to_host() for d in device]
+    cpu = nopt.Adam(resumed_host, amsgrad=True, lr=1e-2)
+    cpu.load_state_dict(checkpoint)
+    resumed_device = to_device(resumed_host)
+    gpu2 = nopt.Adam(resumed_device, amsgrad=True, lr=1e-2)
+    gpu2.load_state_dict(cpu.state_dict())
+    for step in range(6, 11):
+        grads = make_grads(resumed_host, step)
+        gpu.step(to_device(grads))
+        gpu2.step(to_device(grads))
+        cpu.step(grads)
+    for a, b, c in zip(device, resumed_device, resumed_host):
+        np.testing.assert_array_equal(a.copy_to_host(), b.copy_to_host())
+        np.testing.assert_allclose(a.copy_to_host(), c, **TOLERANCE[np.float32])
+
+
+@needs_cuda
+def test_locations_never_mix():
+    host = make_params(np.float32, shapes=SHAPES[:2])
+    device = to_device(host)
+    with pytest.raises(TypeError, match=r"params\[1\] lives on cpu but the optimizer runs on "
+                                        r"cuda \(set by params\[0\]\)"):
+        nopt.SGD([device[0], host[1]])
+    with pytest.raises(TypeError, match=r"params\[0\] lives on cuda"):
+        nopt.SGD(device, device="cpu")
+    opt = nopt.SGD(device, device="cuda")
+    before = [d.copy_to_host() for d in device]
+    with pytest.raises(TypeError, match=r"grad for params\[1\] lives on cpu"):
+        opt.step([cuda.to_device(host[0]), host[1]])
+    for d, b in zip(device, before):
+        np.testing.assert_array_equal(d.copy_to_host(), b)
+
+
+@needs_cuda
+def test_functional_steps_work_on_device_arrays():
+    import numba_opt.functional as F
+    param, grad = make_params(np.float64, shapes=[(6,), (6,)])
+    expected = param.copy()
+    RULES["Adam"](expected, grad.copy(), {}, lr=0.1)
+    d_param, d_grad = to_device([param, grad])
+    F.adam_step(d_param, d_grad, cuda.to_device(np.zeros(6)), cuda.to_device(np.zeros(6)),
+                step=1, lr=0.1)
+    np.testing.assert_allclose(d_param.copy_to_host(), expected, rtol=1e-12)
+
+
+PTX_SCRIPT = textwrap.dedent("""
+    import json, numpy as np
+    from numba import cuda, typeof
+    from numba_opt import _cuda, _math, functional as F
+    scalars = {
+        "sgd": lambda dt: F.sgd_scalars(dt, lr=.1, momentum=.9, dampening=0., weight_decay=0.,
+                                        nesterov=False, maximize=False, first_momentum_step=False),
+        "rmsprop": lambda dt: F.rmsprop_scalars(dt, lr=.1, alpha=.9, eps=1e-8, weight_decay=0.,
+                                                momentum=0., centered=False,
+                                                eps_inside_sqrt=False, maximize=False),
+        "adam": lambda dt: F.adam_scalars(dt, step=1, lr=.1, betas=(.9, .99), eps=1e-8,
+                                          weight_decay=0., amsgrad=False, maximize=False,
+                                          decoupled=False),
+        "adagrad": lambda dt: F.adagrad_scalars(dt, step=1, lr=.1, lr_decay=0., eps=1e-8,
+                                                weight_decay=0., maximize=False),
+    }
+    counts = {}
+    for launcher in _cuda.LAUNCHERS:
+        name = launcher.__name__
+        for dtype in (np.float32, np.float64):
+            array = typeof(np.zeros(1, dtype))
+            h = scalars[name.split("_")[0]](dtype)
+            signature = (array,) * (2 + _math.KERNELS[name]) + (typeof(h),)
+            ptx, _ = cuda.compile_ptx(launcher.kernel.py_func, signature, cc=(9, 0))
+            counts[f"{name} {dtype.__name__}"] = sum(".f64" in line for line in ptx.splitlines())
+    print(json.dumps(counts))
+""")
+
+
+def test_float32_kernels_compile_to_ptx_without_float64():
+    """Compile every kernel to real PTX (NVVM, no GPU needed) outside the simulator."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    run = subprocess.run([sys.executable, "-c", PTX_SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    counts = json.loads(run.stdout.strip().splitlines()[-1])
+    assert len(counts) == 2 * len(_math.KERNELS)
+    for kernel, f64_lines in counts.items():
+        if kernel.endswith("float32"):
+            assert f64_lines == 0, f"{kernel}: {f64_lines} float64 PTX lines"
+        else:
+            assert f64_lines > 0, f"{kernel}: the float64 kernel shows no f64, check the check"
