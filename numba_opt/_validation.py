@@ -114,6 +114,10 @@ def in_range(name, value, low, high, high_inclusive=False):
     return value
 
 
+def unit_interval(name, value):
+    return in_range(name, value, 0.0, 1.0, high_inclusive=True)
+
+
 def flag(name, value):
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False, got {value!r}")

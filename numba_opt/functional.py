@@ -36,21 +36,22 @@ def sgd_scalars(dtype, *, lr, momentum, dampening, weight_decay, nesterov, maxim
                             bool(nesterov), bool(maximize), bool(first_momentum_step))
 
 
-def check_sgd(lr, momentum, dampening, weight_decay, nesterov, maximize):
-    check.non_negative("lr", lr)
-    check.non_negative("momentum", momentum)
-    check.real("dampening", dampening)
-    check.non_negative("weight_decay", weight_decay)
-    if check.flag("nesterov", nesterov) and (momentum <= 0 or dampening != 0):
+SGD_HYPER = dict(lr=check.non_negative, momentum=check.non_negative, dampening=check.real,
+                 weight_decay=check.non_negative, nesterov=check.flag, maximize=check.flag)
+
+
+def check_sgd(**hyper):
+    check_hyper(SGD_HYPER, hyper)
+    if hyper["nesterov"] and (hyper["momentum"] <= 0 or hyper["dampening"] != 0):
         raise ValueError("nesterov=True requires momentum > 0 and dampening == 0")
-    check.flag("maximize", maximize)
 
 
 def sgd_step(param, grad, momentum_buffer=None, *, step, lr=1e-3, momentum=0.0, dampening=0.0,
              weight_decay=0.0, nesterov=False, maximize=False, device="auto"):
     """One SGD step on ``param`` in place.  With momentum, ``momentum_buffer`` is required; at
     ``step == 1`` it is overwritten with the gradient (torch's first-step rule)."""
-    check_sgd(lr, momentum, dampening, weight_decay, nesterov, maximize)
+    check_sgd(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+              nesterov=nesterov, maximize=maximize)
     step = check.step_number("step", step)
     kernel, names = sgd_layout(momentum)
     h = sgd_scalars(param.dtype, lr=lr, momentum=momentum, dampening=dampening,
@@ -75,15 +76,9 @@ def rmsprop_scalars(dtype, *, lr, alpha, eps, weight_decay, momentum, centered, 
                                 bool(maximize))
 
 
-def check_rmsprop(lr, alpha, eps, weight_decay, momentum, centered, eps_inside_sqrt, maximize):
-    check.non_negative("lr", lr)
-    check.in_range("alpha", alpha, 0.0, 1.0, high_inclusive=True)
-    check.non_negative("eps", eps)
-    check.non_negative("weight_decay", weight_decay)
-    check.non_negative("momentum", momentum)
-    check.flag("centered", centered)
-    check.flag("eps_inside_sqrt", eps_inside_sqrt)
-    check.flag("maximize", maximize)
+RMSPROP_HYPER = dict(lr=check.non_negative, alpha=check.unit_interval, eps=check.non_negative,
+                     weight_decay=check.non_negative, momentum=check.non_negative,
+                     centered=check.flag, eps_inside_sqrt=check.flag, maximize=check.flag)
 
 
 def rmsprop_step(param, grad, square_avg, grad_avg=None, momentum_buffer=None, *, lr=1e-2,
@@ -91,7 +86,9 @@ def rmsprop_step(param, grad, square_avg, grad_avg=None, momentum_buffer=None, *
                  eps_inside_sqrt=False, maximize=False, device="auto"):
     """One RMSprop step in place; ``grad_avg`` is needed when centered, ``momentum_buffer`` when
     momentum > 0.  ``eps_inside_sqrt=True`` uses the TF/Keras denominator sqrt(v + eps)."""
-    check_rmsprop(lr, alpha, eps, weight_decay, momentum, centered, eps_inside_sqrt, maximize)
+    check_hyper(RMSPROP_HYPER, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                                    momentum=momentum, centered=centered,
+                                    eps_inside_sqrt=eps_inside_sqrt, maximize=maximize))
     kernel, names = rmsprop_layout(centered, momentum)
     h = rmsprop_scalars(param.dtype, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                         momentum=momentum, centered=centered, eps_inside_sqrt=eps_inside_sqrt,
@@ -121,14 +118,9 @@ def adam_scalars(dtype, *, step, lr, betas, eps, weight_decay, amsgrad, maximize
         amsgrad=bool(amsgrad), maximize=bool(maximize))
 
 
-def check_adam(lr, betas, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay=False):
-    check.non_negative("lr", lr)
-    check.betas("betas", betas)
-    check.non_negative("eps", eps)
-    check.non_negative("weight_decay", weight_decay)
-    check.flag("amsgrad", amsgrad)
-    check.flag("maximize", maximize)
-    check.flag("decoupled_weight_decay", decoupled_weight_decay)
+ADAM_HYPER = dict(lr=check.non_negative, betas=check.betas, eps=check.non_negative,
+                  weight_decay=check.non_negative, amsgrad=check.flag, maximize=check.flag,
+                  decoupled_weight_decay=check.flag)
 
 
 def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3,
@@ -136,7 +128,9 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr
               decoupled_weight_decay=False, device="auto"):
     """One Adam step in place (AdamW with ``decoupled_weight_decay=True``).  ``step`` is this
     step's 1-based count, used for bias correction; ``max_exp_avg_sq`` is needed with amsgrad."""
-    check_adam(lr, betas, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay)
+    check_hyper(ADAM_HYPER, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                 amsgrad=amsgrad, maximize=maximize,
+                                 decoupled_weight_decay=decoupled_weight_decay))
     step = check.step_number("step", step)
     kernel, names = adam_layout(amsgrad)
     h = adam_scalars(param.dtype, step=step, lr=lr, betas=betas, eps=eps,
@@ -166,19 +160,16 @@ def adagrad_scalars(dtype, *, step, lr, lr_decay, eps, weight_decay, maximize):
                                 bool(maximize))
 
 
-def check_adagrad(lr, lr_decay, weight_decay, initial_accumulator_value, eps, maximize):
-    check.non_negative("lr", lr)
-    check.non_negative("lr_decay", lr_decay)
-    check.non_negative("weight_decay", weight_decay)
-    check.non_negative("initial_accumulator_value", initial_accumulator_value)
-    check.non_negative("eps", eps)
-    check.flag("maximize", maximize)
+ADAGRAD_HYPER = dict(lr=check.non_negative, lr_decay=check.non_negative,
+                     weight_decay=check.non_negative, initial_accumulator_value=check.non_negative,
+                     eps=check.non_negative, maximize=check.flag)
 
 
 def adagrad_step(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
                  eps=1e-10, maximize=False, device="auto"):
     """One Adagrad step in place; ``state_sum`` starts at initial_accumulator_value."""
-    check_adagrad(lr, lr_decay, weight_decay, 0.0, eps, maximize)
+    check_hyper(ADAGRAD_HYPER, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                                    initial_accumulator_value=0.0, eps=eps, maximize=maximize))
     step = check.step_number("step", step)
     kernel, names = adagrad_layout()
     h = adagrad_scalars(param.dtype, step=step, lr=lr, lr_decay=lr_decay, eps=eps,
@@ -187,6 +178,13 @@ def adagrad_step(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0, weight_
 
 
 # -------------------------------------------------------------------------------------- common
+def check_hyper(checks, hyper):
+    """Validate hyper-parameters with a table of ``name -> check(name, value)`` (the tables above
+    are also what the optimizer classes validate their groups with)."""
+    for name, value in hyper.items():
+        checks[name](name, value)
+
+
 def _run(kernel_name, device, param, grad, state_names, given, h):
     """Validate one param, its grad and the state arrays the kernel needs (picked by name from
     ``given``; the others are ignored), then run the kernel on flat views."""

@@ -165,3 +165,49 @@ def test_float32_kernels_compile_to_ptx_without_float64():
             assert f64_lines == 0, f"{kernel}: {f64_lines} float64 PTX lines"
         else:
             assert f64_lines > 0, f"{kernel}: the float64 kernel shows no f64, check the check"
+
+
+@needs_cuda
+def test_readme_gpu_example_runs():
+    import pathlib
+    import re
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.findall(r"```python\n(.*?)```", readme, re.S)[1]
+    namespace = {"np": np, "nopt": nopt}
+    exec(compile(code, "README.md", "exec"), namespace)
+    W = namespace["W"].copy_to_host()
+    # one AdamW step from zeros with a gradient of ones moves every weight by -lr
+    np.testing.assert_allclose(W, -1e-3, rtol=1e-5)
+
+
+NO_GPU_SCRIPT = textwrap.dedent("""
+    import numpy as np, numba_opt as nopt
+
+    class ForeignCudaArray:  # what CuPy or torch would hand over, minus the memory
+        shape, dtype = (3,), np.dtype(np.float32)
+        __cuda_array_interface__ = {"shape": (3,), "typestr": "<f4", "data": (1 << 40, False),
+                                    "strides": None, "version": 3}
+    try:
+        nopt.Adam([ForeignCudaArray()])
+    except RuntimeError as exc:
+        print("RuntimeError:", exc)
+""")
+
+
+def test_cuda_arrays_without_a_gpu_give_a_clear_error():
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    probe = subprocess.run([sys.executable, "-c", "from numba import cuda; "
+                            "print(cuda.is_available())"], env=env, capture_output=True, text=True)
+    if probe.stdout.strip() == "True":
+        pytest.skip("this machine has a GPU")
+    run = subprocess.run([sys.executable, "-c", NO_GPU_SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert "RuntimeError: device='cuda'" in run.stdout, run.stdout + run.stderr[-2000:]
+    assert "no usable NVIDIA GPU" in run.stdout
+
+
+def test_missing_cuda_backend_says_what_to_install(monkeypatch):
+    from numba_opt import dispatch
+    monkeypatch.setitem(dispatch._BACKEND_MODULES, "cuda", "numba_opt._not_installed")
+    with pytest.raises(RuntimeError, match=r"pip install 'numba-opt\[cuda\]'"):
+        dispatch.backend("cuda")

@@ -14,7 +14,7 @@ class Adagrad(Optimizer):
                                       eps=eps, maximize=maximize), device)
 
     def _check(self, hyper):
-        F.check_adagrad(**hyper)
+        F.check_hyper(F.ADAGRAD_HYPER, hyper)
 
     def _layout(self, group):
         return F.adagrad_layout()

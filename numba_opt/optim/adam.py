@@ -18,7 +18,7 @@ class Adam(Optimizer):
                                       decoupled_weight_decay=decoupled_weight_decay), device)
 
     def _check(self, hyper):
-        F.check_adam(**hyper)
+        F.check_hyper(F.ADAM_HYPER, hyper)
 
     def _layout(self, group):
         return F.adam_layout(group["amsgrad"])

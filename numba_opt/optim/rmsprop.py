@@ -17,7 +17,7 @@ class RMSprop(Optimizer):
                                       eps_inside_sqrt=eps_inside_sqrt), device)
 
     def _check(self, hyper):
-        F.check_rmsprop(**hyper)
+        F.check_hyper(F.RMSPROP_HYPER, hyper)
 
     def _layout(self, group):
         return F.rmsprop_layout(group["centered"], group["momentum"])
