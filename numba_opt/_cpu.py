@@ -1,13 +1,14 @@
 """CPU backend: prange loops that apply the ``_math`` rules element by element.
 
-The loops do no arithmetic of their own: each kernel is one loop over ``_math.<name>_at``.
-Every kernel is compiled twice, a ``parallel=True`` version and a serial twin, because opening
-a prange region costs a few microseconds, more than a small tensor's whole update.
-``SERIAL_BELOW`` is where the two cross on a 2-core machine (measured: equal near 1e4 elements,
-parallel 1.7x faster at 1e5).
+The loops do no arithmetic of their own: each kernel unpacks its scalars and loops over
+``_math.<name>_at``.  Every kernel is compiled twice, a ``parallel=True`` version and a serial
+twin, because opening a prange region costs a few microseconds, more than a small tensor's whole
+update.  ``SERIAL_BELOW`` is where the two cross on a 2-core machine (measured: equal near 1e4
+elements, parallel 1.7x faster at 1e5).
 
 All arrays reaching a kernel are 1-D contiguous views of the same length and dtype; the callers
-validate that.
+validate that.  The helpers at the end (flat views, spans, state buffers) are the backend
+interface ``optim.base`` uses; ``_cuda`` has the same names.
 """
 import hashlib
 import inspect
@@ -28,24 +29,30 @@ _JIT_OPTIONS = dict(error_model="numpy", cache=True)
 _RULES_VERSION = hashlib.sha256(inspect.getsource(_math).encode()).hexdigest()[:10]
 
 
-# One loop template per number of state buffers; ``apply_at`` is bound per kernel by _compile.
+# One loop template per number of state buffers; ``unpack`` and ``apply_at`` are bound per kernel
+# by _compile.  The buffers are separate arguments: numba's parallel regions lose writes made
+# through a tuple of arrays (numba issues #7135, #10338).
 
-def _loop0(param, grad, h):
+def _loop0(param, grad, scalars):
+    h = unpack(scalars)  # noqa: F821
     for i in prange(param.size):
         apply_at(i, param, grad, h)  # noqa: F821
 
 
-def _loop1(param, grad, s0, h):
+def _loop1(param, grad, s0, scalars):
+    h = unpack(scalars)  # noqa: F821
     for i in prange(param.size):
         apply_at(i, param, grad, s0, h)  # noqa: F821
 
 
-def _loop2(param, grad, s0, s1, h):
+def _loop2(param, grad, s0, s1, scalars):
+    h = unpack(scalars)  # noqa: F821
     for i in prange(param.size):
         apply_at(i, param, grad, s0, s1, h)  # noqa: F821
 
 
-def _loop3(param, grad, s0, s1, s2, h):
+def _loop3(param, grad, s0, s1, s2, scalars):
+    h = unpack(scalars)  # noqa: F821
     for i in prange(param.size):
         apply_at(i, param, grad, s0, s1, s2, h)  # noqa: F821
 
@@ -54,29 +61,34 @@ _LOOPS = (_loop0, _loop1, _loop2, _loop3)
 
 
 def _compile(name, parallel):
-    """The loop for ``name`` with ``apply_at`` bound to ``_math.<name>_at``, under a name of its
-    own (numba keys its cache by qualified name; two kernels of one name would overwrite each
-    other's machine code)."""
-    template = _LOOPS[_math.KERNELS[name]]
-    scope = {**globals(), "apply_at": getattr(_math, name + "_at")}
+    """The loop for ``name`` with its applier and unpacker bound, under a name of its own (numba
+    keys its cache by qualified name; two kernels of one name would overwrite each other's
+    machine code)."""
+    n_states, family = _math.KERNELS[name]
+    scope = {**globals(), "apply_at": getattr(_math, name + "_at"),
+             "unpack": getattr(_math, "unpack_" + family)}
     kind = "parallel" if parallel else "serial"
-    loop = types.FunctionType(template.__code__, scope, f"{name}_{kind}")
+    loop = types.FunctionType(_LOOPS[n_states].__code__, scope, f"{name}_{kind}")
     loop.__qualname__ = f"{name}_{kind}_{_RULES_VERSION}"
     return njit(parallel=parallel, **_JIT_OPTIONS)(loop)
 
 
 class Kernel:
     """A prange loop and its serial twin; calling it picks one by the length of the param.
-    Called as ``kernel(param, grad, states, h)`` with ``states`` a tuple of 1-D arrays."""
+    Called as ``kernel(param, grad, states, scalars)``: ``states`` a tuple of 1-D arrays,
+    ``scalars`` a 1-D array of the param dtype in the field order of ``_math.SCALARS[family]``."""
 
     def __init__(self, name):
         self.__name__ = name
         self.parallel = _compile(name, parallel=True)
         self.serial = _compile(name, parallel=False)
 
-    def __call__(self, param, grad, states, h):
-        loop = self.parallel if param.size >= SERIAL_BELOW else self.serial
-        loop(param, grad, *states, h)
+    def __call__(self, param, grad, states, scalars):
+        self.bind(param.size)(param, grad, *states, scalars)
+
+    def bind(self, size):
+        """The loop for arrays of this size, called as ``loop(param, grad, *states, scalars)``."""
+        return self.parallel if size >= SERIAL_BELOW else self.serial
 
     def dispatchers(self):
         return (self.parallel, self.serial)
@@ -86,22 +98,72 @@ KERNELS = tuple(Kernel(name) for name in _math.KERNELS)
 globals().update({kernel.__name__: kernel for kernel in KERNELS})
 
 
+def scalars_argument(values, dtype):
+    """What the kernels take as scalars: the values (a namedtuple) as an array of the dtype."""
+    return np.array(values, dtype=dtype)
+
+
+def update_scalars(scalars, indices, values):
+    """Overwrite some fields of a scalars argument (the ones that change every step)."""
+    for index, value in zip(indices, values):
+        scalars[index] = value
+    return scalars
+
+
 def flat(array):
     """The 1-D view the loops index: a NumPy reshape of a contiguous array never copies."""
     return array.reshape(-1, order="A")
 
 
-def full_like(array, value):
-    """A new state buffer next to ``array`` (same shape, dtype and memory order)."""
-    return np.full_like(array, value)
+def _owner(array):
+    while isinstance(array.base, np.ndarray):
+        array = array.base
+    return array if array.base is None else array.base
+
+
+def span(arrays):
+    """One 1-D view over contiguous arrays that lie back to back, in order, in one buffer (the
+    views of a FlatParams); None otherwise."""
+    if len(arrays) == 1:
+        return flat(arrays[0])
+    first = arrays[0]
+    owner, dtype = _owner(first), first.dtype
+    end = first.__array_interface__["data"][0]
+    for array in arrays:
+        if (array.dtype != dtype or array.__array_interface__["data"][0] != end
+                or _owner(array) is not owner):
+            return None
+        end += array.nbytes
+    size = (end - first.__array_interface__["data"][0]) // dtype.itemsize
+    return np.lib.stride_tricks.as_strided(flat(first), shape=(size,), strides=(dtype.itemsize,))
+
+
+def full(size, dtype, value):
+    """A new 1-D state buffer."""
+    return np.full(size, value, dtype=dtype)
+
+
+def shaped(flat_view, like):
+    """A flat view reshaped like the param ``like`` (its shape and memory order)."""
+    return flat_view.reshape(like.shape, order="F" if _fortran(like) else "C")
+
+
+def _fortran(array):
+    return array.flags.f_contiguous and not array.flags.c_contiguous
 
 
 def to_host(array):
     return array.copy()
 
 
-def from_host(host_array, like):
-    """A copy of a NumPy array laid out like ``like`` (state_dict loading)."""
-    buffer = np.empty_like(like)
-    buffer[...] = host_array
-    return buffer
+def upload(flat_view, host_array, like):
+    """Copy a NumPy array shaped like the param ``like`` into a flat view (state loading)."""
+    flat_view[...] = np.ravel(host_array, order="F" if _fortran(like) else "C")
+
+
+def copy_into(view, source):
+    view[...] = source
+
+
+def fill(buffer, value):
+    buffer.fill(value)

@@ -3,8 +3,8 @@
 Imported only when CUDA arrays (or ``device="cuda"``) are used.  Each kernel is one loop over
 ``_math.<name>_at``, the applier the CPU loops call too, so the arithmetic is the CPU's.  State
 buffers are numba device arrays allocated next to the params; every scalar is computed on the
-host and passed in the array dtype, so float32 kernels contain no float64 instructions (a test
-compiles the PTX to check).
+host and passed in the array dtype (as the ``_math`` namedtuple, flags as 0.0 / 1.0), so float32
+kernels contain no float64 instructions (a test compiles the PTX to check).
 
 Params and grads may be numba device arrays or any ``__cuda_array_interface__`` object (CuPy
 arrays, torch CUDA tensors): they are viewed in place, never copied.  Kernels run on the default
@@ -78,20 +78,45 @@ def _launch_config(size):
 
 
 class Launcher:
-    """Called like a CPU kernel: ``launcher(param, grad, states, h)`` on flat device arrays."""
+    """Called like a CPU kernel: ``launcher(param, grad, states, scalars)`` on flat device
+    arrays, ``scalars`` from ``scalars_argument``."""
 
     def __init__(self, name):
         self.__name__ = name
-        self.kernel = _TEMPLATES[_math.KERNELS[name]](_device_function(getattr(_math, name + "_at")))
+        n_states, _ = _math.KERNELS[name]
+        self.kernel = _TEMPLATES[n_states](_device_function(getattr(_math, name + "_at")))
 
-    def __call__(self, param, grad, states, h):
-        if param.size:
-            blocks, threads = _launch_config(param.size)
-            self.kernel[blocks, threads](param, grad, *states, h)
+    def __call__(self, param, grad, states, scalars):
+        self.bind(param.size)(param, grad, *states, scalars)
+
+    def bind(self, size):
+        """The launch for arrays of this size: ``launch(param, grad, *states, scalars)``."""
+        if not size:
+            return _nothing
+        return self.kernel[_launch_config(size)]
+
+
+def _nothing(*args):
+    pass
 
 
 LAUNCHERS = tuple(Launcher(name) for name in _math.KERNELS)
 globals().update({launcher.__name__: launcher for launcher in LAUNCHERS})
+
+
+def scalars_argument(values, dtype):
+    """What the kernels take as scalars: the namedtuple with every field cast to the dtype."""
+    cast = np.dtype(dtype).type
+    return type(values)._make(cast(v) for v in values)
+
+
+def update_scalars(scalars, indices, values):
+    """A copy of the scalars with some fields (those that change every step) replaced."""
+    cast = type(scalars[0])
+    fields = list(scalars)
+    for index, value in zip(indices, values):
+        fields[index] = cast(value)
+    return type(scalars)._make(fields)
 
 
 @cuda.jit
@@ -108,31 +133,81 @@ def _as_numba(array):
     return cuda.as_cuda_array(array)
 
 
-def _order(array):
-    return "F" if array.is_f_contiguous() and not array.is_c_contiguous() else "C"
+def _fortran(array):
+    return array.is_f_contiguous() and not array.is_c_contiguous()
 
 
 def flat(array):
     """The 1-D view the kernels index, in the array's memory order (never a copy)."""
     array = _as_numba(array)
-    return array.reshape(array.size, order=_order(array))
+    return array.reshape(array.size, order="F" if _fortran(array) else "C")
 
 
-def full_like(array, value):
-    """A new device state buffer shaped and ordered like ``array``, filled with ``value``."""
-    like = _as_numba(array)
-    buffer = cuda.device_array(like.shape, dtype=like.dtype, order=_order(like))
-    if buffer.size:
-        flat_buffer = buffer.reshape(buffer.size, order=_order(buffer))
-        _fill[_launch_config(buffer.size)](flat_buffer, np.dtype(like.dtype).type(value))
+class _Span:
+    """A __cuda_array_interface__ over adjacent device arrays; holds them so they outlive it."""
+
+    def __init__(self, pointer, size, typestr, arrays):
+        self.arrays = arrays
+        self.__cuda_array_interface__ = {"shape": (size,), "typestr": typestr, "strides": None,
+                                         "data": (pointer, False), "version": 3}
+
+
+def span(arrays):
+    """One 1-D device view over contiguous arrays that lie back to back, in order (the views of
+    a FlatParams on the GPU); None otherwise."""
+    arrays = [_as_numba(a) for a in arrays]
+    if len(arrays) == 1:
+        return flat(arrays[0])
+    if _SIMULATED:  # fake device arrays wrap NumPy arrays: the CPU's test applies to those
+        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+        from . import _cpu
+        host = _cpu.span([a._ary for a in arrays])
+        return None if host is None else FakeCUDAArray(host)
+    interfaces = [a.__cuda_array_interface__ for a in arrays]
+    typestr = interfaces[0]["typestr"]
+    start = end = interfaces[0]["data"][0]
+    for array, interface in zip(arrays, interfaces):
+        if interface["typestr"] != typestr or interface["data"][0] != end:
+            return None
+        end += array.size * array.dtype.itemsize
+    size = (end - start) // arrays[0].dtype.itemsize
+    return cuda.as_cuda_array(_Span(start, size, typestr, arrays))
+
+
+def full(size, dtype, value):
+    """A new 1-D device state buffer."""
+    buffer = cuda.device_array(size, dtype=dtype)
+    fill(buffer, value)
     return buffer
+
+
+def shaped(flat_view, like):
+    """A flat device view reshaped like the param ``like`` (its shape and memory order)."""
+    return flat_view.reshape(tuple(like.shape), order="F" if _fortran(_as_numba(like)) else "C")
 
 
 def to_host(array):
     return _as_numba(array).copy_to_host()
 
 
-def from_host(host_array, like):
-    """A device copy of a NumPy array, laid out like ``like`` (state_dict loading)."""
-    like = _as_numba(like)
-    return cuda.to_device(np.require(host_array, dtype=like.dtype, requirements=_order(like)))
+def upload(flat_view, host_array, like):
+    """Copy a NumPy array shaped like the param ``like`` into a flat device view."""
+    order = "F" if _fortran(_as_numba(like)) else "C"
+    flat_view.copy_to_device(np.ascontiguousarray(np.ravel(host_array, order=order)))
+
+
+def copy_into(view, source):
+    """Device-to-device (or host-to-device) copy into a C-ordered view."""
+    if isinstance(source, np.ndarray):
+        contiguous = source.flags.c_contiguous
+    else:
+        source = _as_numba(source)
+        contiguous = source.is_c_contiguous()
+    if not contiguous:
+        raise ValueError("FlatParams on the GPU copies C-contiguous arrays only")
+    view.copy_to_device(source)
+
+
+def fill(buffer, value):
+    if buffer.size:
+        _fill[_launch_config(buffer.size)](buffer, np.dtype(buffer.dtype).type(value))

@@ -2,8 +2,9 @@
 
 For each optimizer this module holds:
 - ``<name>_layout(...)``: which kernel runs and which state buffers it updates, in kernel order;
-- ``<name>_scalars(dtype, ...)``: every per-step scalar (bias corrections, 1 - beta, lr / bc1 ...)
-  computed once in float64 and cast to the array dtype, packed in the ``_math`` namedtuple;
+- ``<name>_scalars(...)``: every per-step scalar (bias corrections, 1 - beta, lr / bc1 ...)
+  computed once in float64, packed in the ``_math`` namedtuple (the backend casts it to the
+  array dtype: ``scalars_argument``);
 - ``<name>_step(param, grad, *state, ...)``: the public function for users who keep their own
   state.  It validates everything, then updates ``param`` and the state arrays in place.
 
@@ -13,13 +14,7 @@ in shape, dtype, memory order and device, and are updated in place.
 """
 import math
 
-import numpy as np
-
 from . import _math, _validation as check, dispatch
-
-
-def _cast(dtype):
-    return np.dtype(dtype).type
 
 
 # ----------------------------------------------------------------------------------------- SGD
@@ -29,11 +24,10 @@ def sgd_layout(momentum):
     return "sgd", ()
 
 
-def sgd_scalars(dtype, *, lr, momentum, dampening, weight_decay, nesterov, maximize,
+def sgd_scalars(*, lr, momentum, dampening, weight_decay, nesterov, maximize,
                 first_momentum_step):
-    c = _cast(dtype)
-    return _math.SGDScalars(c(lr), c(momentum), c(1.0 - dampening), c(weight_decay),
-                            bool(nesterov), bool(maximize), bool(first_momentum_step))
+    return _math.SGDScalars(lr, momentum, 1.0 - dampening, weight_decay, nesterov, maximize,
+                            first_momentum_step)
 
 
 SGD_HYPER = dict(lr=check.non_negative, momentum=check.non_negative, dampening=check.real,
@@ -54,7 +48,7 @@ def sgd_step(param, grad, momentum_buffer=None, *, step, lr=1e-3, momentum=0.0, 
               nesterov=nesterov, maximize=maximize)
     step = check.step_number("step", step)
     kernel, names = sgd_layout(momentum)
-    h = sgd_scalars(param.dtype, lr=lr, momentum=momentum, dampening=dampening,
+    h = sgd_scalars(lr=lr, momentum=momentum, dampening=dampening,
                     weight_decay=weight_decay, nesterov=nesterov, maximize=maximize,
                     first_momentum_step=step == 1)
     _run(kernel, device, param, grad, names, dict(momentum_buffer=momentum_buffer), h)
@@ -68,12 +62,10 @@ def rmsprop_layout(centered, momentum):
     return kernel, names
 
 
-def rmsprop_scalars(dtype, *, lr, alpha, eps, weight_decay, momentum, centered, eps_inside_sqrt,
+def rmsprop_scalars(*, lr, alpha, eps, weight_decay, momentum, centered, eps_inside_sqrt,
                     maximize):
-    c = _cast(dtype)
-    return _math.RMSpropScalars(c(lr), c(alpha), c(1.0 - alpha), c(eps), c(weight_decay),
-                                c(momentum), bool(centered), bool(eps_inside_sqrt),
-                                bool(maximize))
+    return _math.RMSpropScalars(lr, alpha, 1.0 - alpha, eps, weight_decay, momentum, centered,
+                                eps_inside_sqrt, maximize)
 
 
 RMSPROP_HYPER = dict(lr=check.non_negative, alpha=check.unit_interval, eps=check.non_negative,
@@ -90,7 +82,7 @@ def rmsprop_step(param, grad, square_avg, grad_avg=None, momentum_buffer=None, *
                                     momentum=momentum, centered=centered,
                                     eps_inside_sqrt=eps_inside_sqrt, maximize=maximize))
     kernel, names = rmsprop_layout(centered, momentum)
-    h = rmsprop_scalars(param.dtype, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+    h = rmsprop_scalars(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                         momentum=momentum, centered=centered, eps_inside_sqrt=eps_inside_sqrt,
                         maximize=maximize)
     _run(kernel, device, param, grad, names, dict(square_avg=square_avg, grad_avg=grad_avg,
@@ -104,18 +96,27 @@ def adam_layout(amsgrad):
     return "adam", ("exp_avg", "exp_avg_sq")
 
 
-def adam_scalars(dtype, *, step, lr, betas, eps, weight_decay, amsgrad, maximize, decoupled):
+ADAM_STEP_FIELDS = ("step_size", "bias_correction2_sqrt")
+
+
+def adam_step_scalars(step, lr, betas):
+    """The Adam scalars that change every step (``ADAM_STEP_FIELDS``): the bias corrections."""
     beta1, beta2 = betas
-    bias_correction1 = 1.0 - beta1 ** step
-    bias_correction2 = 1.0 - beta2 ** step
-    c = _cast(dtype)
+    return lr / (1.0 - beta1 ** step), math.sqrt(1.0 - beta2 ** step)
+
+
+def adam_scalars(*, step, lr, betas, eps, weight_decay, amsgrad, maximize,
+                 decoupled_weight_decay):
+    beta1, beta2 = betas
+    step_size, bias_correction2_sqrt = adam_step_scalars(step, lr, betas)
+    decoupled = decoupled_weight_decay
     return _math.AdamScalars(
-        step_size=c(lr / bias_correction1), beta1=c(beta1), one_minus_beta1=c(1.0 - beta1),
-        beta2=c(beta2), one_minus_beta2=c(1.0 - beta2), eps=c(eps),
-        bias_correction2_sqrt=c(math.sqrt(bias_correction2)),
-        weight_decay=c(0.0 if decoupled else weight_decay),
-        param_scale=c(1.0 - lr * weight_decay if decoupled else 1.0),
-        amsgrad=bool(amsgrad), maximize=bool(maximize))
+        step_size=step_size, beta1=beta1, one_minus_beta1=1.0 - beta1,
+        beta2=beta2, one_minus_beta2=1.0 - beta2, eps=eps,
+        bias_correction2_sqrt=bias_correction2_sqrt,
+        weight_decay=0.0 if decoupled else weight_decay,
+        param_scale=1.0 - lr * weight_decay if decoupled else 1.0,
+        amsgrad=amsgrad, maximize=maximize)
 
 
 ADAM_HYPER = dict(lr=check.non_negative, betas=check.betas, eps=check.non_negative,
@@ -133,9 +134,9 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr
                                  decoupled_weight_decay=decoupled_weight_decay))
     step = check.step_number("step", step)
     kernel, names = adam_layout(amsgrad)
-    h = adam_scalars(param.dtype, step=step, lr=lr, betas=betas, eps=eps,
-                     weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
-                     decoupled=decoupled_weight_decay)
+    h = adam_scalars(step=step, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                     amsgrad=amsgrad, maximize=maximize,
+                     decoupled_weight_decay=decoupled_weight_decay)
     _run(kernel, device, param, grad, names, dict(exp_avg=exp_avg, exp_avg_sq=exp_avg_sq,
                                                   max_exp_avg_sq=max_exp_avg_sq), h)
 
@@ -154,10 +155,17 @@ def adagrad_layout():
     return "adagrad", ("sum",)
 
 
-def adagrad_scalars(dtype, *, step, lr, lr_decay, eps, weight_decay, maximize):
-    c = _cast(dtype)
-    return _math.AdagradScalars(c(lr / (1.0 + (step - 1) * lr_decay)), c(eps), c(weight_decay),
-                                bool(maximize))
+ADAGRAD_STEP_FIELDS = ("clr",)
+
+
+def adagrad_step_scalars(step, lr, lr_decay):
+    """The Adagrad scalar that changes every step (``ADAGRAD_STEP_FIELDS``): the decayed lr."""
+    return (lr / (1.0 + (step - 1) * lr_decay),)
+
+
+def adagrad_scalars(*, step, lr, lr_decay, eps, weight_decay, maximize):
+    (clr,) = adagrad_step_scalars(step, lr, lr_decay)
+    return _math.AdagradScalars(clr, eps, weight_decay, maximize)
 
 
 ADAGRAD_HYPER = dict(lr=check.non_negative, lr_decay=check.non_negative,
@@ -172,7 +180,7 @@ def adagrad_step(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0, weight_
                                     initial_accumulator_value=0.0, eps=eps, maximize=maximize))
     step = check.step_number("step", step)
     kernel, names = adagrad_layout()
-    h = adagrad_scalars(param.dtype, step=step, lr=lr, lr_decay=lr_decay, eps=eps,
+    h = adagrad_scalars(step=step, lr=lr, lr_decay=lr_decay, eps=eps,
                         weight_decay=weight_decay, maximize=maximize)
     _run(kernel, device, param, grad, names, {"sum": state_sum}, h)
 
@@ -198,4 +206,5 @@ def _run(kernel_name, device, param, grad, state_names, given, h):
     named = [("param", param), ("grad", grad), *zip(state_names, states)]
     backend = dispatch.backend(dispatch.resolve_device(device, named))
     flat = backend.flat
-    getattr(backend, kernel_name)(flat(param), flat(grad), tuple(flat(s) for s in states), h)
+    getattr(backend, kernel_name)(flat(param), flat(grad), tuple(flat(s) for s in states),
+                                  backend.scalars_argument(h, param.dtype))

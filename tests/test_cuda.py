@@ -126,26 +126,16 @@ def test_functional_steps_work_on_device_arrays():
 PTX_SCRIPT = textwrap.dedent("""
     import json, numpy as np
     from numba import cuda, typeof
-    from numba_opt import _cuda, _math, functional as F
-    scalars = {
-        "sgd": lambda dt: F.sgd_scalars(dt, lr=.1, momentum=.9, dampening=0., weight_decay=0.,
-                                        nesterov=False, maximize=False, first_momentum_step=False),
-        "rmsprop": lambda dt: F.rmsprop_scalars(dt, lr=.1, alpha=.9, eps=1e-8, weight_decay=0.,
-                                                momentum=0., centered=False,
-                                                eps_inside_sqrt=False, maximize=False),
-        "adam": lambda dt: F.adam_scalars(dt, step=1, lr=.1, betas=(.9, .99), eps=1e-8,
-                                          weight_decay=0., amsgrad=False, maximize=False,
-                                          decoupled=False),
-        "adagrad": lambda dt: F.adagrad_scalars(dt, step=1, lr=.1, lr_decay=0., eps=1e-8,
-                                                weight_decay=0., maximize=False),
-    }
+    from numba_opt import _cuda, _math
     counts = {}
     for launcher in _cuda.LAUNCHERS:
         name = launcher.__name__
+        n_states, family = _math.KERNELS[name]
+        fields = _math.SCALARS[family]._fields
         for dtype in (np.float32, np.float64):
             array = typeof(np.zeros(1, dtype))
-            h = scalars[name.split("_")[0]](dtype)
-            signature = (array,) * (2 + _math.KERNELS[name]) + (typeof(h),)
+            h = _cuda.scalars_argument(_math.SCALARS[family]._make([0.0] * len(fields)), dtype)
+            signature = (array,) * (2 + n_states) + (typeof(h),)
             ptx, _ = cuda.compile_ptx(launcher.kernel.py_func, signature, cc=(9, 0))
             counts[f"{name} {dtype.__name__}"] = sum(".f64" in line for line in ptx.splitlines())
     print(json.dumps(counts))

@@ -9,16 +9,15 @@ from cases import CASES, case_id, make_grads, make_params, optimizer
 
 
 def kernel_calls(name, kwargs, dtype, size=40_000):
-    """Record (kernel, args) for every kernel call one step of the optimizer makes."""
-    calls = []
+    """The kernel one step of the optimizer calls, and arguments for it (state after step 1)."""
     params = make_params(dtype, shapes=[(size,)])
     opt = optimizer(name, params, **kwargs)
     opt.step(make_grads(params, 1))  # creates the state
-    kernel_name, names = opt._layout(opt.param_groups[0])
-    state = opt.state[0]
-    h = opt._scalars(opt.param_groups[0], params[0].dtype, 2, [])
-    args = (params[0], make_grads(params, 2)[0], tuple(state[n] for n in names), h)
-    return getattr(_cpu, kernel_name), args
+    hyper = {k: v for k, v in opt.param_groups[0].items() if k != "params"}
+    kernel_name, names = opt._layout(hyper)
+    scalars = _cpu.scalars_argument(opt._scalars(hyper, 2, ()), dtype)
+    states = tuple(opt.state[0][n].reshape(-1) for n in names)
+    return getattr(_cpu, kernel_name), (params[0], make_grads(params, 2)[0], states, scalars)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -73,8 +72,7 @@ def test_float32_kernels_see_only_float32():
     for kernel in _cpu.KERNELS:
         for dispatcher in kernel.dispatchers():
             for signature in dispatcher.signatures:
-                *arrays, h = signature
-                scalars = [t for t in h if t != types.boolean]
-                dtypes = {t.dtype for t in arrays} | set(scalars)
+                assert all(isinstance(t, types.Array) for t in signature)
+                dtypes = {t.dtype for t in signature}  # the scalars are an array too
                 assert len(dtypes) == 1, f"{dispatcher.py_func.__name__}{signature}"
     assert all(d.signatures for k in _cpu.KERNELS for d in k.dispatchers())

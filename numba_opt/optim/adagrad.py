@@ -6,6 +6,8 @@ class Adagrad(Optimizer):
     """Adagrad (torch.optim.Adagrad): s <- s + g^2; p <- p - clr*g/(sqrt(s) + eps),
     clr = lr / (1 + (t - 1)*lr_decay); s starts at ``initial_accumulator_value``."""
     state_names = ("sum",)
+    hyper_checks = F.ADAGRAD_HYPER
+    step_fields = F.ADAGRAD_STEP_FIELDS
 
     def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
                  initial_accumulator_value=0.0, eps=1e-10, maximize=False, device="auto"):
@@ -13,16 +15,16 @@ class Adagrad(Optimizer):
                                       initial_accumulator_value=initial_accumulator_value,
                                       eps=eps, maximize=maximize), device)
 
-    def _check(self, hyper):
-        F.check_hyper(F.ADAGRAD_HYPER, hyper)
-
-    def _layout(self, group):
+    def _layout(self, hyper):
         return F.adagrad_layout()
 
-    def _scalars(self, group, dtype, step, fresh):
-        return F.adagrad_scalars(dtype, step=step, lr=group["lr"], lr_decay=group["lr_decay"],
-                                 eps=group["eps"], weight_decay=group["weight_decay"],
-                                 maximize=group["maximize"])
+    def _scalars(self, hyper, step, fresh):
+        return F.adagrad_scalars(step=step, lr=hyper["lr"], lr_decay=hyper["lr_decay"],
+                                 eps=hyper["eps"], weight_decay=hyper["weight_decay"],
+                                 maximize=hyper["maximize"])
 
-    def _initial_value(self, name, group):
-        return group["initial_accumulator_value"]
+    def _step_scalars(self, hyper, step):
+        return F.adagrad_step_scalars(step, hyper["lr"], hyper["lr_decay"])
+
+    def _initial_value(self, name, hyper):
+        return hyper["initial_accumulator_value"]

@@ -10,6 +10,8 @@ class Adam(Optimizer):
     ``decoupled_weight_decay=True`` makes it AdamW.
     """
     state_names = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    hyper_checks = F.ADAM_HYPER
+    step_fields = F.ADAM_STEP_FIELDS
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  amsgrad=False, maximize=False, decoupled_weight_decay=False, device="auto"):
@@ -17,17 +19,14 @@ class Adam(Optimizer):
                                       amsgrad=amsgrad, maximize=maximize,
                                       decoupled_weight_decay=decoupled_weight_decay), device)
 
-    def _check(self, hyper):
-        F.check_hyper(F.ADAM_HYPER, hyper)
+    def _layout(self, hyper):
+        return F.adam_layout(hyper["amsgrad"])
 
-    def _layout(self, group):
-        return F.adam_layout(group["amsgrad"])
+    def _scalars(self, hyper, step, fresh):
+        return F.adam_scalars(step=step, **hyper)
 
-    def _scalars(self, group, dtype, step, fresh):
-        return F.adam_scalars(dtype, step=step, lr=group["lr"], betas=group["betas"],
-                              eps=group["eps"], weight_decay=group["weight_decay"],
-                              amsgrad=group["amsgrad"], maximize=group["maximize"],
-                              decoupled=group["decoupled_weight_decay"])
+    def _step_scalars(self, hyper, step):
+        return F.adam_step_scalars(step, hyper["lr"], hyper["betas"])
 
 
 class AdamW(Adam):

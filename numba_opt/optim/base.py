@@ -1,25 +1,89 @@
 """Optimizer: parameter groups, validation, state buffers, step counters and state_dict.
 
-Subclasses say only what differs between optimizers, through four hooks that forward to
+Subclasses say only what differs between optimizers, through hooks that forward to
 ``numba_opt.functional`` (where the host-side arithmetic lives):
-- ``_check(hyper)``: validate one group's hyper-parameters (raise, never modify);
-- ``_layout(group)``: the kernel name and the state buffers it updates, in kernel order;
-- ``_scalars(group, dtype, step, fresh)``: the kernel's scalar namedtuple for this step;
-  ``fresh`` names the buffers created just now (SGD's first momentum step depends on it);
-- ``_initial_value(name, group)``: the fill value of a new state buffer (0 unless overridden).
+- ``hyper_checks``: the table validating one group's hyper-parameters;
+- ``_layout(hyper)``: the kernel name and the state buffers it updates, in kernel order;
+- ``_scalars(hyper, step, fresh)``: the kernel's scalar namedtuple for this step; ``fresh``
+  names the buffers that start with this step (SGD's first momentum step depends on it);
+- ``_initial_value(name, hyper)``: the fill value of a new state buffer (0 unless overridden);
+- ``step_fields`` and ``_step_scalars(hyper, step)``: the few scalars that change every step
+  (Adam's bias corrections) and their values; the rest are computed once per change of a group.
+
+How a step runs (the fast path is what makes small steps cheap and big models one pass):
+- The params of a group that share a dtype form a *bucket*.  Each state (exp_avg, ...) of a
+  bucket is one flat buffer; each param's state is a view into it.
+- If the bucket's params lie back to back in one buffer (``FlatParams``) and so do the grads,
+  the whole bucket is ONE kernel call.  Otherwise one call per param (same scalars).
+- Grads that are the very objects of the previous step are not validated again, and a group's
+  hyper-parameters are validated (and the scalars recomputed) only when an entry changes.
+- A ``None`` grad skips its param, whose step count then differs from the others': that bucket
+  goes on param by param, with per-param step counts, as torch does.
 """
+import operator
 from collections.abc import Mapping
 
 import numpy as np
 
 from .. import _validation as check, dispatch
+from ..flat import FlatParams
 
 STATE_DICT_FORMAT = 1
+_MISSING = object()
+
+
+class _Bucket:
+    """The params of one group that share a dtype, and their flat state."""
+
+    def __init__(self, group_index, indices, params, backend):
+        self.group_index = group_index
+        self.indices = indices
+        self.params = params
+        self.flat_params = [backend.flat(p) for p in params]
+        sizes = [int(np.prod(p.shape)) for p in params]
+        self.bounds = [(sum(sizes[:j]), sum(sizes[:j + 1])) for j in range(len(sizes))]
+        self.size = sum(sizes)
+        self.dtype = np.dtype(params[0].dtype)
+        self.param_span = backend.span(params) if len(params) > 1 else self.flat_params[0]
+        self.buffers = {}  # state name -> flat buffer over the whole bucket
+        self.views = {}    # state name -> the per-param flat views into it
+        # While every param has stepped together: one step count and one set of started states.
+        self.step = 0
+        self.started = set()
+        self.per_param = None  # after params diverged: [[step, started set], ...] per param
+        # the last scalars argument, and the fresh-state names it was made for
+        self.scalars = self.scalars_fresh = None
+        self.layout = None  # the (kernel, state names) of the cached calls below
+        self.span_call = self.span_states = None  # the whole bucket as one kernel call
+        self.param_calls = None  # [(kernel call, its state tuple)] per param
+
+    def history(self, j):
+        """(step count, started state names) of the bucket's j-th param."""
+        if self.per_param is None:
+            return self.step, self.started
+        return self.per_param[j]
+
+    def reset(self):
+        self.buffers, self.views = {}, {}
+        self.step, self.started, self.per_param = 0, set(), None
+        self.scalars = self.scalars_fresh = None
+        self.layout = self.span_call = self.span_states = self.param_calls = None
+
+    def use_layout(self, kernel, names):
+        """Bind the kernel calls and their state tuples (the buffers must exist)."""
+        self.span_call = kernel.bind(self.size)
+        self.span_states = tuple(self.buffers[n] for n in names)
+        self.param_calls = [(kernel.bind(p.size), tuple(self.views[n][j] for n in names))
+                            for j, p in enumerate(self.flat_params)]
+        self.layout = (kernel, names)
 
 
 class Optimizer:
     #: every state buffer name this optimizer may create (for load_state_dict validation)
     state_names = ()
+    #: name -> check(name, value) for every hyper-parameter (set by each optimizer)
+    hyper_checks = {}
+    step_fields = ()
 
     def __init__(self, params, defaults, device="auto"):
         self.defaults = dict(defaults)
@@ -33,24 +97,32 @@ class Optimizer:
         _reject_shared_memory(params_flat, self._labels)
 
         self.param_groups = []
-        self._group_indices = []
+        group_indices = []
         start = 0
         for gi, group in enumerate(groups):
-            unknown = sorted(set(group) - set(self.defaults) - {"params"})
-            if unknown:
-                raise ValueError(f"param_groups[{gi}] has unknown hyper-parameter(s) {unknown} "
-                                 f"for {type(self).__name__}; known: {sorted(self.defaults)}")
             filled = {**self.defaults, **group, "params": list(group["params"])}
             self._check_labelled(gi, filled)
             self.param_groups.append(filled)
-            self._group_indices.append(range(start, start + len(filled["params"])))
+            group_indices.append(list(range(start, start + len(filled["params"]))))
             start += len(filled["params"])
 
         self.device = dispatch.resolve_device(device, zip(self._labels, params_flat))
         self._backend = dispatch.backend(self.device)
         self._params = params_flat
-        self._flat_params = [self._backend.flat(p) for p in params_flat]
-        self.state = [{} for _ in params_flat]  # per param: "step" and its buffers
+        self._group_indices = group_indices
+        self._buckets = []
+        self._bucket_of = [None] * len(params_flat)  # param index -> (bucket, position in it)
+        for gi, indices in enumerate(group_indices):
+            for dtype in dict.fromkeys(np.dtype(params_flat[i].dtype) for i in indices):
+                members = [i for i in indices if np.dtype(params_flat[i].dtype) == dtype]
+                bucket = _Bucket(gi, members, [params_flat[i] for i in members], self._backend)
+                for j, i in enumerate(members):
+                    self._bucket_of[i] = (bucket, j)
+                self._buckets.append(bucket)
+        # per group: (hyper-parameters, kernel, state names, the group's values when checked)
+        self._group_cache = [None] * len(self.param_groups)
+        self._seen_grads = None  # the last step's grads, validated, and what each bucket needs
+        self._step_indices = None
         self.step_count = 0
 
     # ------------------------------------------------------------------------------- stepping
@@ -58,44 +130,113 @@ class Optimizer:
         """Update every param in place from ``grads`` (same structure and order as the params:
         a sequence, or a dict with the same names).  A ``None`` grad skips its param, as in
         torch.  Everything is validated before anything is modified."""
-        grads = self._match_grads(grads)
-        for gi, group in enumerate(self.param_groups):
-            self._check_labelled(gi, group)
-        flat = self._backend.flat
-        for group, indices in zip(self.param_groups, self._group_indices):
-            kernel_name, names = self._layout(group)
-            kernel = getattr(self._backend, kernel_name)
-            for i in indices:
-                if grads[i] is None:
-                    continue
-                param, state = self._params[i], self.state[i]
-                fresh = [n for n in names if n not in state]
-                for name in fresh:
-                    state[name] = self._backend.full_like(param, self._initial_value(name, group))
-                state["step"] = state.get("step", 0) + 1
-                h = self._scalars(group, param.dtype, state["step"], fresh)
-                states = tuple(flat(state[n]) for n in names)
-                kernel(self._flat_params[i], flat(grads[i]), states, h)
+        grads = self._grad_list(grads)
+        seen = self._seen_grads
+        if seen is None or len(seen[0]) != len(grads) or not all(
+                map(operator.is_, grads, seen[0])):
+            seen = self._adopt_grads(grads)
+        # a group changed if an entry is a new object (tuple == compares by identity first)
+        stale = [gi for gi, (group, cached) in enumerate(zip(self.param_groups,
+                                                             self._group_cache))
+                 if cached is None or tuple(group.values()) != cached[3]]
+        for gi in stale:
+            self._check_labelled(gi, self.param_groups[gi])
+        # --- everything is valid: from here on, state changes
+        self._seen_grads = seen
+        for gi in stale:
+            self._refresh_group(gi)
+        for bucket, (bucket_grads, presence, grad_span) in zip(self._buckets, seen[1]):
+            if presence == "all" and bucket.per_param is None:
+                self._step_bucket(bucket, bucket_grads, grad_span)
+            elif presence != "none":  # some grads are None, now or in an earlier step
+                self._step_params(bucket, bucket_grads)
         self.step_count += 1
 
-    def _match_grads(self, grads):
-        """grads as a list aligned with the params, every entry checked against its param."""
+    def _step_bucket(self, bucket, grads, grad_span):
+        """One step of a bucket whose params all step together.  ``grads``: their flat views;
+        ``grad_span``: the same as one span, or None."""
+        hyper, kernel, names, _ = self._group_cache[bucket.group_index]
+        if bucket.layout != (kernel, names):
+            self._use_layout(bucket, hyper, kernel, names)
+        started = bucket.started
+        fresh = () if len(started) == len(names) else tuple(n for n in names if n not in started)
+        step = bucket.step + 1
+        # the scalars: made anew when the group or the fresh states change, otherwise only the
+        # step_fields (Adam's bias corrections) are rewritten
+        scalars = bucket.scalars
+        if scalars is None or bucket.scalars_fresh != fresh:
+            scalars = self._backend.scalars_argument(self._scalars(hyper, step, fresh),
+                                                     bucket.dtype)
+        elif self.step_fields:
+            scalars = self._backend.update_scalars(scalars, self._step_indices,
+                                                   self._step_scalars(hyper, step))
+        bucket.scalars, bucket.scalars_fresh = scalars, fresh
+        if grad_span is not None:  # params and grads each one span: one call
+            bucket.span_call(bucket.param_span, grad_span, *bucket.span_states, scalars)
+        else:
+            for param, grad, (call, states) in zip(bucket.flat_params, grads, bucket.param_calls):
+                call(param, grad, *states, scalars)
+        bucket.step = step
+        if fresh:
+            started.update(names)
+
+    def _use_layout(self, bucket, hyper, kernel, names):
+        for name in names:
+            if name not in bucket.buffers:
+                self._allocate(bucket, name, hyper)
+        bucket.use_layout(kernel, names)
+        if self._step_indices is None:  # where the step_fields sit in the scalars namedtuple
+            fields = type(self._scalars(hyper, 1, ()))._fields
+            self._step_indices = [fields.index(name) for name in self.step_fields]
+
+    def _step_params(self, bucket, grads):
+        """Param by param, each with its own step count (once some grads were None)."""
+        hyper, kernel, names, _ = self._group_cache[bucket.group_index]
+        if bucket.layout != (kernel, names):
+            self._use_layout(bucket, hyper, kernel, names)
+        if bucket.per_param is None:
+            bucket.per_param = [[bucket.step, set(bucket.started)] for _ in bucket.params]
+        for param, grad, (call, states), history in zip(bucket.flat_params, grads,
+                                                        bucket.param_calls, bucket.per_param):
+            if grad is None:
+                continue
+            fresh = tuple(n for n in names if n not in history[1])
+            history[0] += 1
+            scalars = self._backend.scalars_argument(
+                self._scalars(hyper, history[0], fresh), bucket.dtype)
+            call(param, grad, *states, scalars)
+            history[1].update(names)
+
+    def _allocate(self, bucket, name, hyper):
+        buffer = self._backend.full(bucket.size, bucket.dtype, self._initial_value(name, hyper))
+        bucket.buffers[name] = buffer
+        bucket.views[name] = [buffer[start:stop] for start, stop in bucket.bounds]
+
+    # ------------------------------------------------------------------------ grads and groups
+    def _grad_list(self, grads):
+        """grads as a list aligned with the params (structure checked, arrays not yet)."""
         if self._names is not None:
             if not isinstance(grads, Mapping):
                 raise TypeError("params were given by name, so grads must be a dict with the "
                                 f"same names, got {type(grads).__name__}")
+            try:
+                return [grads[n] for n in self._names]
+            except KeyError:
+                pass
             missing = [n for n in self._names if n not in grads]
             extra = [n for n in grads if n not in set(self._names)]
-            if missing or extra:
-                raise ValueError(f"grads names do not match params: missing {missing}, "
-                                 f"unknown {extra}")
-            grads = [grads[n] for n in self._names]
-        else:
-            if not isinstance(grads, (list, tuple)):
-                raise TypeError("grads must be a list or tuple with one array per param, in "
-                                f"param order, got {type(grads).__name__}")
-            if len(grads) != len(self._params):
-                raise ValueError(f"got {len(grads)} grads for {len(self._params)} params")
+            raise ValueError(f"grads names do not match params: missing {missing}, "
+                             f"unknown {extra}")
+        if not isinstance(grads, (list, tuple)):
+            raise TypeError("grads must be a list or tuple with one array per param, in "
+                            f"param order, got {type(grads).__name__}")
+        if len(grads) != len(self._params):
+            raise ValueError(f"got {len(grads)} grads for {len(self._params)} params")
+        return grads
+
+    def _adopt_grads(self, grads):
+        """Validate new grads against their params; return them with, per bucket, what
+        ``_step_bucket`` takes: (flat grads, presence, grad span)."""
         for grad, param, label in zip(grads, self._params, self._labels):
             if grad is None:
                 continue
@@ -105,23 +246,62 @@ class Optimizer:
             if where != self.device:
                 raise TypeError(f"{name} lives on {where} but {label} lives on {self.device}; "
                                 "numba_opt never copies between host and device")
-        return grads
+        flat = self._backend.flat
+        per_bucket = []
+        for bucket in self._buckets:
+            mine = [grads[i] for i in bucket.indices]
+            count = sum(g is not None for g in mine)
+            presence = "all" if count == len(mine) else "some" if count else "none"
+            joined = presence == "all" and bucket.param_span is not None
+            per_bucket.append(([None if g is None else flat(g) for g in mine], presence,
+                               self._backend.span(mine) if joined else None))
+        return tuple(grads), per_bucket
+
+    def _refresh_group(self, gi):
+        group = self.param_groups[gi]
+        hyper = {k: v for k, v in group.items() if k != "params"}
+        kernel_name, names = self._layout(hyper)
+        kernel = getattr(self._backend, kernel_name)
+        self._group_cache[gi] = (hyper, kernel, names, tuple(group.values()))
+        for bucket in self._buckets:
+            if bucket.group_index == gi:
+                bucket.scalars = None
 
     def _check_labelled(self, group_index, group):
         hyper = {k: v for k, v in group.items() if k != "params"}
         unknown = sorted(set(hyper) - set(self.defaults))
         if unknown:
             raise ValueError(f"param_groups[{group_index}] has unknown hyper-parameter(s) "
-                             f"{unknown}; known: {sorted(self.defaults)}")
+                             f"{unknown} for {type(self).__name__}; known: "
+                             f"{sorted(self.defaults)}")
         try:
             self._check(hyper)
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"param_groups[{group_index}]: {exc}") from None
 
-    def _initial_value(self, name, group):
+    def _check(self, hyper):
+        from .. import functional
+        functional.check_hyper(self.hyper_checks, hyper)
+
+    def _initial_value(self, name, hyper):
         return 0.0
 
-    # ------------------------------------------------------------------------------ state dict
+    # ------------------------------------------------------------------------------ the state
+    @property
+    def state(self):
+        """Per param (in param order): {} before its first step, else its ``step`` count and a
+        view of each state buffer shaped like the param (writing to a view changes the state)."""
+        states = []
+        for i, param in enumerate(self._params):
+            bucket, j = self._bucket_of[i]
+            step, started = bucket.history(j)
+            entry = {"step": step} if step else {}
+            if step:
+                for name in sorted(started, key=self.state_names.index):
+                    entry[name] = self._backend.shaped(bucket.views[name][j], param)
+            states.append(entry)
+        return states
+
     def state_dict(self):
         """A checkpoint of the optimizer: hyper-parameters, step counters and host (NumPy) copies
         of every state buffer.  Params are referred to by position, as in torch."""
@@ -164,32 +344,55 @@ class Optimizer:
             hyper = {k: v for k, v in saved.items() if k != "params"}
             self._check_labelled(gi, {**self.defaults, **hyper})
             new_hyper.append(hyper)
-        new_state = [{} for _ in self._params]
+        new_state = {}
         for i, saved in state_dict["state"].items():
             if not (isinstance(i, (int, np.integer)) and 0 <= i < len(self._params)):
                 raise ValueError(f"state_dict['state'] has an entry for param {i!r}, the "
                                  f"optimizer has {len(self._params)} params")
-            param, label = self._params[i], self._labels[i]
-            for key, value in saved.items():
-                where = f"state_dict['state'][{i}][{key!r}]"
-                if key == "step":
-                    new_state[i]["step"] = check.count(where, value)
-                    continue
-                if key not in self.state_names:
-                    raise ValueError(f"{where}: {type(self).__name__} has no state {key!r}")
-                if not isinstance(value, np.ndarray):
-                    raise TypeError(f"{where} must be a NumPy array, got {type(value).__name__}")
-                if value.shape != param.shape:
-                    raise ValueError(f"{where} has shape {value.shape}, {label} has {param.shape}")
-                if value.dtype != param.dtype:
-                    raise TypeError(f"{where} has dtype {value.dtype}, {label} has {param.dtype}")
-                new_state[i][key] = value
+            new_state[int(i)] = self._checked_state(i, saved)
         # everything checked: now apply
         for group, hyper in zip(self.param_groups, new_hyper):
             group.update(hyper)
-        self.state = [{k: (v if k == "step" else self._backend.from_host(v, like=self._params[i]))
-                       for k, v in st.items()} for i, st in enumerate(new_state)]
+        self._group_cache = [None] * len(self.param_groups)
+        for bucket in self._buckets:
+            self._load_bucket(bucket, new_state)
         self.step_count = step_count
+
+    def _checked_state(self, i, saved):
+        param, label = self._params[i], self._labels[i]
+        if "step" not in saved:
+            raise ValueError(f"state_dict['state'][{i}] has no 'step'")
+        for key, value in saved.items():
+            where = f"state_dict['state'][{i}][{key!r}]"
+            if key == "step":
+                check.count(where, value)
+                continue
+            if key not in self.state_names:
+                raise ValueError(f"{where}: {type(self).__name__} has no state {key!r}")
+            if not isinstance(value, np.ndarray):
+                raise TypeError(f"{where} must be a NumPy array, got {type(value).__name__}")
+            if value.shape != tuple(param.shape):
+                raise ValueError(f"{where} has shape {value.shape}, {label} has "
+                                 f"{tuple(param.shape)}")
+            if value.dtype != param.dtype:
+                raise TypeError(f"{where} has dtype {value.dtype}, {label} has {param.dtype}")
+        return saved
+
+    def _load_bucket(self, bucket, new_state):
+        hyper = {k: v for k, v in self.param_groups[bucket.group_index].items() if k != "params"}
+        bucket.reset()
+        entries = [new_state.get(i, {}) for i in bucket.indices]
+        histories = [[int(e.get("step", 0)), {k for k in e if k != "step"}] for e in entries]
+        for name in sorted(set().union(*(h[1] for h in histories)), key=self.state_names.index):
+            self._allocate(bucket, name, hyper)
+        for j, entry in enumerate(entries):
+            for name, value in entry.items():
+                if name != "step":
+                    self._backend.upload(bucket.views[name][j], value, bucket.params[j])
+        if all(h == histories[0] for h in histories):
+            bucket.step, bucket.started = histories[0][0], set(histories[0][1])
+        else:
+            bucket.per_param = histories
 
     def __repr__(self):
         lines = [f"{type(self).__name__}(device={self.device!r}, params={len(self._params)}, "
@@ -219,6 +422,8 @@ def _as_param_list(value, where):
 
 def _normalise_params(params):
     """(groups, names): groups as dicts with a 'params' list; names when params was a dict."""
+    if isinstance(params, FlatParams):
+        params = params.params
     if isinstance(params, Mapping):
         names = list(params)
         bad = [n for n in names if not isinstance(n, str)]
@@ -243,8 +448,7 @@ def _normalise_params(params):
 def _reject_shared_memory(arrays, labels):
     """Each param must own its memory: the same array twice, or overlapping views, would be
     updated twice per step.  Contiguous arrays occupy [start, start + nbytes)."""
-    spans = [(*check.data_span(array), label) for array, label in zip(arrays, labels)]
-    spans.sort()
+    spans = sorted((*check.data_span(array), label) for array, label in zip(arrays, labels))
     reach, reach_label = None, None  # the furthest end so far, and whose it is
     for start, end, label in spans:
         if reach is not None and start < reach and end > start:

@@ -9,6 +9,7 @@ class RMSprop(Optimizer):
     ``eps_inside_sqrt=True`` switches to the TF/Keras denominator sqrt(v + eps).
     """
     state_names = ("square_avg", "grad_avg", "momentum_buffer")
+    hyper_checks = F.RMSPROP_HYPER
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
                  centered=False, maximize=False, eps_inside_sqrt=False, device="auto"):
@@ -16,18 +17,11 @@ class RMSprop(Optimizer):
                                       momentum=momentum, centered=centered, maximize=maximize,
                                       eps_inside_sqrt=eps_inside_sqrt), device)
 
-    def _check(self, hyper):
-        F.check_hyper(F.RMSPROP_HYPER, hyper)
+    def _layout(self, hyper):
+        return F.rmsprop_layout(hyper["centered"], hyper["momentum"])
 
-    def _layout(self, group):
-        return F.rmsprop_layout(group["centered"], group["momentum"])
-
-    def _scalars(self, group, dtype, step, fresh):
-        return F.rmsprop_scalars(dtype, lr=group["lr"], alpha=group["alpha"], eps=group["eps"],
-                                 weight_decay=group["weight_decay"], momentum=group["momentum"],
-                                 centered=group["centered"],
-                                 eps_inside_sqrt=group["eps_inside_sqrt"],
-                                 maximize=group["maximize"])
+    def _scalars(self, hyper, step, fresh):
+        return F.rmsprop_scalars(**hyper)
 
 
 RMSProp = RMSprop  # the spelling of the Keras / course material

@@ -19,11 +19,8 @@ class SGD(Optimizer):
     def _check(self, hyper):
         F.check_sgd(**hyper)
 
-    def _layout(self, group):
-        return F.sgd_layout(group["momentum"])
+    def _layout(self, hyper):
+        return F.sgd_layout(hyper["momentum"])
 
-    def _scalars(self, group, dtype, step, fresh):
-        return F.sgd_scalars(dtype, lr=group["lr"], momentum=group["momentum"],
-                             dampening=group["dampening"], weight_decay=group["weight_decay"],
-                             nesterov=group["nesterov"], maximize=group["maximize"],
-                             first_momentum_step="momentum_buffer" in fresh)
+    def _scalars(self, hyper, step, fresh):
+        return F.sgd_scalars(first_momentum_step="momentum_buffer" in fresh, **hyper)
