@@ -201,3 +201,36 @@ def test_missing_cuda_backend_says_what_to_install(monkeypatch):
     monkeypatch.setitem(dispatch._BACKEND_MODULES, "cuda", "numba_opt._not_installed")
     with pytest.raises(RuntimeError, match=r"pip install 'numba-opt\[cuda\]'"):
         dispatch.backend("cuda")
+
+
+@needs_cuda
+def test_flat_params_on_the_gpu_step_in_one_launch(monkeypatch):
+    from numba_opt import _cuda
+    launches = []
+    original = _cuda.Launcher.bind
+
+    def counting_bind(self, size):
+        launch = original(self, size)
+
+        def counted(*args):
+            launches.append(size)
+            return launch(*args)
+        return counted
+    monkeypatch.setattr(_cuda.Launcher, "bind", counting_bind)
+    host = make_params(np.float32, shapes=SHAPES)
+    flat_gpu = nopt.FlatParams(to_device(host))
+    flat_cpu = nopt.FlatParams(host)
+    assert flat_gpu.device == "cuda"
+    gpu, cpu = nopt.AdamW(flat_gpu, lr=0.01), nopt.AdamW(flat_cpu, lr=0.01)
+    for step in range(1, 6):
+        grads = make_grads(host, step)
+        for view, grad in zip(flat_gpu.grads, grads):
+            view.copy_to_device(grad)
+        for view, grad in zip(flat_cpu.grads, grads):
+            view[...] = grad
+        del launches[:]
+        gpu.step(flat_gpu.grads)
+        cpu.step(flat_cpu.grads)
+        assert launches == [flat_cpu.data.size]
+    np.testing.assert_allclose(flat_gpu.data.copy_to_host(), flat_cpu.data,
+                               **TOLERANCE[np.float32])
