@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-gpu bench clean
+.PHONY: demo test test-gpu bench bench-quick cold-start clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,15 @@ test: $(STAMP)
 test-gpu: $(STAMP)
 	NUMBA_ENABLE_CUDASIM=0 $(PY) -m pytest -q
 
+# pyperf suite: every peer of a case in one run; tables and plot under bench/results/
 bench: $(STAMP)
-	$(PY) bench/bench_roof.py
+	$(PY) -m bench
+
+bench-quick: $(STAMP)
+	$(PY) -m bench --quick
+
+cold-start: $(STAMP)
+	$(PY) bench/cold_start.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

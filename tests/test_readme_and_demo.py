@@ -1,6 +1,7 @@
 """The README's usage example runs as written, and the demo trains."""
 import pathlib
 import re
+import textwrap
 
 import numpy as np
 
@@ -9,14 +10,25 @@ from numba_opt import demo
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_readme_usage_example_runs_and_converges(capsys):
+def readme_block(containing):
+    """The README's python code block that contains ``containing`` (dedented)."""
     readme = (ROOT / "README.md").read_text()
-    code = re.findall(r"```python\n(.*?)```", readme, re.S)[0]
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    return textwrap.dedent(next(b for b in blocks if containing in b))
+
+
+def test_readme_usage_example_runs_and_converges(capsys):
     namespace = {}
-    exec(compile(code, "README.md", "exec"), namespace)
+    exec(compile(readme_block("range(300)"), "README.md", "exec"), namespace)
     x, y, W, b = (namespace[k] for k in ("x", "y", "W", "b"))
     assert 0.5 * np.mean((x @ W + b - y) ** 2) < 1e-3
     assert "after 300 steps" in capsys.readouterr().out
+
+    # the FlatParams snippet continues the same session
+    exec(compile(readme_block("FlatParams"), "README.md", "exec"), namespace)
+    flat = namespace["flat"]
+    assert namespace["opt"].step_count == 1 and np.shares_memory(flat.params["W"], flat.data)
+    assert not np.array_equal(flat.params["W"], W)  # the step moved the flat copy
 
 
 def test_readme_starts_with_the_two_setup_commands():

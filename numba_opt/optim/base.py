@@ -20,6 +20,7 @@ How a step runs (the fast path is what makes small steps cheap and big models on
 - A ``None`` grad skips its param, whose step count then differs from the others': that bucket
   goes on param by param, with per-param step counts, as torch does.
 """
+import itertools
 import operator
 from collections.abc import Mapping
 
@@ -29,7 +30,6 @@ from .. import _validation as check, dispatch
 from ..flat import FlatParams
 
 STATE_DICT_FORMAT = 1
-_MISSING = object()
 
 
 class _Bucket:
@@ -40,16 +40,19 @@ class _Bucket:
         self.indices = indices
         self.params = params
         self.flat_params = [backend.flat(p) for p in params]
-        sizes = [int(np.prod(p.shape)) for p in params]
-        self.bounds = [(sum(sizes[:j]), sum(sizes[:j + 1])) for j in range(len(sizes))]
-        self.size = sum(sizes)
+        ends = list(itertools.accumulate(int(np.prod(p.shape)) for p in params))
+        self.bounds = list(zip([0] + ends[:-1], ends))  # each param's [start, stop) in the state
+        self.size = ends[-1]
         self.dtype = np.dtype(params[0].dtype)
-        self.param_span = backend.span(params) if len(params) > 1 else self.flat_params[0]
+        self.param_span = backend.span(params)  # None unless the params lie back to back
+        self.reset()
+
+    def reset(self):
+        """No state: before the first step, and before loading a state_dict."""
         self.buffers = {}  # state name -> flat buffer over the whole bucket
         self.views = {}    # state name -> the per-param flat views into it
         # While every param has stepped together: one step count and one set of started states.
-        self.step = 0
-        self.started = set()
+        self.step, self.started = 0, set()
         self.per_param = None  # after params diverged: [[step, started set], ...] per param
         # the last scalars argument, and the fresh-state names it was made for
         self.scalars = self.scalars_fresh = None
@@ -62,12 +65,6 @@ class _Bucket:
         if self.per_param is None:
             return self.step, self.started
         return self.per_param[j]
-
-    def reset(self):
-        self.buffers, self.views = {}, {}
-        self.step, self.started, self.per_param = 0, set(), None
-        self.scalars = self.scalars_fresh = None
-        self.layout = self.span_call = self.span_states = self.param_calls = None
 
     def use_layout(self, kernel, names):
         """Bind the kernel calls and their state tuples (the buffers must exist)."""

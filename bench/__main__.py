@@ -1,0 +1,178 @@
+"""The numba_opt benchmark suite (pyperf).  Every peer of a case is measured in the same run.
+
+    python -m bench [--quick] [--suite size|model|optimizer|all] [--out DIR] [pyperf options]
+
+Suites:
+- size:      Adam, float32, one tensor of n = 1e3 ... 3e7 elements;
+- model:     Adam, float32, model-shaped lists (an MLP; transformer-like lists of 146 tensors);
+- optimizer: every optimizer, float32 and float64, one tensor of 1e6 elements.
+Peers: the 4-read/3-write memory roof, numba_opt (serial, parallel; list and FlatParams),
+torch.optim (for-loop, foreach, fused) when torch is installed, NumPy as people write it and
+NumPy with out=; on a machine with a CUDA GPU also numba_opt CUDA, torch fused CUDA and a
+device roof.  Writes results.json, results.md and throughput.png under --out (bench/results).
+"""
+import os
+import sys
+import time
+
+import numpy as np
+import pyperf
+
+# pyperf re-runs this file as a script in its worker processes: make ``bench`` importable there
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench import peers, report  # noqa: E402
+
+SIZES = [1_000, 10_000, 100_000, 1_000_000, 10_000_000, 30_000_000]
+QUICK_SIZES = [1_000, 100_000, 10_000_000]
+
+
+def transformer_shapes(d_model, layers=12, vocab=1000):
+    """A transformer-like list: embeddings, then per layer attention, MLP and two layer norms."""
+    shapes = [vocab * d_model, 512 * d_model]
+    for _ in range(layers):
+        shapes += [3 * d_model * d_model, 3 * d_model, d_model * d_model, d_model,  # attention
+                   4 * d_model * d_model, 4 * d_model, 4 * d_model * d_model, d_model,  # MLP
+                   d_model, d_model, d_model, d_model]  # two layer norms
+    return shapes
+
+
+MODELS = {
+    "mlp 784-512-512-10": [784 * 512, 512, 512 * 512, 512, 512 * 10, 10],
+    "transformer d=64": transformer_shapes(64),
+    "transformer d=256": transformer_shapes(256),
+}
+
+
+def torch_installed():
+    try:
+        import torch  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def cases(suite, quick):
+    """(suite, case, optimizer, dtype, peer, sizes, setup, options) for every benchmark."""
+    has_torch, has_gpu = torch_installed(), peers.gpu_available()
+    out = []
+
+    def add(suite_name, case, optimizer, dtype, peer, sizes, setup, **options):
+        out.append((suite_name, case, optimizer, dtype, peer, sizes, setup, options))
+
+    if suite in ("size", "all"):
+        for n in QUICK_SIZES if quick else SIZES:
+            case, sizes = f"n={n:.0e}", [n]
+            add("size", case, "Adam", "float32", "roof 4R/3W", sizes, peers.roof)
+            add("size", case, "Adam", "float32", "numba_opt serial", sizes,
+                peers.numba_opt_list, serial_below=1 << 62)
+            add("size", case, "Adam", "float32", "numba_opt parallel", sizes,
+                peers.numba_opt_list, serial_below=0)
+            add("size", case, "Adam", "float32", "numba_opt", sizes, peers.numba_opt_list)
+            if has_torch:
+                for mode in ("loop", "foreach", "fused"):
+                    add("size", case, "Adam", "float32", f"torch {mode}", sizes,
+                        peers.torch_optim, mode=mode)
+            if n <= 10_000_000 or not quick:
+                add("size", case, "Adam", "float32", "numpy", sizes, peers.numpy_adam)
+                add("size", case, "Adam", "float32", "numpy out=", sizes, peers.numpy_adam_out)
+            if has_gpu:
+                add("size", case, "Adam", "float32", "GPU roof 4R/3W", sizes, peers.cuda_roof)
+                add("size", case, "Adam", "float32", "GPU numba_opt", sizes,
+                    peers.numba_opt_cuda)
+                if peers.torch_cuda_available():
+                    add("size", case, "Adam", "float32", "GPU torch fused", sizes,
+                        peers.torch_optim, mode="fused", device="cuda")
+    if suite in ("model", "all"):
+        models = {k: v for k, v in MODELS.items() if not quick or k == "transformer d=64"}
+        for model, sizes in models.items():
+            case = f"{model} ({len(sizes)} tensors, {sum(sizes) / 1e6:.2f}M)"
+            add("model", case, "Adam", "float32", "roof 4R/3W", sizes, peers.roof)
+            add("model", case, "Adam", "float32", "numba_opt FlatParams", sizes,
+                peers.numba_opt_flat)
+            add("model", case, "Adam", "float32", "numba_opt list", sizes, peers.numba_opt_list)
+            if has_torch:
+                for mode in ("loop", "foreach", "fused"):
+                    add("model", case, "Adam", "float32", f"torch {mode}", sizes,
+                        peers.torch_optim, mode=mode)
+            add("model", case, "Adam", "float32", "numpy", sizes, peers.numpy_adam)
+    if suite in ("optimizer", "all"):
+        n = 1_000_000
+        for dtype in ("float32",) if quick else ("float32", "float64"):
+            add("optimizer", f"n={n:.0e}", "Adam", dtype, "roof 4R/3W", [n], peers.roof)
+            for optimizer in peers.OPTIMIZERS:
+                case = f"n={n:.0e}"
+                add("optimizer", case, optimizer, dtype, "numba_opt", [n], peers.numba_opt_list)
+                if has_torch:
+                    mode = "fused" if peers.torch_has_fused(optimizer) else "foreach"
+                    add("optimizer", case, optimizer, dtype, f"torch {mode}", [n],
+                        peers.torch_optim, mode=mode)
+    return out
+
+
+# Rough costs per peer: (per call, per tensor, bytes per second).  Used only to pick how many
+# steps one pyperf value times (about 0.1 s), which spares a calibration process per benchmark.
+_COST = {"roof": (4e-6, 0, 3e10), "numba_opt": (5e-6, 3e-6, 2.5e10),
+         "torch fused": (8e-5, 5e-6, 2e10), "torch foreach": (5e-5, 2e-5, 1e10),
+         "torch loop": (1e-5, 6e-5, 1e10), "numpy out=": (5e-6, 2e-5, 3e9),
+         "numpy": (5e-6, 2e-5, 1.5e9), "GPU": (2e-5, 0, 1e12)}
+
+
+def loops_for(peer, sizes, optimizer, dtype):
+    key = next(k for k in _COST if peer.startswith(k) or peer.replace(" 4R/3W", "") == k)
+    per_call, per_tensor, bandwidth = _COST[key]
+    moved = peers.TRAFFIC[optimizer] * sum(sizes) * np.dtype(dtype).itemsize
+    estimate = per_call + per_tensor * len(sizes) + moved / bandwidth
+    return int(min(100_000, max(1, round(0.1 / estimate))))
+
+
+_STEPS = {}  # benchmark name -> its step function, built once per worker process
+
+
+def timed(loops, name, setup, sizes, optimizer, dtype, options):
+    step = _STEPS.get(name)
+    if step is None:
+        step = _STEPS[name] = setup(sizes, np.dtype(dtype), optimizer=optimizer, **options)
+        step()  # compile, allocate state
+    start = time.perf_counter()
+    for _ in range(loops):
+        step()
+    return time.perf_counter() - start
+
+
+def forward_options(command, args):
+    """pyperf starts workers with its own options only: pass ours on, so they list the same
+    benchmarks in the same order."""
+    command.extend(["--suite", args.suite, "--out", args.out] + ["--quick"] * args.quick)
+
+
+def main():
+    runner = pyperf.Runner(processes=1, values=3, warmups=1, min_time=0.05,
+                           add_cmdline_args=forward_options)
+    runner.argparser.add_argument("--suite", choices=["size", "model", "optimizer", "all"],
+                                  default="all")
+    runner.argparser.add_argument("--quick", action="store_true",
+                                  help="fewer sizes and models (a few minutes)")
+    runner.argparser.add_argument("--out", default=os.path.join("bench", "results"))
+    args = runner.parse_args()
+    todo = cases(args.suite, args.quick)
+    records = []
+    for number, (suite, case, optimizer, dtype, peer, sizes, setup, options) in enumerate(todo):
+        name = f"{suite} | {case} | {optimizer} {dtype} | {peer}"
+        if not args.worker:
+            print(f"[{number + 1}/{len(todo)}] {name}", file=sys.stderr, flush=True)
+            runner.args.loops = loops_for(peer, sizes, optimizer, dtype)
+        bench = runner.bench_time_func(name, timed, name, setup, sizes, optimizer, dtype, options)
+        if bench is not None and not args.worker:
+            records.append(dict(suite=suite, case=case, optimizer=optimizer, dtype=dtype,
+                                peer=peer, n=sum(sizes), tensors=len(sizes),
+                                traffic=peers.TRAFFIC[optimizer], seconds=bench.median(),
+                                stdev=bench.stdev() if len(bench.get_values()) > 1 else 0.0))
+    if args.worker or not records:
+        return
+    paths = report.write(records, args.out, machine=report.machine_description())
+    print(open(paths["markdown"]).read())
+    print("wrote " + ", ".join(paths.values()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""The contenders, each a ``setup(...) -> step()`` function: everything is allocated in setup,
+``step()`` does one optimizer step and nothing else.
+
+Traffic (arrays read + written per element) is what the memory roof and the GB/s column count.
+"""
+import numpy as np
+from numba import config, njit, prange
+
+try:  # a module global, so that numba's CUDA simulator can stand in for it in tests
+    from numba import cuda
+except ImportError:
+    cuda = None
+
+import numba_opt as nopt
+
+# arrays moved per element by one step (reads + writes), per optimizer configuration
+TRAFFIC = {"SGD": 3, "SGD-momentum": 5, "RMSprop": 5, "Adam": 7, "AdamW": 7, "Adagrad": 5}
+OPTIMIZERS = {  # name -> (numba_opt / torch class, kwargs)
+    "SGD-momentum": ("SGD", dict(lr=1e-3, momentum=0.9)),
+    "RMSprop": ("RMSprop", dict(lr=1e-3)),
+    "Adam": ("Adam", dict(lr=1e-3)),
+    "AdamW": ("AdamW", dict(lr=1e-3)),
+    "Adagrad": ("Adagrad", dict(lr=1e-3)),
+}
+
+
+def arrays(sizes, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal(n) * 1e-3).astype(dtype) for n in sizes]
+
+
+# ---------------------------------------------------------------------------------- roofs
+@njit(parallel=True, error_model="numpy", cache=True)
+def _roof_4r3w(a, b, c, d):
+    for i in prange(a.size):
+        s = a[i] + b[i] + c[i] + d[i]
+        a[i] = s
+        c[i] = s
+        d[i] = s
+
+
+def roof(sizes, dtype, optimizer="Adam"):
+    """A prange loop with exactly Adam's memory traffic (4 reads, 3 writes) and one add."""
+    a, b, c, d = arrays([sum(sizes)] * 4, dtype)
+    return lambda: _roof_4r3w(a, b, c, d)
+
+
+# -------------------------------------------------------------------------------- numba_opt
+def numba_opt_list(sizes, dtype, optimizer="Adam", serial_below=None):
+    """numba_opt on separate arrays (one kernel call per array)."""
+    from numba_opt import _cpu
+    if serial_below is not None:
+        _cpu.SERIAL_BELOW = serial_below  # this worker process only
+    cls, kwargs = OPTIMIZERS[optimizer]
+    params, grads = arrays(sizes, dtype), arrays(sizes, dtype, seed=1)
+    opt = getattr(nopt, cls)(params, **kwargs)
+    return lambda: opt.step(grads)
+
+
+def numba_opt_flat(sizes, dtype, optimizer="Adam", serial_below=None):
+    """numba_opt on a FlatParams model: one kernel call per step."""
+    from numba_opt import _cpu
+    if serial_below is not None:
+        _cpu.SERIAL_BELOW = serial_below
+    cls, kwargs = OPTIMIZERS[optimizer]
+    flat = nopt.FlatParams(arrays(sizes, dtype))
+    for view, grad in zip(flat.grads, arrays(sizes, dtype, seed=1)):
+        view[...] = grad
+    opt = getattr(nopt, cls)(flat, **kwargs)
+    return lambda: opt.step(flat.grads)
+
+
+# ------------------------------------------------------------------------------------ NumPy
+def numpy_adam(sizes, dtype, optimizer="Adam"):
+    """Adam as people write it in NumPy: whole-array expressions, temporaries everywhere."""
+    params, grads = arrays(sizes, dtype), arrays(sizes, dtype, seed=1)
+    ms, vs = [np.zeros_like(p) for p in params], [np.zeros_like(p) for p in params]
+    lr, b1, b2, eps, t = 1e-3, 0.9, 0.999, 1e-8, [0]
+
+    def step():
+        t[0] += 1
+        for p, g, m, v in zip(params, grads, ms, vs):
+            m[...] = b1 * m + (1 - b1) * g
+            v[...] = b2 * v + (1 - b2) * g * g
+            p -= lr / (1 - b1 ** t[0]) * m / (np.sqrt(v) / np.sqrt(1 - b2 ** t[0]) + eps)
+    return step
+
+
+def numpy_adam_out(sizes, dtype, optimizer="Adam"):
+    """Adam in NumPy written carefully: in-place ufuncs with out=, one scratch array."""
+    params, grads = arrays(sizes, dtype), arrays(sizes, dtype, seed=1)
+    ms, vs = [np.zeros_like(p) for p in params], [np.zeros_like(p) for p in params]
+    scratch = [np.empty_like(p) for p in params]
+    lr, b1, b2, eps, t = 1e-3, 0.9, 0.999, 1e-8, [0]
+
+    def step():
+        t[0] += 1
+        step_size = lr / (1 - b1 ** t[0])
+        bc2_sqrt = np.sqrt(1 - b2 ** t[0])
+        for p, g, m, v, s in zip(params, grads, ms, vs, scratch):
+            m *= b1
+            np.multiply(g, 1 - b1, out=s)
+            m += s
+            v *= b2
+            np.multiply(g, g, out=s)
+            s *= 1 - b2
+            v += s
+            np.sqrt(v, out=s)
+            s /= bc2_sqrt
+            s += eps
+            np.divide(m, s, out=s)
+            s *= step_size
+            p -= s
+    return step
+
+
+# ------------------------------------------------------------------------------------ torch
+def torch_optim(sizes, dtype, optimizer="Adam", mode="fused", device="cpu"):
+    """torch.optim in one of its implementations: 'loop' (foreach=False), 'foreach', 'fused'."""
+    import torch
+    cls, kwargs = OPTIMIZERS[optimizer]
+    tensors = [torch.tensor(a, device=device).requires_grad_() for a in arrays(sizes, dtype)]
+    for t, g in zip(tensors, arrays(sizes, dtype, seed=1)):
+        t.grad = torch.tensor(g, device=device)
+    flags = {"loop": dict(foreach=False), "foreach": dict(foreach=True),
+             "fused": dict(fused=True)}[mode]
+    opt = getattr(torch.optim, cls)(tensors, **kwargs, **flags)
+    if device == "cpu":
+        return opt.step
+
+    def step():
+        opt.step()
+        torch.cuda.synchronize()
+    return step
+
+
+def torch_has_fused(optimizer):
+    import torch
+    cls, _ = OPTIMIZERS[optimizer]
+    try:
+        getattr(torch.optim, cls)([torch.zeros(1, requires_grad=True)], fused=True)
+        return True
+    except (TypeError, RuntimeError, ValueError):
+        return False
+
+
+# -------------------------------------------------------------------------------------- GPU
+def numba_opt_cuda(sizes, dtype, optimizer="Adam"):
+    cls, kwargs = OPTIMIZERS[optimizer]
+    flat = nopt.FlatParams([cuda.to_device(a) for a in arrays(sizes, dtype)])
+    for view, grad in zip(flat.grads, arrays(sizes, dtype, seed=1)):
+        view.copy_to_device(grad)
+    opt = getattr(nopt, cls)(flat, **kwargs)
+
+    def step():
+        opt.step(flat.grads)
+        cuda.synchronize()
+    return step
+
+
+def cuda_roof(sizes, dtype, optimizer="Adam"):
+    @cuda.jit
+    def roof_kernel(a, b, c, d):
+        for i in range(cuda.grid(1), a.size, cuda.gridsize(1)):
+            s = a[i] + b[i] + c[i] + d[i]
+            a[i] = s
+            c[i] = s
+            d[i] = s
+    a, b, c, d = (cuda.to_device(x) for x in arrays([sum(sizes)] * 4, dtype))
+    blocks = min((a.size + 255) // 256, 65535)
+
+    def step():
+        roof_kernel[blocks, 256](a, b, c, d)
+        cuda.synchronize()
+    return step
+
+
+def gpu_available():
+    """A real GPU (timing numba's CUDA simulator would mean nothing)."""
+    return cuda is not None and not config.ENABLE_CUDASIM and cuda.is_available()
+
+
+def torch_cuda_available():
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except ImportError:
+        return False

@@ -1,0 +1,128 @@
+"""Tables and plots from benchmark records (dicts with suite, case, optimizer, dtype, peer, n,
+tensors, traffic, seconds, stdev).  Ratios compare peers of the same case measured in one run:
+'vs torch fused' = torch fused time / this time (above 1: faster than torch);
+'of roof' = this row's useful bandwidth / the roof's bandwidth."""
+import json
+import os
+import platform
+
+import numpy as np
+
+ITEMSIZE = {"float32": 4, "float64": 8}
+
+
+def machine_description():
+    try:
+        import numba
+        versions = f"numba {numba.__version__}, NumPy {np.__version__}"
+        import torch
+        versions += f", torch {torch.__version__}"
+    except ImportError:
+        pass
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {versions}"
+
+
+def bandwidth(record):
+    """Useful GB/s: the bytes the optimizer must move (traffic arrays) over the time taken."""
+    return record["traffic"] * record["n"] * ITEMSIZE[record["dtype"]] / record["seconds"] / 1e9
+
+
+def rows(records):
+    """Records grouped by (suite, case, dtype), each with its ratios to the case's peers."""
+    groups = {}
+    for r in records:
+        groups.setdefault((r["suite"], r["case"], r["dtype"]), []).append(r)
+    out = []
+    for (suite, case, dtype), members in groups.items():
+        roof = next((m for m in members if m["peer"] == "roof 4R/3W"), None)
+        for m in members:
+            fused = next((o for o in members if o["optimizer"] == m["optimizer"]
+                          and o["peer"].startswith("torch") and not o["peer"].startswith("GPU")),
+                         None)
+            fused = next((o for o in members if o["optimizer"] == m["optimizer"]
+                          and o["peer"] in ("torch fused",)), fused)
+            out.append(dict(m, gbs=bandwidth(m),
+                            vs_torch=None if fused is None else fused["seconds"] / m["seconds"],
+                            torch_peer=None if fused is None else fused["peer"],
+                            of_roof=None if roof is None else bandwidth(m) / bandwidth(roof)))
+    return out
+
+
+def _time(seconds):
+    return f"{seconds * 1e6:.1f} us" if seconds < 1e-3 else f"{seconds * 1e3:.3f} ms"
+
+
+def markdown(records, machine=""):
+    lines = [f"Machine: {machine}", ""] if machine else []
+    current = None
+    for row in rows(records):
+        key = (row["suite"], row["case"], row["dtype"])
+        if key != current:
+            current = key
+            lines += ["", f"### {row['suite']}: {row['case']}, {row['dtype']}", "",
+                      "| optimizer | peer | time/step | GB/s | vs torch | of roof |",
+                      "|---|---|---:|---:|---:|---:|"]
+        vs = "" if row["vs_torch"] is None else f"{row['vs_torch']:.2f}x ({row['torch_peer']})"
+        of_roof = "" if row["of_roof"] is None else f"{row['of_roof']:.2f}"
+        lines.append(f"| {row['optimizer']} | {row['peer']} | {_time(row['seconds'])} | "
+                     f"{row['gbs']:.1f} | {vs} | {of_roof} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(records, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    size = [r for r in records if r["suite"] == "size"]
+    model = [r for r in records if r["suite"] == "model"]
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
+    ax = axes[0]
+    for peer in dict.fromkeys(r["peer"] for r in size):
+        points = sorted((r["n"], bandwidth(r)) for r in size if r["peer"] == peer)
+        style = "--" if peer.startswith("GPU") else ("-" if "numba_opt" in peer else ":")
+        width = 2.5 if peer in ("numba_opt", "GPU numba_opt") else 1.2
+        ax.plot(*zip(*points), style, marker="o", markersize=3, linewidth=width, label=peer)
+    if not size:
+        ax.text(0.5, 0.5, "size suite not run", ha="center", transform=ax.transAxes)
+    ax.set(xscale="log", yscale="log", xlabel="elements in the tensor",
+           ylabel="useful bandwidth, GB/s (7 arrays per element)",
+           title="One Adam step, float32 (CPU solid/dotted, GPU dashed)")
+    ax.grid(True, which="both", alpha=0.3)
+    if size:
+        ax.legend(fontsize=8)
+    ax = axes[1]
+    cases = list(dict.fromkeys(r["case"] for r in model))
+    peer_names = list(dict.fromkeys(r["peer"] for r in model))
+    width = 0.8 / max(1, len(peer_names))
+    for k, peer in enumerate(peer_names):
+        times = [next((r["seconds"] * 1e3 for r in model if r["case"] == c and r["peer"] == peer),
+                      np.nan) for c in cases]
+        ax.bar(np.arange(len(cases)) + k * width, times, width, label=peer)
+    ax.set_xticks(np.arange(len(cases)) + 0.4 - width / 2)
+    ax.set_xticklabels([c.replace(" (", "\n(") for c in cases], fontsize=8)
+    ax.set(yscale="log", ylabel="ms per Adam step", title="Model-shaped parameter lists")
+    if model:
+        ax.legend(fontsize=8)
+    ax.grid(True, axis="y", which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(records, directory, machine=""):
+    os.makedirs(directory, exist_ok=True)
+    paths = {"json": os.path.join(directory, "results.json"),
+             "markdown": os.path.join(directory, "results.md"),
+             "plot": os.path.join(directory, "throughput.png")}
+    with open(paths["json"], "w") as f:
+        json.dump({"machine": machine, "records": records}, f, indent=1)
+    with open(paths["markdown"], "w") as f:
+        f.write(markdown(records, machine))
+    plot(records, paths["plot"])
+    return paths
