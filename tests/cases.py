@@ -60,3 +60,20 @@ def make_grads(params, step, seed=1):
 
 def optimizer(name, params, **kwargs):
     return getattr(nopt, name)(params, **kwargs)
+
+
+def count_kernel_calls(monkeypatch, kernel_class):
+    """Record (kernel name, size) for every call of a backend's kernels (``_cpu.Kernel`` or
+    ``_cuda.Launcher``) bound from now on."""
+    calls = []
+    original = kernel_class.bind
+
+    def counting_bind(self, size):
+        call = original(self, size)
+
+        def counted(*args):
+            calls.append((self.__name__, size))
+            return call(*args)
+        return counted
+    monkeypatch.setattr(kernel_class, "bind", counting_bind)
+    return calls

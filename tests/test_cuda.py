@@ -13,7 +13,8 @@ import pytest
 
 import numba_opt as nopt
 from numba_opt import _math
-from cases import CASES, TOLERANCE, case_id, make_grads, make_params, optimizer
+from cases import (CASES, TOLERANCE, case_id, count_kernel_calls, make_grads, make_params,
+                   optimizer)
 from reference import RULES
 
 cuda = pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
@@ -207,17 +208,7 @@ def test_missing_cuda_backend_says_what_to_install(monkeypatch):
 @needs_cuda
 def test_flat_params_on_the_gpu_step_in_one_launch(monkeypatch):
     from numba_opt import _cuda
-    launches = []
-    original = _cuda.Launcher.bind
-
-    def counting_bind(self, size):
-        launch = original(self, size)
-
-        def counted(*args):
-            launches.append(size)
-            return launch(*args)
-        return counted
-    monkeypatch.setattr(_cuda.Launcher, "bind", counting_bind)
+    launches = count_kernel_calls(monkeypatch, _cuda.Launcher)
     host = make_params(np.float32, shapes=SHAPES)
     flat_gpu = nopt.FlatParams(to_device(host))
     flat_cpu = nopt.FlatParams(host)
@@ -232,6 +223,6 @@ def test_flat_params_on_the_gpu_step_in_one_launch(monkeypatch):
         del launches[:]
         gpu.step(flat_gpu.grads)
         cpu.step(flat_cpu.grads)
-        assert launches == [flat_cpu.data.size]
+        assert [size for _, size in launches] == [flat_cpu.data.size]
     np.testing.assert_allclose(flat_gpu.data.copy_to_host(), flat_cpu.data,
                                **TOLERANCE[np.float32])

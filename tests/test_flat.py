@@ -4,26 +4,14 @@ import pytest
 
 import numba_opt as nopt
 from numba_opt import _cpu
-from cases import CASES, case_id, make_grads, make_params, optimizer
+from cases import CASES, case_id, count_kernel_calls, make_grads, make_params, optimizer
 
 SHAPES = [(7, 5), (5,), (3, 4, 2), (), (130, 130)]
 
 
 @pytest.fixture
 def kernel_calls(monkeypatch):
-    """Counts the kernel calls made through every CPU kernel."""
-    calls = []
-    original = _cpu.Kernel.bind
-
-    def counting_bind(self, size):
-        loop = original(self, size)
-
-        def counted(*args):
-            calls.append((self.__name__, args[0].size))
-            return loop(*args)
-        return counted
-    monkeypatch.setattr(_cpu.Kernel, "bind", counting_bind)
-    return calls
+    return count_kernel_calls(monkeypatch, _cpu.Kernel)
 
 
 def test_flat_params_copy_values_into_one_buffer():
