@@ -12,8 +12,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test,demo,bench]'
 	touch $(STAMP)
 
+# the main job: train the digits MLP with each optimizer, draw the optimizer paths
 demo: $(STAMP)
-	$(PY) -m numba_opt.demo
+	$(PY) -m numba_opt demo --out demo_output
+	$(PY) -m numba_opt plot --out demo_output
 
 # The CUDA kernels run under numba's CUDA simulator here (no GPU needed) ...
 test: $(STAMP)

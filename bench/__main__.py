@@ -20,7 +20,8 @@ import pyperf
 
 # pyperf re-runs this file as a script in its worker processes: make ``bench`` importable there
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench import peers, report  # noqa: E402
+from bench import report  # noqa: E402
+from numba_opt import benchmarking as peers  # noqa: E402
 
 SIZES = [1_000, 10_000, 100_000, 1_000_000, 10_000_000, 30_000_000]
 QUICK_SIZES = [1_000, 100_000, 10_000_000]

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 import numba_opt as nopt
-from bench import peers, report
+from bench import report
+from numba_opt import benchmarking as peers
 from bench.__main__ import cases
 
 

@@ -1,11 +1,10 @@
-"""The README's usage example runs as written, and the demo trains."""
+"""The README's usage examples run as written, and its first lines are the two commands."""
 import pathlib
 import re
 import textwrap
 
 import numpy as np
 
-from numba_opt import demo
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -38,11 +37,3 @@ def test_readme_starts_with_the_two_setup_commands():
     assert commands == ["make demo", "make test"]
 
 
-def test_demo_trains_every_optimizer_above_chance(capsys):
-    demo.main(["--epochs", "2", "--hidden", "16"])
-    rows = [line for line in capsys.readouterr().out.splitlines()
-            if line.split() and line.split()[0] in {"SGD", "RMSprop", "Adam", "AdamW", "Adagrad"}]
-    assert len(rows) == len(demo.OPTIMIZERS)
-    for row in rows:
-        accuracy = float(row.split()[-3])
-        assert accuracy > 0.5, row  # ten classes: chance is 0.1

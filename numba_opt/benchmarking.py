@@ -1,5 +1,6 @@
-"""The contenders, each a ``setup(...) -> step()`` function: everything is allocated in setup,
-``step()`` does one optimizer step and nothing else.
+"""Benchmark contenders, each a ``setup(...) -> step()`` function (used by ``python -m bench``
+and ``python -m numba_opt bench``): everything is allocated in setup, ``step()`` does one
+optimizer step and nothing else.
 
 Traffic (arrays read + written per element) is what the memory roof and the GB/s column count.
 """

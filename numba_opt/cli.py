@@ -1,0 +1,194 @@
+"""The numba-opt command line: ``python -m numba_opt {demo,plot,bench}`` (or ``numba-opt``).
+
+    demo   train a NumPy MLP on the bundled digits data with each optimizer: table + loss PNG
+    plot   optimizer paths on Rosenbrock, Beale and a saddle, and Adam's bias correction (PNGs)
+    bench  a quick CPU/GPU comparison of one optimizer step: devices found, table, PNG
+           (the rigorous pyperf suite is ``python -m bench`` in a source checkout)
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+DEFAULT_OUT = "numba_opt_output"
+
+
+def _positive_int(text):
+    try:
+        value = int(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") \
+            from None
+    if value < 1 or value != float(text):
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
+def build_parser():
+    from .examples import mlp, trajectories
+    from . import benchmarking
+    parser = argparse.ArgumentParser(
+        prog="numba-opt", description="numba_opt: torch.optim-style optimizers for NumPy and "
+        "CUDA arrays. Try the demo, draw the plots, or time a step on this machine.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo", help="train a NumPy MLP on the digits data with each optimizer",
+        description="Train a 64-H-10 NumPy MLP (hand-written backprop, FlatParams) on "
+        "scikit-learn's bundled digits data with each optimizer; print the accuracy table and "
+        "write loss_curves.png.")
+    demo.add_argument("--optimizer", nargs="+", choices=list(mlp.OPTIMIZERS), metavar="NAME",
+                      default=["SGD", "Momentum", "RMSprop", "Adam", "AdamW"],
+                      help="optimizers to train (default: SGD Momentum RMSprop Adam AdamW; "
+                      f"choices: {', '.join(mlp.OPTIMIZERS)})")
+    demo.add_argument("--epochs", type=_positive_int, default=15, help="default 15")
+    demo.add_argument("--hidden", type=_positive_int, default=64, help="hidden units, default 64")
+    demo.add_argument("--seed", type=int, default=0, help="weights and batch order, default 0")
+    demo.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    plot = commands.add_parser(
+        "plot", help="optimizer paths on 2-D test functions; Adam's bias correction",
+        description="Draw each optimizer's path over the contours of Rosenbrock, Beale and a "
+        "saddle (trajectories.png), and Adam with and without bias correction over its first "
+        "steps (bias_correction.png).")
+    plot.add_argument("--optimizer", nargs="+", choices=list(trajectories.OPTIMIZERS),
+                      metavar="NAME", default=list(trajectories.OPTIMIZERS),
+                      help=f"choices: {', '.join(trajectories.OPTIMIZERS)} (default: all)")
+    plot.add_argument("--steps", type=_positive_int, default=500, help="default 500")
+    plot.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
+
+    bench = commands.add_parser(
+        "bench", help="time one optimizer step on the CPU and GPU found here",
+        description="Time one optimizer step per size with numba_opt on the CPU and on a CUDA "
+        "GPU when one is found, next to torch.optim (fused where it has it) and NumPy; print "
+        "the table and write bench.png. Best of several runs; for rigorous figures use the "
+        "pyperf suite (python -m bench in a source checkout).")
+    bench.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                       help="auto: every device found (default); cpu or cuda: that one only")
+    bench.add_argument("--size", nargs="+", type=_positive_int, metavar="N",
+                       default=[1_000, 100_000, 10_000_000],
+                       help="elements in the tensor (default: 1000 100000 10000000)")
+    bench.add_argument("--optimizer", choices=list(benchmarking.OPTIMIZERS), default="Adam",
+                       help="default Adam")
+    bench.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    bench.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    if args.command == "demo":
+        from .examples import mlp
+        png = os.path.join(args.out, "loss_curves.png")
+        mlp.run(args.optimizer, args.epochs, args.hidden, args.seed, png,
+                show_progress=not args.no_progress and sys.stderr.isatty())
+        print(f"loss curves: {png}")
+    elif args.command == "plot":
+        from .examples import trajectories
+        paths = os.path.join(args.out, "trajectories.png")
+        bias = os.path.join(args.out, "bias_correction.png")
+        trajectories.plot_trajectories(args.optimizer, args.steps, paths)
+        trajectories.plot_bias_correction(bias)
+        print(f"optimizer paths: {paths}\nAdam bias correction: {bias}")
+    else:
+        return run_bench(parser, args)
+    return 0
+
+
+# ------------------------------------------------------------------------------------ bench
+def _devices():
+    """What this machine offers: (CPU description, CUDA GPU name or None, torch available)."""
+    import platform
+    from . import benchmarking
+    cpu = f"{platform.machine()}, {os.cpu_count()} cores"
+    gpu = None
+    if benchmarking.gpu_available():
+        gpu = benchmarking.cuda.get_current_device().name
+        gpu = gpu.decode() if isinstance(gpu, bytes) else gpu
+    try:
+        import torch  # noqa: F401
+        has_torch = True
+    except ImportError:
+        has_torch = False
+    return cpu, gpu, has_torch
+
+
+def _best_time(step, budget=1.0, repeats=7):
+    """Best seconds per step over a few timed batches (each at least ~5 ms)."""
+    step()
+    start = time.perf_counter()
+    step()
+    once = max(time.perf_counter() - start, 1e-7)
+    loops = max(1, min(100_000, int(0.005 / once)))
+    repeats = max(2, min(repeats, int(budget / (once * loops))))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(loops):
+            step()
+        best = min(best, (time.perf_counter() - start) / loops)
+    return best
+
+
+def run_bench(parser, args):
+    from . import benchmarking as peers
+    cpu, gpu, has_torch = _devices()
+    print(f"devices: CPU {cpu}; CUDA GPU: {gpu or 'none found'}; "
+          f"torch: {'yes' if has_torch else 'not installed'}")
+    if args.device == "cuda" and gpu is None:
+        parser.exit(2, "numba-opt bench: error: --device cuda, but no CUDA GPU was found "
+                       "(numba.cuda.is_available() is False)\n")
+    contenders = []  # (label, setup, options)
+    if args.device in ("auto", "cpu"):
+        contenders.append(("numba_opt CPU", peers.numba_opt_list, {}))
+        if has_torch:
+            mode = "fused" if peers.torch_has_fused(args.optimizer) else "foreach"
+            contenders.append((f"torch {mode} CPU", peers.torch_optim, {"mode": mode}))
+        if args.optimizer == "Adam":
+            contenders.append(("NumPy", peers.numpy_adam, {}))
+    if gpu is not None and args.device in ("auto", "cuda"):
+        contenders.append(("numba_opt GPU", peers.numba_opt_cuda, {}))
+        if has_torch and peers.torch_cuda_available():
+            contenders.append(("torch fused GPU", peers.torch_optim,
+                               {"mode": "fused", "device": "cuda"}))
+    dtype = np.dtype(args.dtype)
+    traffic = peers.TRAFFIC[args.optimizer]
+    rows = []
+    for size in args.size:
+        for label, setup, options in contenders:
+            step = setup([size], dtype, optimizer=args.optimizer, **options)
+            seconds = _best_time(step)
+            rows.append((size, label, seconds, traffic * size * dtype.itemsize / seconds / 1e9))
+            del step
+    print(f"\n{args.optimizer} step, {args.dtype}; GB/s counts the {traffic} arrays the step "
+          "must move per element")
+    print(f"{'size':>12} {'contender':<18} {'time/step':>12} {'GB/s':>8}")
+    for size, label, seconds, gbs in rows:
+        shown = f"{seconds * 1e6:.1f} us" if seconds < 1e-3 else f"{seconds * 1e3:.2f} ms"
+        print(f"{size:>12,} {label:<18} {shown:>12} {gbs:>8.2f}")
+    png = os.path.join(args.out, "bench.png")
+    _plot_bench(rows, f"One {args.optimizer} step, {args.dtype} (CPU {cpu}; GPU {gpu or 'none'})",
+                png)
+    print(f"plot: {png}")
+    return 0
+
+
+def _plot_bench(rows, title, png):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for label in dict.fromkeys(r[1] for r in rows):
+        points = sorted((r[0], r[3]) for r in rows if r[1] == label)
+        ax.plot(*zip(*points), "--" if "GPU" in label else "-", marker="o", label=label)
+    ax.set(xscale="log", yscale="log", xlabel="elements", ylabel="useful GB/s", title=title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
