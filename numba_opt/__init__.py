@@ -8,7 +8,7 @@ The CUDA backend is imported only when CUDA arrays (or device="cuda") are used.
 """
 from . import functional
 from .flat import FlatParams
-from .optim import SGD, Adagrad, Adam, AdamW, Optimizer, RMSProp, RMSprop
+from .optim import SGD, Adagrad, Adam, Adamax, AdamW, Optimizer, RMSProp, RMSprop
 
 __version__ = "0.1.0"
-__all__ = ["FlatParams", "Optimizer", "SGD", "RMSprop", "RMSProp", "Adam", "AdamW", "Adagrad", "functional"]
+__all__ = ["FlatParams", "Optimizer", "SGD", "RMSprop", "RMSProp", "Adam", "AdamW", "Adagrad", "Adamax", "functional"]

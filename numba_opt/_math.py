@@ -36,6 +36,8 @@ AdamScalars = namedtuple(
     "weight_decay param_scale amsgrad maximize",
 )
 AdagradScalars = namedtuple("AdagradScalars", "clr eps weight_decay maximize")
+AdamaxScalars = namedtuple("AdamaxScalars",
+                           "clr beta1 one_minus_beta1 beta2 eps weight_decay maximize")
 
 
 # The array -> namedtuple unpackers (a test checks each against its namedtuple's field count).
@@ -59,7 +61,13 @@ def unpack_adagrad(v):
     return AdagradScalars(v[0], v[1], v[2], v[3])
 
 
+@_rule
+def unpack_adamax(v):
+    return AdamaxScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6])
+
+
 SCALARS = {"sgd": SGDScalars, "rmsprop": RMSpropScalars, "adam": AdamScalars,
+           "adamax": AdamaxScalars,
            "adagrad": AdagradScalars}
 
 
@@ -138,6 +146,20 @@ def adagrad(param, grad, state_sum, h):
     return param - h.clr * grad / (math.sqrt(state_sum) + h.eps), state_sum
 
 
+@_rule
+def adamax(param, grad, exp_avg, exp_inf, h):
+    """Adamax (Adam with the infinity norm); ``h.clr`` already holds lr / (1 - beta1^t)."""
+    if h.maximize:
+        grad = -grad
+    if h.weight_decay != 0:
+        grad = grad + h.weight_decay * param
+    exp_avg = h.beta1 * exp_avg + h.one_minus_beta1 * grad
+    # u <- max(beta2*u, |g| + eps), NaN-propagating like torch.amax
+    decayed, fresh = h.beta2 * exp_inf, abs(grad) + h.eps
+    exp_inf = fresh if (fresh > decayed or fresh != fresh) else decayed
+    return param - h.clr * exp_avg / exp_inf, exp_avg, exp_inf
+
+
 # ------------------------------------------------------------------------------------------------
 # Appliers: one per kernel variant, ``name_at(i, param, grad, *states, h)``, applying a rule to
 # element i of 1-D arrays; ``states`` are the buffers that variant updates, in the order
@@ -197,8 +219,13 @@ def adagrad_at(i, param, grad, state_sum, h):
     param[i], state_sum[i] = adagrad(param[i], grad[i], state_sum[i], h)
 
 
+@_rule
+def adamax_at(i, param, grad, exp_avg, exp_inf, h):
+    param[i], exp_avg[i], exp_inf[i] = adamax(param[i], grad[i], exp_avg[i], exp_inf[i], h)
+
+
 # kernel variant -> (how many state buffers it updates, its rule family)
 KERNELS = {"sgd": (0, "sgd"), "sgd_momentum": (1, "sgd"), "rmsprop": (1, "rmsprop"),
            "rmsprop_centered": (2, "rmsprop"), "rmsprop_momentum": (2, "rmsprop"),
            "rmsprop_centered_momentum": (3, "rmsprop"), "adam": (2, "adam"),
-           "adam_amsgrad": (3, "adam"), "adagrad": (1, "adagrad")}
+           "adam_amsgrad": (3, "adam"), "adagrad": (1, "adagrad"), "adamax": (2, "adamax")}

@@ -185,6 +185,41 @@ def adagrad_step(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0, weight_
     _run(kernel, device, param, grad, names, {"sum": state_sum}, h)
 
 
+# -------------------------------------------------------------------------------------- Adamax
+def adamax_layout():
+    return "adamax", ("exp_avg", "exp_inf")
+
+
+ADAMAX_STEP_FIELDS = ("clr",)
+
+
+def adamax_step_scalars(step, lr, betas):
+    """The Adamax scalar that changes every step (``ADAMAX_STEP_FIELDS``): lr / (1 - beta1^t)."""
+    return (lr / (1.0 - betas[0] ** step),)
+
+
+def adamax_scalars(*, step, lr, betas, eps, weight_decay, maximize):
+    (clr,) = adamax_step_scalars(step, lr, betas)
+    beta1, beta2 = betas
+    return _math.AdamaxScalars(clr, beta1, 1.0 - beta1, beta2, eps, weight_decay, maximize)
+
+
+ADAMAX_HYPER = dict(lr=check.non_negative, betas=check.betas, eps=check.non_negative,
+                    weight_decay=check.non_negative, maximize=check.flag)
+
+
+def adamax_step(param, grad, exp_avg, exp_inf, *, step, lr=2e-3, betas=(0.9, 0.999), eps=1e-8,
+                weight_decay=0.0, maximize=False, device="auto"):
+    """One Adamax step in place (torch.optim.Adamax); ``step`` is this step's 1-based count."""
+    check_hyper(ADAMAX_HYPER, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                   maximize=maximize))
+    step = check.step_number("step", step)
+    kernel, names = adamax_layout()
+    h = adamax_scalars(step=step, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                       maximize=maximize)
+    _run(kernel, device, param, grad, names, dict(exp_avg=exp_avg, exp_inf=exp_inf), h)
+
+
 # -------------------------------------------------------------------------------------- common
 def check_hyper(checks, hyper):
     """Validate hyper-parameters with a table of ``name -> check(name, value)`` (the tables above

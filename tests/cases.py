@@ -29,6 +29,9 @@ CASES = [
     ("Adagrad", {"lr_decay": 0.05}),
     ("Adagrad", {"initial_accumulator_value": 0.1, "eps": 1e-6}),
     ("Adagrad", {"weight_decay": 0.1, "maximize": True}),
+    ("Adamax", {}),
+    ("Adamax", {"lr": 1e-2, "betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": 0.1,
+                "maximize": True}),
 ]
 
 # torch.optim has every option above except the TF/Keras denominator

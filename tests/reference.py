@@ -71,4 +71,17 @@ def adagrad(param, grad, state, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
     param -= clr * g / (np.sqrt(s) + eps)
 
 
-RULES = {"SGD": sgd, "RMSprop": rmsprop, "Adam": adam, "AdamW": adamw, "Adagrad": adagrad}
+def adamax(param, grad, state, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+           maximize=False):
+    b1, b2 = betas
+    t = state["step"] = state.get("step", 0) + 1
+    g = -grad if maximize else grad.copy()
+    if weight_decay:
+        g = g + weight_decay * param
+    m = state["exp_avg"] = b1 * state.get("exp_avg", 0.0) + (1 - b1) * g
+    u = state["exp_inf"] = np.maximum(b2 * state.get("exp_inf", 0.0), np.abs(g) + eps)
+    param -= lr / (1 - b1 ** t) * m / u
+
+
+RULES = {"SGD": sgd, "RMSprop": rmsprop, "Adam": adam, "AdamW": adamw, "Adagrad": adagrad,
+         "Adamax": adamax}

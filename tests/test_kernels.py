@@ -4,7 +4,7 @@ import pytest
 from numba import types
 
 import numba_opt as nopt
-from numba_opt import _cpu
+from numba_opt import _cpu, _math
 from cases import CASES, case_id, make_grads, make_params, optimizer
 
 
@@ -76,3 +76,11 @@ def test_float32_kernels_see_only_float32():
                 dtypes = {t.dtype for t in signature}  # the scalars are an array too
                 assert len(dtypes) == 1, f"{dispatcher.py_func.__name__}{signature}"
     assert all(d.signatures for k in _cpu.KERNELS for d in k.dispatchers())
+
+
+@pytest.mark.parametrize("family", sorted(_math.SCALARS))
+def test_each_unpacker_maps_every_field_in_order(family):
+    fields = _math.SCALARS[family]._fields
+    values = np.arange(1.0, len(fields) + 1)
+    unpacked = getattr(_math, "unpack_" + family)(values)
+    assert tuple(unpacked) == tuple(values) and type(unpacked)._fields == fields

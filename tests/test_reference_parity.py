@@ -48,7 +48,7 @@ def test_functional_matches_class(case):
     opt = optimizer(name, params, **kwargs)
     states = [{} for _ in mine]
     fn = {"SGD": F.sgd_step, "RMSprop": F.rmsprop_step, "Adam": F.adam_step,
-          "AdamW": F.adamw_step, "Adagrad": F.adagrad_step}[name]
+          "AdamW": F.adamw_step, "Adagrad": F.adagrad_step, "Adamax": F.adamax_step}[name]
     for step in range(1, 6):
         grads = make_grads(params, step)
         opt.step(grads)
