@@ -38,6 +38,13 @@ AdamScalars = namedtuple(
 AdagradScalars = namedtuple("AdagradScalars", "clr eps weight_decay maximize")
 AdamaxScalars = namedtuple("AdamaxScalars",
                            "clr beta1 one_minus_beta1 beta2 eps weight_decay maximize")
+RAdamScalars = namedtuple(
+    "RAdamScalars",
+    # rectify is 1 once the variance of the adaptive lr is tractable (rho_t > 5), and rect is the
+    # rectification factor r_t then; param_scale / weight_decay as in AdamScalars
+    "lr beta1 one_minus_beta1 beta2 one_minus_beta2 eps weight_decay param_scale "
+    "bias_correction1 bias_correction2_sqrt rect rectify maximize")
+AdadeltaScalars = namedtuple("AdadeltaScalars", "lr rho one_minus_rho eps weight_decay maximize")
 
 
 # The array -> namedtuple unpackers (a test checks each against its namedtuple's field count).
@@ -66,8 +73,19 @@ def unpack_adamax(v):
     return AdamaxScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6])
 
 
+@_rule
+def unpack_radam(v):
+    return RAdamScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11],
+                        v[12])
+
+
+@_rule
+def unpack_adadelta(v):
+    return AdadeltaScalars(v[0], v[1], v[2], v[3], v[4], v[5])
+
+
 SCALARS = {"sgd": SGDScalars, "rmsprop": RMSpropScalars, "adam": AdamScalars,
-           "adamax": AdamaxScalars,
+           "adamax": AdamaxScalars, "radam": RAdamScalars, "adadelta": AdadeltaScalars,
            "adagrad": AdagradScalars}
 
 
@@ -160,6 +178,35 @@ def adamax(param, grad, exp_avg, exp_inf, h):
     return param - h.clr * exp_avg / exp_inf, exp_avg, exp_inf
 
 
+@_rule
+def radam(param, grad, exp_avg, exp_avg_sq, h):
+    """RAdam: Adam whose adaptive lr is used only once its variance is tractable (rectify)."""
+    if h.maximize:
+        grad = -grad
+    param = param * h.param_scale  # decoupled decay first, as in Adam
+    if h.weight_decay != 0:
+        grad = grad + h.weight_decay * param
+    exp_avg = h.beta1 * exp_avg + h.one_minus_beta1 * grad
+    exp_avg_sq = h.beta2 * exp_avg_sq + h.one_minus_beta2 * grad * grad
+    update = exp_avg / h.bias_correction1 * h.lr
+    if h.rectify:
+        update = update * (h.bias_correction2_sqrt / (math.sqrt(exp_avg_sq) + h.eps)) * h.rect
+    return param - update, exp_avg, exp_avg_sq
+
+
+@_rule
+def adadelta(param, grad, square_avg, acc_delta, h):
+    """Adadelta: the step is rescaled by the RMS of past steps over the RMS of gradients."""
+    if h.maximize:
+        grad = -grad
+    if h.weight_decay != 0:
+        grad = grad + h.weight_decay * param
+    square_avg = h.rho * square_avg + h.one_minus_rho * grad * grad
+    delta = math.sqrt(acc_delta + h.eps) / math.sqrt(square_avg + h.eps) * grad
+    acc_delta = h.rho * acc_delta + h.one_minus_rho * delta * delta
+    return param - h.lr * delta, square_avg, acc_delta
+
+
 # ------------------------------------------------------------------------------------------------
 # Appliers: one per kernel variant, ``name_at(i, param, grad, *states, h)``, applying a rule to
 # element i of 1-D arrays; ``states`` are the buffers that variant updates, in the order
@@ -224,8 +271,20 @@ def adamax_at(i, param, grad, exp_avg, exp_inf, h):
     param[i], exp_avg[i], exp_inf[i] = adamax(param[i], grad[i], exp_avg[i], exp_inf[i], h)
 
 
+@_rule
+def radam_at(i, param, grad, exp_avg, exp_avg_sq, h):
+    param[i], exp_avg[i], exp_avg_sq[i] = radam(param[i], grad[i], exp_avg[i], exp_avg_sq[i], h)
+
+
+@_rule
+def adadelta_at(i, param, grad, square_avg, acc_delta, h):
+    param[i], square_avg[i], acc_delta[i] = adadelta(param[i], grad[i], square_avg[i],
+                                                     acc_delta[i], h)
+
+
 # kernel variant -> (how many state buffers it updates, its rule family)
 KERNELS = {"sgd": (0, "sgd"), "sgd_momentum": (1, "sgd"), "rmsprop": (1, "rmsprop"),
            "rmsprop_centered": (2, "rmsprop"), "rmsprop_momentum": (2, "rmsprop"),
            "rmsprop_centered_momentum": (3, "rmsprop"), "adam": (2, "adam"),
-           "adam_amsgrad": (3, "adam"), "adagrad": (1, "adagrad"), "adamax": (2, "adamax")}
+           "adam_amsgrad": (3, "adam"), "adagrad": (1, "adagrad"), "adamax": (2, "adamax"),
+           "radam": (2, "radam"), "adadelta": (2, "adadelta")}

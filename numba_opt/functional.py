@@ -220,6 +220,80 @@ def adamax_step(param, grad, exp_avg, exp_inf, *, step, lr=2e-3, betas=(0.9, 0.9
     _run(kernel, device, param, grad, names, dict(exp_avg=exp_avg, exp_inf=exp_inf), h)
 
 
+# --------------------------------------------------------------------------------------- RAdam
+def radam_layout():
+    return "radam", ("exp_avg", "exp_avg_sq")
+
+
+RADAM_STEP_FIELDS = ("bias_correction1", "bias_correction2_sqrt", "rect", "rectify")
+
+
+def radam_step_scalars(step, betas):
+    """The RAdam scalars that change every step (``RADAM_STEP_FIELDS``): the bias corrections
+    and the rectification, rho_inf = 2/(1 - beta2) - 1, rho_t = rho_inf - 2t beta2^t/bc2."""
+    beta1, beta2 = betas
+    bias_correction1 = 1.0 - beta1 ** step
+    bias_correction2 = 1.0 - beta2 ** step
+    rho_inf = 2.0 / (1.0 - beta2) - 1.0
+    rho_t = rho_inf - 2.0 * step * beta2 ** step / bias_correction2
+    rectify = rho_t > 5.0
+    rect = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf
+                     / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) if rectify else 1.0
+    return bias_correction1, math.sqrt(bias_correction2), rect, rectify
+
+
+def radam_scalars(*, step, lr, betas, eps, weight_decay, decoupled_weight_decay, maximize):
+    beta1, beta2 = betas
+    bc1, bc2_sqrt, rect, rectify = radam_step_scalars(step, betas)
+    decoupled = decoupled_weight_decay
+    return _math.RAdamScalars(
+        lr=lr, beta1=beta1, one_minus_beta1=1.0 - beta1, beta2=beta2,
+        one_minus_beta2=1.0 - beta2, eps=eps, weight_decay=0.0 if decoupled else weight_decay,
+        param_scale=1.0 - lr * weight_decay if decoupled else 1.0, bias_correction1=bc1,
+        bias_correction2_sqrt=bc2_sqrt, rect=rect, rectify=rectify, maximize=maximize)
+
+
+RADAM_HYPER = dict(lr=check.non_negative, betas=check.betas, eps=check.non_negative,
+                   weight_decay=check.non_negative, decoupled_weight_decay=check.flag,
+                   maximize=check.flag)
+
+
+def radam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, betas=(0.9, 0.999),
+               eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False, maximize=False,
+               device="auto"):
+    """One RAdam step in place (torch.optim.RAdam); ``step`` is this step's 1-based count."""
+    hyper = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                 decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
+    check_hyper(RADAM_HYPER, hyper)
+    step = check.step_number("step", step)
+    kernel, names = radam_layout()
+    _run(kernel, device, param, grad, names, dict(exp_avg=exp_avg, exp_avg_sq=exp_avg_sq),
+         radam_scalars(step=step, **hyper))
+
+
+# ------------------------------------------------------------------------------------ Adadelta
+def adadelta_layout():
+    return "adadelta", ("square_avg", "acc_delta")
+
+
+def adadelta_scalars(*, lr, rho, eps, weight_decay, maximize):
+    return _math.AdadeltaScalars(lr, rho, 1.0 - rho, eps, weight_decay, maximize)
+
+
+ADADELTA_HYPER = dict(lr=check.non_negative, rho=check.unit_interval, eps=check.non_negative,
+                      weight_decay=check.non_negative, maximize=check.flag)
+
+
+def adadelta_step(param, grad, square_avg, acc_delta, *, lr=1.0, rho=0.9, eps=1e-6,
+                  weight_decay=0.0, maximize=False, device="auto"):
+    """One Adadelta step in place (torch.optim.Adadelta)."""
+    hyper = dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize)
+    check_hyper(ADADELTA_HYPER, hyper)
+    kernel, names = adadelta_layout()
+    _run(kernel, device, param, grad, names, dict(square_avg=square_avg, acc_delta=acc_delta),
+         adadelta_scalars(**hyper))
+
+
 # -------------------------------------------------------------------------------------- common
 def check_hyper(checks, hyper):
     """Validate hyper-parameters with a table of ``name -> check(name, value)`` (the tables above

@@ -83,5 +83,38 @@ def adamax(param, grad, state, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_dec
     param -= lr / (1 - b1 ** t) * m / u
 
 
+def radam(param, grad, state, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+          decoupled_weight_decay=False, maximize=False):
+    b1, b2 = betas
+    t = state["step"] = state.get("step", 0) + 1
+    g = -grad if maximize else grad.copy()
+    if weight_decay:
+        if decoupled_weight_decay:
+            param *= 1 - lr * weight_decay
+        else:
+            g = g + weight_decay * param
+    m = state["exp_avg"] = b1 * state.get("exp_avg", 0.0) + (1 - b1) * g
+    v = state["exp_avg_sq"] = b2 * state.get("exp_avg_sq", 0.0) + (1 - b2) * g * g
+    m_hat = m / (1 - b1 ** t)
+    rho_inf = 2 / (1 - b2) - 1
+    rho_t = rho_inf - 2 * t * b2 ** t / (1 - b2 ** t)
+    if rho_t > 5:
+        r = np.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+        param -= lr * m_hat * r * np.sqrt(1 - b2 ** t) / (np.sqrt(v) + eps)
+    else:
+        param -= lr * m_hat
+
+
+def adadelta(param, grad, state, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, maximize=False):
+    g = -grad if maximize else grad.copy()
+    if weight_decay:
+        g = g + weight_decay * param
+    v = state["square_avg"] = rho * state.get("square_avg", 0.0) + (1 - rho) * g * g
+    u = state.get("acc_delta", 0.0)
+    delta = np.sqrt(u + eps) / np.sqrt(v + eps) * g
+    state["acc_delta"] = rho * u + (1 - rho) * delta * delta
+    param -= lr * delta
+
+
 RULES = {"SGD": sgd, "RMSprop": rmsprop, "Adam": adam, "AdamW": adamw, "Adagrad": adagrad,
-         "Adamax": adamax}
+         "Adamax": adamax, "RAdam": radam, "Adadelta": adadelta}

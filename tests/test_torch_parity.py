@@ -33,7 +33,8 @@ def test_matches_torch_optim(case, dtype):
         np.testing.assert_allclose(p, t.numpy(), **TORCH_TOLERANCE[dtype], err_msg=f"param {i}")
 
 
-@pytest.mark.parametrize("name", ["SGD", "RMSprop", "Adam", "AdamW", "Adagrad", "Adamax"])
+@pytest.mark.parametrize("name", ["SGD", "RMSprop", "Adam", "AdamW", "Adagrad", "Adamax",
+                                  "RAdam", "Adadelta"])
 def test_defaults_equal_torch(name):
     ours = inspect.signature(getattr(nopt, name)).parameters
     theirs = inspect.signature(getattr(torch.optim, name)).parameters

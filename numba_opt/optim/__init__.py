@@ -1,8 +1,10 @@
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
+from .adadelta import Adadelta
 from .adamax import Adamax
 from .base import Optimizer
+from .radam import RAdam
 from .rmsprop import RMSProp, RMSprop
 from .sgd import SGD
 
-__all__ = ["Optimizer", "SGD", "RMSprop", "RMSProp", "Adam", "AdamW", "Adagrad", "Adamax"]
+__all__ = ["Optimizer", "SGD", "RMSprop", "RMSProp", "Adam", "AdamW", "Adagrad", "Adamax", "RAdam", "Adadelta"]
