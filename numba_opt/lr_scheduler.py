@@ -1,0 +1,233 @@
+"""Learning-rate schedules with torch.optim.lr_scheduler's behaviour.
+
+A scheduler edits ``optimizer.param_groups[i]["lr"]``; call ``scheduler.step()`` once per epoch
+(or per step), after ``optimizer.step(...)``.  Like torch, constructing one applies the epoch-0
+learning rate, the formulas are torch's recursive ("chainable") forms, so schedulers compose:
+``ChainedScheduler([LinearLR(opt, ...), ExponentialLR(opt, ...)])`` multiplies their effects.
+``state_dict()`` / ``load_state_dict()`` save and restore a scheduler's position.
+"""
+import math
+
+from . import _validation as check
+
+
+class LRScheduler:
+    """Base class: ``get_lr()`` gives the new lr of every group from the current ones."""
+
+    def __init__(self, optimizer, last_epoch=-1):
+        from .optim import Optimizer
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be a numba_opt optimizer, got "
+                            f"{type(optimizer).__name__}")
+        if last_epoch != -1:
+            raise ValueError("last_epoch: resuming is done with load_state_dict(); "
+                             "pass last_epoch=-1")
+        self.optimizer = optimizer
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        self.last_epoch = -1
+        self.step()
+
+    def get_lr(self):
+        raise NotImplementedError
+
+    def step(self):
+        self.last_epoch += 1
+        lrs = self.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+    def get_last_lr(self):
+        return list(self._last_lr)
+
+    def _current(self):
+        return [group["lr"] for group in self.optimizer.param_groups]
+
+    def state_dict(self):
+        return {k: v for k, v in vars(self).items() if k != "optimizer"}
+
+    def load_state_dict(self, state_dict):
+        self.__dict__.update(state_dict)
+
+
+def _positive_int(name, value):
+    return check.count(name, value, low=1)
+
+
+class StepLR(LRScheduler):
+    """lr * gamma every ``step_size`` epochs."""
+
+    def __init__(self, optimizer, step_size, gamma=0.1, last_epoch=-1):
+        self.step_size = _positive_int("step_size", step_size)
+        self.gamma = check.non_negative("gamma", gamma)
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self):
+        if self.last_epoch == 0 or self.last_epoch % self.step_size != 0:
+            return self._current()
+        return [lr * self.gamma for lr in self._current()]
+
+
+class MultiStepLR(LRScheduler):
+    """lr * gamma at each epoch listed in ``milestones``."""
+
+    def __init__(self, optimizer, milestones, gamma=0.1, last_epoch=-1):
+        milestones = [_positive_int("milestones[]", m) for m in milestones]
+        if milestones != sorted(milestones):
+            raise ValueError(f"milestones must be increasing, got {milestones}")
+        self.milestones = {m: milestones.count(m) for m in milestones}
+        self.gamma = check.non_negative("gamma", gamma)
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self):
+        if self.last_epoch not in self.milestones:
+            return self._current()
+        return [lr * self.gamma ** self.milestones[self.last_epoch] for lr in self._current()]
+
+
+class ExponentialLR(LRScheduler):
+    """lr * gamma every epoch."""
+
+    def __init__(self, optimizer, gamma, last_epoch=-1):
+        self.gamma = check.non_negative("gamma", gamma)
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self):
+        if self.last_epoch == 0:
+            return self._current()
+        return [lr * self.gamma for lr in self._current()]
+
+
+class CosineAnnealingLR(LRScheduler):
+    """Cosine from the initial lr down to ``eta_min`` over ``T_max`` epochs (then back up)."""
+
+    def __init__(self, optimizer, T_max, eta_min=0.0, last_epoch=-1):  # noqa: N803 (torch's name)
+        self.T_max = _positive_int("T_max", T_max)
+        self.eta_min = check.non_negative("eta_min", eta_min)
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self):
+        t, T = self.last_epoch, self.T_max  # noqa: N806
+        if t == 0:
+            return self._current()
+        if (t - 1 - T) % (2 * T) == 0:
+            return [lr + (base - self.eta_min) * (1 - math.cos(math.pi / T)) / 2
+                    for lr, base in zip(self._current(), self.base_lrs)]
+        return [(1 + math.cos(math.pi * t / T)) / (1 + math.cos(math.pi * (t - 1) / T))
+                * (lr - self.eta_min) + self.eta_min for lr in self._current()]
+
+
+class LinearLR(LRScheduler):
+    """Linear warm-up (or -down): the lr factor goes from ``start_factor`` to ``end_factor``
+    over ``total_iters`` epochs, then stays."""
+
+    def __init__(self, optimizer, start_factor=1.0 / 3, end_factor=1.0, total_iters=5,
+                 last_epoch=-1):
+        self.start_factor = check.in_range("start_factor", start_factor, 0.0, 1.0,
+                                           high_inclusive=True)
+        if self.start_factor == 0:
+            raise ValueError("start_factor must be > 0")
+        self.end_factor = check.in_range("end_factor", end_factor, 0.0, 1.0,
+                                         high_inclusive=True)
+        self.total_iters = _positive_int("total_iters", total_iters)
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self):
+        t, n = self.last_epoch, self.total_iters
+        if t == 0:
+            return [lr * self.start_factor for lr in self._current()]
+        if t > n:
+            return self._current()
+        change = self.end_factor - self.start_factor
+        return [lr * (1.0 + change / (n * self.start_factor + (t - 1) * change))
+                for lr in self._current()]
+
+
+class ChainedScheduler:
+    """Several schedulers on one optimizer, stepped together (their factors multiply)."""
+
+    def __init__(self, schedulers):
+        schedulers = list(schedulers)
+        if not schedulers:
+            raise ValueError("schedulers is empty")
+        optimizer = schedulers[0].optimizer
+        if any(s.optimizer is not optimizer for s in schedulers):
+            raise ValueError("every chained scheduler must drive the same optimizer")
+        self.optimizer, self._schedulers = optimizer, schedulers
+
+    def step(self):
+        for scheduler in self._schedulers:
+            scheduler.step()
+
+    def get_last_lr(self):
+        return self._schedulers[-1].get_last_lr()
+
+    def state_dict(self):
+        return {"schedulers": [s.state_dict() for s in self._schedulers]}
+
+    def load_state_dict(self, state_dict):
+        for scheduler, saved in zip(self._schedulers, state_dict["schedulers"]):
+            scheduler.load_state_dict(saved)
+
+
+class ReduceLROnPlateau:
+    """Divide the lr by 1/factor when ``metric`` (``step(metric)``) stops improving for
+    ``patience`` epochs (torch's rules for mode, threshold, cooldown, min_lr, eps)."""
+
+    def __init__(self, optimizer, mode="min", factor=0.1, patience=10, threshold=1e-4,
+                 threshold_mode="rel", cooldown=0, min_lr=0.0, eps=1e-8):
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        if threshold_mode not in ("rel", "abs"):
+            raise ValueError(f"threshold_mode must be 'rel' or 'abs', got {threshold_mode!r}")
+        self.factor = check.in_range("factor", factor, 0.0, 1.0)
+        self.optimizer, self.mode, self.threshold_mode = optimizer, mode, threshold_mode
+        self.patience = check.count("patience", patience)
+        self.cooldown = check.count("cooldown", cooldown)
+        self.threshold = check.non_negative("threshold", threshold)
+        self.eps = check.non_negative("eps", eps)
+        groups = len(optimizer.param_groups)
+        min_lrs = list(min_lr) if isinstance(min_lr, (list, tuple)) else [min_lr] * groups
+        if len(min_lrs) != groups:
+            raise ValueError(f"min_lr has {len(min_lrs)} entries for {groups} param groups")
+        self.min_lrs = [check.non_negative("min_lr", m) for m in min_lrs]
+        self.best = math.inf if mode == "min" else -math.inf
+        self.num_bad_epochs = self.cooldown_counter = 0
+        self.last_epoch = 0
+        self._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+    def _better(self, value):
+        if self.mode == "min":
+            limit = self.best * (1 - self.threshold) if self.threshold_mode == "rel" \
+                else self.best - self.threshold
+            return value < limit
+        limit = self.best * (1 + self.threshold) if self.threshold_mode == "rel" \
+            else self.best + self.threshold
+        return value > limit
+
+    def step(self, metric):
+        value = check.real("metric", metric)
+        self.last_epoch += 1
+        if self._better(value):
+            self.best, self.num_bad_epochs = value, 0
+        else:
+            self.num_bad_epochs += 1
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.num_bad_epochs = 0
+        if self.num_bad_epochs > self.patience:
+            for group, min_lr in zip(self.optimizer.param_groups, self.min_lrs):
+                new = max(group["lr"] * self.factor, min_lr)
+                if group["lr"] - new > self.eps:
+                    group["lr"] = new
+            self.cooldown_counter, self.num_bad_epochs = self.cooldown, 0
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+    def get_last_lr(self):
+        return list(self._last_lr)
+
+    def state_dict(self):
+        return {k: v for k, v in vars(self).items() if k != "optimizer"}
+
+    def load_state_dict(self, state_dict):
+        self.__dict__.update(state_dict)

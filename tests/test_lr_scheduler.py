@@ -1,0 +1,107 @@
+"""Learning-rate schedules: the lr sequences equal torch.optim.lr_scheduler's, they drive the
+optimizer's steps, and they save and restore their position."""
+import numpy as np
+import pytest
+
+import numba_opt as nopt
+from numba_opt import lr_scheduler as S
+from reference import RULES
+
+torch = pytest.importorskip("torch")
+
+SCHEDULES = {
+    "StepLR": lambda m, o: m.StepLR(o, step_size=3, gamma=0.5),
+    "MultiStepLR": lambda m, o: m.MultiStepLR(o, milestones=[2, 5, 5, 9], gamma=0.3),
+    "ExponentialLR": lambda m, o: m.ExponentialLR(o, gamma=0.9),
+    "CosineAnnealingLR": lambda m, o: m.CosineAnnealingLR(o, T_max=7, eta_min=1e-3),
+    "LinearLR": lambda m, o: m.LinearLR(o, start_factor=0.25, end_factor=1.0, total_iters=4),
+    "ChainedScheduler": lambda m, o: m.ChainedScheduler(
+        [m.LinearLR(o, start_factor=0.5, total_iters=3), m.ExponentialLR(o, gamma=0.95)]),
+}
+
+
+def both_optimizers():
+    ours = nopt.SGD([{"params": [np.zeros(2)], "lr": 0.1}, {"params": [np.zeros(3)], "lr": 0.05}])
+    theirs = torch.optim.SGD([{"params": [torch.zeros(2)], "lr": 0.1},
+                              {"params": [torch.zeros(3)], "lr": 0.05}])
+    return ours, theirs
+
+
+@pytest.mark.parametrize("name", list(SCHEDULES))
+def test_lr_sequence_equals_torch(name):
+    ours, theirs = both_optimizers()
+    mine, torchs = SCHEDULES[name](S, ours), SCHEDULES[name](torch.optim.lr_scheduler, theirs)
+    for epoch in range(30):
+        np.testing.assert_allclose(mine.get_last_lr(), torchs.get_last_lr(), rtol=1e-12,
+                                   err_msg=f"epoch {epoch}")
+        assert [g["lr"] for g in ours.param_groups] == mine.get_last_lr()
+        ours.step([np.ones(2), np.ones(3)])
+        theirs.step()
+        mine.step()
+        torchs.step()
+
+
+def test_reduce_on_plateau_equals_torch():
+    ours, theirs = both_optimizers()
+    kwargs = dict(mode="min", factor=0.5, patience=2, threshold=0.01, cooldown=1, min_lr=0.01)
+    mine = S.ReduceLROnPlateau(ours, **kwargs)
+    torchs = torch.optim.lr_scheduler.ReduceLROnPlateau(theirs, **kwargs)
+    metrics = [1.0, 0.9, 0.95, 0.91, 0.9, 0.92, 0.5, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6]
+    for metric in metrics:
+        mine.step(metric)
+        torchs.step(metric)
+        np.testing.assert_allclose(mine.get_last_lr(), torchs.get_last_lr(), rtol=1e-12)
+    assert mine.get_last_lr()[0] < 0.1  # it did reduce
+
+
+def test_schedule_drives_the_update_rule():
+    param = np.linspace(-1, 1, 5)
+    ref = param.copy()
+    opt = nopt.Adam([param], lr=0.1)
+    sched = S.StepLR(opt, step_size=2, gamma=0.5)
+    state = {}
+    for epoch in range(6):
+        grad = np.cos(param + epoch)
+        RULES["Adam"](ref, grad.copy(), state, lr=0.1 * 0.5 ** (epoch // 2))
+        opt.step([grad])
+        sched.step()
+    np.testing.assert_allclose(param, ref, rtol=1e-12)
+
+
+def test_state_dict_resumes_the_schedule():
+    ours, _ = both_optimizers()
+    sched = S.CosineAnnealingLR(ours, T_max=5)
+    for _ in range(3):
+        sched.step()
+    saved = sched.state_dict()
+    expected = []
+    for _ in range(4):
+        sched.step()
+        expected.append(sched.get_last_lr())
+    resumed_opt, _ = both_optimizers()
+    resumed = S.CosineAnnealingLR(resumed_opt, T_max=5)
+    resumed.load_state_dict(saved)
+    for group, lr in zip(resumed_opt.param_groups, saved["_last_lr"]):
+        group["lr"] = lr  # the optimizer's own state_dict carries its lrs
+    got = []
+    for _ in range(4):
+        resumed.step()
+        got.append(resumed.get_last_lr())
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("make, error, message", [
+    (lambda o: S.StepLR(o, step_size=0), ValueError, "step_size must be >= 1"),
+    (lambda o: S.StepLR(o, step_size=2, gamma=-1), ValueError, "gamma must be >= 0"),
+    (lambda o: S.MultiStepLR(o, milestones=[5, 2]), ValueError, "increasing"),
+    (lambda o: S.LinearLR(o, start_factor=0), ValueError, "start_factor must be > 0"),
+    (lambda o: S.ExponentialLR(o, gamma=0.9, last_epoch=3), ValueError, "last_epoch"),
+    (lambda o: S.ReduceLROnPlateau(o, mode="up"), ValueError, "mode must be"),
+    (lambda o: S.ReduceLROnPlateau(o, min_lr=[0.1]), ValueError, "min_lr has 1 entries"),
+    (lambda o: S.StepLR(object(), step_size=2), TypeError, "numba_opt optimizer"),
+])
+def test_bad_arguments_raise_and_leave_the_lr(make, error, message):
+    ours, _ = both_optimizers()
+    with pytest.raises(error, match=message):
+        make(ours)
+    assert [g["lr"] for g in ours.param_groups] == [0.1, 0.05]
