@@ -95,6 +95,26 @@ class Kernel:
 
 
 KERNELS = tuple(Kernel(name) for name in _math.KERNELS)
+
+
+def _sum_squares(x):
+    total = 0.0  # float64 whatever the array's dtype
+    for i in prange(x.size):
+        value = np.float64(x[i])
+        total += value * value
+    return total
+
+
+_sum_squares_parallel = njit(parallel=True, **_JIT_OPTIONS)(_sum_squares)
+_serial_twin = types.FunctionType(_sum_squares.__code__, globals(), "_sum_squares_serial")
+_serial_twin.__qualname__ = "_sum_squares_serial"  # its own cache entry (see _compile)
+_sum_squares_serial = njit(**_JIT_OPTIONS)(_serial_twin)
+
+
+def sum_squares(flat_array):
+    """The sum of squares of a 1-D array, accumulated in float64: one read pass."""
+    loop = _sum_squares_parallel if flat_array.size >= SERIAL_BELOW else _sum_squares_serial
+    return loop(flat_array)
 globals().update({kernel.__name__: kernel for kernel in KERNELS})
 
 

@@ -120,6 +120,23 @@ def update_scalars(scalars, indices, values):
 
 
 @cuda.jit
+def _sum_squares(x, out):
+    total = 0.0  # float64 whatever the array's dtype; the one f64 kernel, on purpose
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        value = np.float64(x[i])
+        total += value * value
+    cuda.atomic.add(out, 0, total)
+
+
+def sum_squares(flat_array):
+    """The sum of squares of a 1-D device array, in float64: one read pass (and a sync)."""
+    out = cuda.to_device(np.zeros(1))
+    if flat_array.size:
+        _sum_squares[_launch_config(flat_array.size)](flat_array, out)
+    return float(out.copy_to_host()[0])
+
+
+@cuda.jit
 def _fill(out, value):
     for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
         out[i] = value

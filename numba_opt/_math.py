@@ -20,68 +20,70 @@ from numba import njit
 
 _rule = njit(inline="always", error_model="numpy")
 
+# Every scalars namedtuple starts with the gradient fields all rules share (see prepared_grad).
+_GRAD_FIELDS = "grad_scale clip_value maximize "
+
 SGDScalars = namedtuple(
     "SGDScalars",
-    "lr momentum one_minus_dampening weight_decay nesterov maximize first_momentum_step",
-)
+    _GRAD_FIELDS + "lr momentum one_minus_dampening weight_decay nesterov first_momentum_step")
 RMSpropScalars = namedtuple(
     "RMSpropScalars",
-    "lr alpha one_minus_alpha eps weight_decay momentum centered eps_inside_sqrt maximize",
-)
+    _GRAD_FIELDS + "lr alpha one_minus_alpha eps weight_decay momentum centered eps_inside_sqrt")
 AdamScalars = namedtuple(
     "AdamScalars",
     # param_scale is 1 - lr*weight_decay for AdamW's decoupled decay, exactly 1 otherwise;
     # weight_decay is the coupled L2 term (0 for AdamW).
-    "step_size beta1 one_minus_beta1 beta2 one_minus_beta2 eps bias_correction2_sqrt "
-    "weight_decay param_scale amsgrad maximize",
-)
-AdagradScalars = namedtuple("AdagradScalars", "clr eps weight_decay maximize")
-AdamaxScalars = namedtuple("AdamaxScalars",
-                           "clr beta1 one_minus_beta1 beta2 eps weight_decay maximize")
+    _GRAD_FIELDS + "step_size beta1 one_minus_beta1 beta2 one_minus_beta2 eps "
+    "bias_correction2_sqrt weight_decay param_scale amsgrad")
+AdagradScalars = namedtuple("AdagradScalars", _GRAD_FIELDS + "clr eps weight_decay")
+AdamaxScalars = namedtuple(
+    "AdamaxScalars", _GRAD_FIELDS + "clr beta1 one_minus_beta1 beta2 eps weight_decay")
 RAdamScalars = namedtuple(
     "RAdamScalars",
     # rectify is 1 once the variance of the adaptive lr is tractable (rho_t > 5), and rect is the
     # rectification factor r_t then; param_scale / weight_decay as in AdamScalars
-    "lr beta1 one_minus_beta1 beta2 one_minus_beta2 eps weight_decay param_scale "
-    "bias_correction1 bias_correction2_sqrt rect rectify maximize")
-AdadeltaScalars = namedtuple("AdadeltaScalars", "lr rho one_minus_rho eps weight_decay maximize")
+    _GRAD_FIELDS + "lr beta1 one_minus_beta1 beta2 one_minus_beta2 eps weight_decay "
+    "param_scale bias_correction1 bias_correction2_sqrt rect rectify")
+AdadeltaScalars = namedtuple(
+    "AdadeltaScalars", _GRAD_FIELDS + "lr rho one_minus_rho eps weight_decay")
 
 
-# The array -> namedtuple unpackers (a test checks each against its namedtuple's field count).
+# The array -> namedtuple unpackers (a test checks each against its namedtuple's fields).
 @_rule
 def unpack_sgd(v):
-    return SGDScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6])
+    return SGDScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8])
 
 
 @_rule
 def unpack_rmsprop(v):
-    return RMSpropScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8])
+    return RMSpropScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10])
 
 
 @_rule
 def unpack_adam(v):
-    return AdamScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10])
+    return AdamScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11],
+                       v[12])
 
 
 @_rule
 def unpack_adagrad(v):
-    return AdagradScalars(v[0], v[1], v[2], v[3])
+    return AdagradScalars(v[0], v[1], v[2], v[3], v[4], v[5])
 
 
 @_rule
 def unpack_adamax(v):
-    return AdamaxScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6])
+    return AdamaxScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8])
 
 
 @_rule
 def unpack_radam(v):
     return RAdamScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11],
-                        v[12])
+                        v[12], v[13], v[14])
 
 
 @_rule
 def unpack_adadelta(v):
-    return AdadeltaScalars(v[0], v[1], v[2], v[3], v[4], v[5])
+    return AdadeltaScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7])
 
 
 SCALARS = {"sgd": SGDScalars, "rmsprop": RMSpropScalars, "adam": AdamScalars,
@@ -90,10 +92,24 @@ SCALARS = {"sgd": SGDScalars, "rmsprop": RMSpropScalars, "adam": AdamScalars,
 
 
 @_rule
-def sgd(param, grad, momentum_buffer, h):
-    """SGD with optional momentum/Nesterov. ``momentum_buffer`` is ignored when momentum == 0."""
+def prepared_grad(grad, h):
+    """What every rule does to the gradient first: the global-norm clipping scale folded in
+    (1 when off), clamping to [-clip_value, clip_value] (inf when off; NaN passes, as in torch),
+    then the sign for maximize.  Folding these in spares a write pass over the grads."""
+    grad = grad * h.grad_scale
+    if grad > h.clip_value:
+        grad = h.clip_value
+    elif grad < -h.clip_value:
+        grad = -h.clip_value
     if h.maximize:
         grad = -grad
+    return grad
+
+
+@_rule
+def sgd(param, grad, momentum_buffer, h):
+    """SGD with optional momentum/Nesterov. ``momentum_buffer`` is ignored when momentum == 0."""
+    grad = prepared_grad(grad, h)
     if h.weight_decay != 0:
         grad = grad + h.weight_decay * param
     if h.momentum != 0:
@@ -112,8 +128,7 @@ def sgd(param, grad, momentum_buffer, h):
 @_rule
 def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, h):
     """RMSprop; ``grad_avg`` is used only when centered, ``momentum_buffer`` only when momentum > 0."""
-    if h.maximize:
-        grad = -grad
+    grad = prepared_grad(grad, h)
     if h.weight_decay != 0:
         grad = grad + h.weight_decay * param
     square_avg = h.alpha * square_avg + h.one_minus_alpha * grad * grad
@@ -136,8 +151,7 @@ def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, h):
 @_rule
 def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, h):
     """Adam / AdamW with bias correction; ``max_exp_avg_sq`` is used only with amsgrad."""
-    if h.maximize:
-        grad = -grad
+    grad = prepared_grad(grad, h)
     param = param * h.param_scale  # decoupled decay (AdamW) happens before the moment update
     if h.weight_decay != 0:
         grad = grad + h.weight_decay * param
@@ -156,8 +170,7 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, h):
 @_rule
 def adagrad(param, grad, state_sum, h):
     """Adagrad; ``h.clr`` already holds lr / (1 + (t - 1) * lr_decay)."""
-    if h.maximize:
-        grad = -grad
+    grad = prepared_grad(grad, h)
     if h.weight_decay != 0:
         grad = grad + h.weight_decay * param
     state_sum = state_sum + grad * grad
@@ -167,8 +180,7 @@ def adagrad(param, grad, state_sum, h):
 @_rule
 def adamax(param, grad, exp_avg, exp_inf, h):
     """Adamax (Adam with the infinity norm); ``h.clr`` already holds lr / (1 - beta1^t)."""
-    if h.maximize:
-        grad = -grad
+    grad = prepared_grad(grad, h)
     if h.weight_decay != 0:
         grad = grad + h.weight_decay * param
     exp_avg = h.beta1 * exp_avg + h.one_minus_beta1 * grad
@@ -181,8 +193,7 @@ def adamax(param, grad, exp_avg, exp_inf, h):
 @_rule
 def radam(param, grad, exp_avg, exp_avg_sq, h):
     """RAdam: Adam whose adaptive lr is used only once its variance is tractable (rectify)."""
-    if h.maximize:
-        grad = -grad
+    grad = prepared_grad(grad, h)
     param = param * h.param_scale  # decoupled decay first, as in Adam
     if h.weight_decay != 0:
         grad = grad + h.weight_decay * param
@@ -197,8 +208,7 @@ def radam(param, grad, exp_avg, exp_avg_sq, h):
 @_rule
 def adadelta(param, grad, square_avg, acc_delta, h):
     """Adadelta: the step is rescaled by the RMS of past steps over the RMS of gradients."""
-    if h.maximize:
-        grad = -grad
+    grad = prepared_grad(grad, h)
     if h.weight_decay != 0:
         grad = grad + h.weight_decay * param
     square_avg = h.rho * square_avg + h.one_minus_rho * grad * grad

@@ -15,13 +15,17 @@ except ImportError:
 import numba_opt as nopt
 
 # arrays moved per element by one step (reads + writes), per optimizer configuration
-TRAFFIC = {"SGD": 3, "SGD-momentum": 5, "RMSprop": 5, "Adam": 7, "AdamW": 7, "Adagrad": 5}
+TRAFFIC = {"SGD": 3, "SGD-momentum": 5, "RMSprop": 5, "Adam": 7, "AdamW": 7, "Adagrad": 5,
+           "Adamax": 7, "RAdam": 7, "Adadelta": 7}
 OPTIMIZERS = {  # name -> (numba_opt / torch class, kwargs)
     "SGD-momentum": ("SGD", dict(lr=1e-3, momentum=0.9)),
     "RMSprop": ("RMSprop", dict(lr=1e-3)),
     "Adam": ("Adam", dict(lr=1e-3)),
     "AdamW": ("AdamW", dict(lr=1e-3)),
     "Adagrad": ("Adagrad", dict(lr=1e-3)),
+    "Adamax": ("Adamax", dict(lr=1e-3)),
+    "RAdam": ("RAdam", dict(lr=1e-3)),
+    "Adadelta": ("Adadelta", dict(lr=1.0)),
 }
 
 

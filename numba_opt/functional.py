@@ -17,6 +17,12 @@ import math
 from . import _math, _validation as check, dispatch
 
 
+def _pack(scalars_type, maximize, **fields):
+    """A scalars namedtuple with the gradient fields every rule shares: clipping off
+    (grad_scale 1, clip_value inf; ``optim.base`` sets them per step when asked) and maximize."""
+    return scalars_type(grad_scale=1.0, clip_value=math.inf, maximize=maximize, **fields)
+
+
 # ----------------------------------------------------------------------------------------- SGD
 def sgd_layout(momentum):
     if momentum != 0:
@@ -26,8 +32,9 @@ def sgd_layout(momentum):
 
 def sgd_scalars(*, lr, momentum, dampening, weight_decay, nesterov, maximize,
                 first_momentum_step):
-    return _math.SGDScalars(lr, momentum, 1.0 - dampening, weight_decay, nesterov, maximize,
-                            first_momentum_step)
+    return _pack(_math.SGDScalars, maximize, lr=lr, momentum=momentum,
+                 one_minus_dampening=1.0 - dampening, weight_decay=weight_decay,
+                 nesterov=nesterov, first_momentum_step=first_momentum_step)
 
 
 SGD_HYPER = dict(lr=check.non_negative, momentum=check.non_negative, dampening=check.real,
@@ -64,8 +71,9 @@ def rmsprop_layout(centered, momentum):
 
 def rmsprop_scalars(*, lr, alpha, eps, weight_decay, momentum, centered, eps_inside_sqrt,
                     maximize):
-    return _math.RMSpropScalars(lr, alpha, 1.0 - alpha, eps, weight_decay, momentum, centered,
-                                eps_inside_sqrt, maximize)
+    return _pack(_math.RMSpropScalars, maximize, lr=lr, alpha=alpha, one_minus_alpha=1.0 - alpha,
+                 eps=eps, weight_decay=weight_decay, momentum=momentum, centered=centered,
+                 eps_inside_sqrt=eps_inside_sqrt)
 
 
 RMSPROP_HYPER = dict(lr=check.non_negative, alpha=check.unit_interval, eps=check.non_negative,
@@ -110,13 +118,13 @@ def adam_scalars(*, step, lr, betas, eps, weight_decay, amsgrad, maximize,
     beta1, beta2 = betas
     step_size, bias_correction2_sqrt = adam_step_scalars(step, lr, betas)
     decoupled = decoupled_weight_decay
-    return _math.AdamScalars(
-        step_size=step_size, beta1=beta1, one_minus_beta1=1.0 - beta1,
+    return _pack(
+        _math.AdamScalars, maximize, step_size=step_size, beta1=beta1, one_minus_beta1=1.0 - beta1,
         beta2=beta2, one_minus_beta2=1.0 - beta2, eps=eps,
         bias_correction2_sqrt=bias_correction2_sqrt,
         weight_decay=0.0 if decoupled else weight_decay,
         param_scale=1.0 - lr * weight_decay if decoupled else 1.0,
-        amsgrad=amsgrad, maximize=maximize)
+        amsgrad=amsgrad)
 
 
 ADAM_HYPER = dict(lr=check.non_negative, betas=check.betas, eps=check.non_negative,
@@ -165,7 +173,7 @@ def adagrad_step_scalars(step, lr, lr_decay):
 
 def adagrad_scalars(*, step, lr, lr_decay, eps, weight_decay, maximize):
     (clr,) = adagrad_step_scalars(step, lr, lr_decay)
-    return _math.AdagradScalars(clr, eps, weight_decay, maximize)
+    return _pack(_math.AdagradScalars, maximize, clr=clr, eps=eps, weight_decay=weight_decay)
 
 
 ADAGRAD_HYPER = dict(lr=check.non_negative, lr_decay=check.non_negative,
@@ -201,7 +209,8 @@ def adamax_step_scalars(step, lr, betas):
 def adamax_scalars(*, step, lr, betas, eps, weight_decay, maximize):
     (clr,) = adamax_step_scalars(step, lr, betas)
     beta1, beta2 = betas
-    return _math.AdamaxScalars(clr, beta1, 1.0 - beta1, beta2, eps, weight_decay, maximize)
+    return _pack(_math.AdamaxScalars, maximize, clr=clr, beta1=beta1,
+                 one_minus_beta1=1.0 - beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
 
 
 ADAMAX_HYPER = dict(lr=check.non_negative, betas=check.betas, eps=check.non_negative,
@@ -246,11 +255,11 @@ def radam_scalars(*, step, lr, betas, eps, weight_decay, decoupled_weight_decay,
     beta1, beta2 = betas
     bc1, bc2_sqrt, rect, rectify = radam_step_scalars(step, betas)
     decoupled = decoupled_weight_decay
-    return _math.RAdamScalars(
-        lr=lr, beta1=beta1, one_minus_beta1=1.0 - beta1, beta2=beta2,
+    return _pack(
+        _math.RAdamScalars, maximize, lr=lr, beta1=beta1, one_minus_beta1=1.0 - beta1, beta2=beta2,
         one_minus_beta2=1.0 - beta2, eps=eps, weight_decay=0.0 if decoupled else weight_decay,
         param_scale=1.0 - lr * weight_decay if decoupled else 1.0, bias_correction1=bc1,
-        bias_correction2_sqrt=bc2_sqrt, rect=rect, rectify=rectify, maximize=maximize)
+        bias_correction2_sqrt=bc2_sqrt, rect=rect, rectify=rectify)
 
 
 RADAM_HYPER = dict(lr=check.non_negative, betas=check.betas, eps=check.non_negative,
@@ -277,7 +286,8 @@ def adadelta_layout():
 
 
 def adadelta_scalars(*, lr, rho, eps, weight_decay, maximize):
-    return _math.AdadeltaScalars(lr, rho, 1.0 - rho, eps, weight_decay, maximize)
+    return _pack(_math.AdadeltaScalars, maximize, lr=lr, rho=rho, one_minus_rho=1.0 - rho,
+                 eps=eps, weight_decay=weight_decay)
 
 
 ADADELTA_HYPER = dict(lr=check.non_negative, rho=check.unit_interval, eps=check.non_negative,

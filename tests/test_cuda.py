@@ -226,3 +226,26 @@ def test_flat_params_on_the_gpu_step_in_one_launch(monkeypatch):
         assert [size for _, size in launches] == [flat_cpu.data.size]
     np.testing.assert_allclose(flat_gpu.data.copy_to_host(), flat_cpu.data,
                                **TOLERANCE[np.float32])
+
+
+@needs_cuda
+@pytest.mark.parametrize("flat", [False, True], ids=["arrays", "FlatParams"])
+def test_fused_clipping_on_the_gpu_matches_the_cpu(flat):
+    host = make_params(np.float32, shapes=SHAPES)
+    device = nopt.FlatParams(to_device(host)) if flat else to_device(host)
+    gpu, cpu = nopt.Adam(device, lr=0.01), nopt.Adam(host, lr=0.01)
+    live = device.params if flat else device
+    for step in range(1, 8):
+        grads = make_grads(host, step)
+        if flat:
+            for view, grad in zip(device.grads, grads):
+                view.copy_to_device(grad)
+            gpu_grads = device.grads
+        else:
+            gpu_grads = to_device(grads)
+        kwargs = dict(max_grad_norm=3.0) if step % 2 else dict(clip_value=0.5)
+        gpu_norm, cpu_norm = gpu.step(gpu_grads, **kwargs), cpu.step(grads, **kwargs)
+        if step % 2:
+            assert gpu_norm == pytest.approx(cpu_norm, rel=1e-12)
+    for d, h in zip(live, host):
+        np.testing.assert_allclose(d.copy_to_host(), h, **TOLERANCE[np.float32])

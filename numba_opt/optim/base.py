@@ -21,6 +21,7 @@ How a step runs (the fast path is what makes small steps cheap and big models on
   goes on param by param, with per-param step counts, as torch does.
 """
 import itertools
+import math
 import operator
 from collections.abc import Mapping
 
@@ -30,6 +31,7 @@ from .. import _validation as check, dispatch
 from ..flat import FlatParams
 
 STATE_DICT_FORMAT = 1
+_NO_CLIPPING = (1.0, math.inf)  # the grad_scale and clip_value fields of the scalars, when off
 
 
 class _Bucket:
@@ -54,8 +56,8 @@ class _Bucket:
         # While every param has stepped together: one step count and one set of started states.
         self.step, self.started = 0, set()
         self.per_param = None  # after params diverged: [[step, started set], ...] per param
-        # the last scalars argument, and the fresh-state names it was made for
-        self.scalars = self.scalars_fresh = None
+        # the last scalars argument, and the fresh-state names and clipping it was made for
+        self.scalars = self.scalars_fresh = self.grad_fields = None
         self.layout = None  # the (kernel, state names) of the cached calls below
         self.span_call = self.span_states = None  # the whole bucket as one kernel call
         self.param_calls = None  # [(kernel call, its state tuple)] per param
@@ -123,10 +125,21 @@ class Optimizer:
         self.step_count = 0
 
     # ------------------------------------------------------------------------------- stepping
-    def step(self, grads):
+    def step(self, grads, *, max_grad_norm=None, clip_value=None, skip_if_nonfinite=False):
         """Update every param in place from ``grads`` (same structure and order as the params:
         a sequence, or a dict with the same names).  A ``None`` grad skips its param, as in
-        torch.  Everything is validated before anything is modified."""
+        torch.  Everything is validated before anything is modified.
+
+        ``max_grad_norm``: clip the grads to this global L2 norm (torch's clip_grad_norm_: scale
+        min(1, max_norm / (norm + 1e-6))), ``clip_value``: clamp each grad element to
+        [-clip_value, clip_value].  Both are folded into the update kernel: the grads are read,
+        never rewritten (global-norm clipping adds one read pass to compute the norm).
+        ``skip_if_nonfinite``: if the global norm is inf or NaN, change nothing (like AMP's
+        GradScaler).  Returns the global grad norm before clipping when it was computed (with
+        ``max_grad_norm`` or ``skip_if_nonfinite``), else None."""
+        clipping = None if (max_grad_norm is None and clip_value is None
+                            and skip_if_nonfinite is False) \
+            else _check_clipping(max_grad_norm, clip_value, skip_if_nonfinite)
         grads = self._grad_list(grads)
         seen = self._seen_grads
         if seen is None or len(seen[0]) != len(grads) or not all(
@@ -138,8 +151,16 @@ class Optimizer:
                  if cached is None or tuple(group.values()) != cached[3]]
         for gi in stale:
             self._check_labelled(gi, self.param_groups[gi])
+        norm = None
+        if clipping is not None and (max_grad_norm is not None or skip_if_nonfinite):
+            norm = self._grad_norm(seen)
+            if skip_if_nonfinite and not math.isfinite(norm):
+                self._seen_grads = seen
+                return norm
         # --- everything is valid: from here on, state changes
         self._seen_grads = seen
+        self._grad_fields = _NO_CLIPPING if clipping is None else (
+            _clip_scale(max_grad_norm, norm), math.inf if clip_value is None else clip_value)
         for gi in stale:
             self._refresh_group(gi)
         for bucket, (bucket_grads, presence, grad_span) in zip(self._buckets, seen[1]):
@@ -148,6 +169,17 @@ class Optimizer:
             elif presence != "none":  # some grads are None, now or in an earlier step
                 self._step_params(bucket, bucket_grads)
         self.step_count += 1
+        return norm
+
+    def _grad_norm(self, seen):
+        """The global L2 norm of all grads (float64 accumulation, one read pass)."""
+        total = 0.0
+        for bucket_grads, presence, grad_span in seen[1]:
+            if grad_span is not None:
+                total += self._backend.sum_squares(grad_span)
+            else:
+                total += sum(self._backend.sum_squares(g) for g in bucket_grads if g is not None)
+        return math.sqrt(total)
 
     def _step_bucket(self, bucket, grads, grad_span):
         """One step of a bucket whose params all step together.  ``grads``: their flat views;
@@ -167,7 +199,10 @@ class Optimizer:
         elif self.step_fields:
             scalars = self._backend.update_scalars(scalars, self._step_indices,
                                                    self._step_scalars(hyper, step))
-        bucket.scalars, bucket.scalars_fresh = scalars, fresh
+        if scalars is not bucket.scalars or bucket.grad_fields != self._grad_fields:
+            scalars = self._backend.update_scalars(scalars, (0, 1), self._grad_fields)
+        bucket.scalars, bucket.scalars_fresh, bucket.grad_fields = scalars, fresh, \
+            self._grad_fields
         if grad_span is not None:  # params and grads each one span: one call
             bucket.span_call(bucket.param_span, grad_span, *bucket.span_states, scalars)
         else:
@@ -199,8 +234,9 @@ class Optimizer:
                 continue
             fresh = tuple(n for n in names if n not in history[1])
             history[0] += 1
-            scalars = self._backend.scalars_argument(
-                self._scalars(hyper, history[0], fresh), bucket.dtype)
+            scalars = self._backend.update_scalars(self._backend.scalars_argument(
+                self._scalars(hyper, history[0], fresh), bucket.dtype), (0, 1),
+                self._grad_fields)
             call(param, grad, *states, scalars)
             history[1].update(names)
 
@@ -398,6 +434,28 @@ class Optimizer:
             hyper = ", ".join(f"{k}={v!r}" for k, v in group.items() if k != "params")
             lines.append(f"  group {gi} ({len(group['params'])} params): {hyper}")
         return "\n".join(lines)
+
+
+def _check_clipping(max_grad_norm, clip_value, skip_if_nonfinite):
+    """None when step() was asked for no clipping or skipping, else True (after checking)."""
+    check.flag("skip_if_nonfinite", skip_if_nonfinite)
+    if max_grad_norm is not None and clip_value is not None:
+        raise ValueError("give max_grad_norm or clip_value, not both")
+    if max_grad_norm is not None:
+        check.non_negative("max_grad_norm", max_grad_norm)
+    if clip_value is not None:
+        check.non_negative("clip_value", clip_value)
+    if max_grad_norm is None and clip_value is None and not skip_if_nonfinite:
+        return None
+    return True
+
+
+def _clip_scale(max_grad_norm, norm):
+    """torch.nn.utils.clip_grad_norm_'s factor, min(1, max_norm / (norm + 1e-6)); NaN stays."""
+    if max_grad_norm is None:
+        return 1.0
+    coefficient = max_grad_norm / (norm + 1e-6)
+    return coefficient if math.isnan(coefficient) else min(coefficient, 1.0)
 
 
 def _as_param_list(value, where):
