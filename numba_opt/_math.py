@@ -46,6 +46,8 @@ RAdamScalars = namedtuple(
     "param_scale bias_correction1 bias_correction2_sqrt rect rectify")
 AdadeltaScalars = namedtuple(
     "AdadeltaScalars", _GRAD_FIELDS + "lr rho one_minus_rho eps weight_decay")
+LionScalars = namedtuple(
+    "LionScalars", _GRAD_FIELDS + "lr beta1 one_minus_beta1 beta2 one_minus_beta2 param_scale")
 
 
 # The array -> namedtuple unpackers (a test checks each against its namedtuple's fields).
@@ -86,7 +88,12 @@ def unpack_adadelta(v):
     return AdadeltaScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7])
 
 
-SCALARS = {"sgd": SGDScalars, "rmsprop": RMSpropScalars, "adam": AdamScalars,
+@_rule
+def unpack_lion(v):
+    return LionScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8])
+
+
+SCALARS = {"lion": LionScalars, "sgd": SGDScalars, "rmsprop": RMSpropScalars, "adam": AdamScalars,
            "adamax": AdamaxScalars, "radam": RAdamScalars, "adadelta": AdadeltaScalars,
            "adagrad": AdagradScalars}
 
@@ -127,7 +134,8 @@ def sgd(param, grad, momentum_buffer, h):
 
 @_rule
 def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, h):
-    """RMSprop; ``grad_avg`` is used only when centered, ``momentum_buffer`` only when momentum > 0."""
+    """RMSprop; ``grad_avg`` is used only when centered, ``momentum_buffer`` only when
+    momentum > 0."""
     grad = prepared_grad(grad, h)
     if h.weight_decay != 0:
         grad = grad + h.weight_decay * param
@@ -217,6 +225,23 @@ def adadelta(param, grad, square_avg, acc_delta, h):
     return param - h.lr * delta, square_avg, acc_delta
 
 
+@_rule
+def lion(param, grad, exp_avg, h):
+    """Lion (Chen et al. 2023; lion-pytorch / optax): the step is the sign of an interpolation
+    of momentum and gradient; the momentum itself uses beta2.  Decoupled decay first."""
+    grad = prepared_grad(grad, h)
+    param = param * h.param_scale
+    direction = h.beta1 * exp_avg + h.one_minus_beta1 * grad
+    if direction > 0:
+        param = param - h.lr
+    elif direction < 0:
+        param = param + h.lr
+    elif direction != direction:  # NaN propagates, as torch.sign does
+        param = param + direction
+    exp_avg = h.beta2 * exp_avg + h.one_minus_beta2 * grad
+    return param, exp_avg
+
+
 # ------------------------------------------------------------------------------------------------
 # Appliers: one per kernel variant, ``name_at(i, param, grad, *states, h)``, applying a rule to
 # element i of 1-D arrays; ``states`` are the buffers that variant updates, in the order
@@ -292,9 +317,14 @@ def adadelta_at(i, param, grad, square_avg, acc_delta, h):
                                                      acc_delta[i], h)
 
 
+@_rule
+def lion_at(i, param, grad, exp_avg, h):
+    param[i], exp_avg[i] = lion(param[i], grad[i], exp_avg[i], h)
+
+
 # kernel variant -> (how many state buffers it updates, its rule family)
 KERNELS = {"sgd": (0, "sgd"), "sgd_momentum": (1, "sgd"), "rmsprop": (1, "rmsprop"),
            "rmsprop_centered": (2, "rmsprop"), "rmsprop_momentum": (2, "rmsprop"),
            "rmsprop_centered_momentum": (3, "rmsprop"), "adam": (2, "adam"),
            "adam_amsgrad": (3, "adam"), "adagrad": (1, "adagrad"), "adamax": (2, "adamax"),
-           "radam": (2, "radam"), "adadelta": (2, "adadelta")}
+           "radam": (2, "radam"), "adadelta": (2, "adadelta"), "lion": (1, "lion")}

@@ -304,6 +304,30 @@ def adadelta_step(param, grad, square_avg, acc_delta, *, lr=1.0, rho=0.9, eps=1e
          adadelta_scalars(**hyper))
 
 
+# ---------------------------------------------------------------------------------------- Lion
+def lion_layout():
+    return "lion", ("exp_avg",)
+
+
+def lion_scalars(*, lr, betas, weight_decay, maximize):
+    beta1, beta2 = betas
+    return _pack(_math.LionScalars, maximize, lr=lr, beta1=beta1, one_minus_beta1=1.0 - beta1,
+                 beta2=beta2, one_minus_beta2=1.0 - beta2, param_scale=1.0 - lr * weight_decay)
+
+
+LION_HYPER = dict(lr=check.non_negative, betas=check.betas, weight_decay=check.non_negative,
+                  maximize=check.flag)
+
+
+def lion_step(param, grad, exp_avg, *, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0,
+              maximize=False, device="auto"):
+    """One Lion step in place (lion-pytorch / optax semantics; decoupled weight decay)."""
+    hyper = dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize)
+    check_hyper(LION_HYPER, hyper)
+    kernel, names = lion_layout()
+    _run(kernel, device, param, grad, names, dict(exp_avg=exp_avg), lion_scalars(**hyper))
+
+
 # -------------------------------------------------------------------------------------- common
 def check_hyper(checks, hyper):
     """Validate hyper-parameters with a table of ``name -> check(name, value)`` (the tables above

@@ -37,10 +37,13 @@ CASES = [
     ("RAdam", {"weight_decay": 0.1, "decoupled_weight_decay": True}),
     ("Adadelta", {}),
     ("Adadelta", {"lr": 0.5, "rho": 0.95, "eps": 1e-5, "weight_decay": 0.1, "maximize": True}),
+    ("Lion", {}),
+    ("Lion", {"lr": 1e-3, "betas": (0.95, 0.98), "weight_decay": 0.1, "maximize": True}),
 ]
 
-# torch.optim has every option above except the TF/Keras denominator
+# torch.optim has every option above except the TF/Keras denominator, and has no Lion
 TORCH_UNSUPPORTED = {"eps_inside_sqrt"}
+NOT_IN_TORCH = {"Lion"}
 
 # Small shapes (serial kernels), a 0-d param, and one above SERIAL_BELOW (parallel kernels).
 SHAPES = [(7, 5), (5,), (3, 4, 2), (), (130, 130)]

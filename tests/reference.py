@@ -116,5 +116,16 @@ def adadelta(param, grad, state, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, ma
     param -= lr * delta
 
 
+def lion(param, grad, state, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, maximize=False):
+    """lion-pytorch's update (Chen et al. 2023, Algorithm 2)."""
+    b1, b2 = betas
+    g = -grad if maximize else grad.copy()
+    m = state.get("exp_avg", np.zeros_like(param))
+    param *= 1 - lr * weight_decay
+    param -= lr * np.sign(b1 * m + (1 - b1) * g)
+    state["exp_avg"] = b2 * m + (1 - b2) * g
+
+
 RULES = {"SGD": sgd, "RMSprop": rmsprop, "Adam": adam, "AdamW": adamw, "Adagrad": adagrad,
-         "Adamax": adamax, "RAdam": radam, "Adadelta": adadelta}
+         "Adamax": adamax, "RAdam": radam, "Adadelta": adadelta,
+         "Lion": lion}

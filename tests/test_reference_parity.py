@@ -49,7 +49,7 @@ def test_functional_matches_class(case):
     states = [{} for _ in mine]
     fn = {"SGD": F.sgd_step, "RMSprop": F.rmsprop_step, "Adam": F.adam_step,
           "AdamW": F.adamw_step, "Adagrad": F.adagrad_step, "Adamax": F.adamax_step, "RAdam": F.radam_step,
-          "Adadelta": F.adadelta_step}[name]
+          "Adadelta": F.adadelta_step, "Lion": F.lion_step}[name]
     for step in range(1, 6):
         grads = make_grads(params, step)
         opt.step(grads)
@@ -58,7 +58,7 @@ def test_functional_matches_class(case):
                 fill = kwargs.get("initial_accumulator_value", 0.0)
                 st.update({k: np.full_like(p, fill) for k in opt.state_names})
             call = {k: v for k, v in kwargs.items() if k != "initial_accumulator_value"}
-            if name not in ("RMSprop", "Adadelta"):
+            if name not in ("RMSprop", "Adadelta", "Lion"):
                 call["step"] = step
             fn(p, g, *st.values(), **call)
     for p, q in zip(params, mine):

@@ -5,11 +5,13 @@ import numpy as np
 import pytest
 
 import numba_opt as nopt
-from cases import CASES, STEPS, TOLERANCE, TORCH_UNSUPPORTED, case_id, make_grads, make_params
+from cases import (CASES, NOT_IN_TORCH, STEPS, TOLERANCE, TORCH_UNSUPPORTED, case_id, make_grads,
+                   make_params)
 
 torch = pytest.importorskip("torch")
 
-TORCH_CASES = [c for c in CASES if not TORCH_UNSUPPORTED & set(c[1])]
+TORCH_CASES = [c for c in CASES
+               if not TORCH_UNSUPPORTED & set(c[1]) and c[0] not in NOT_IN_TORCH]
 # torch's float64 kernels round in a different order (lerp, addcdiv), so not bit-for-bit
 TORCH_TOLERANCE = {np.float32: TOLERANCE[np.float32], np.float64: dict(rtol=1e-10, atol=1e-12)}
 

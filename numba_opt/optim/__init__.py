@@ -3,8 +3,10 @@ from .adam import Adam, AdamW
 from .adadelta import Adadelta
 from .adamax import Adamax
 from .base import Optimizer
+from .lion import Lion
 from .radam import RAdam
 from .rmsprop import RMSProp, RMSprop
 from .sgd import SGD
 
-__all__ = ["Optimizer", "SGD", "RMSprop", "RMSProp", "Adam", "AdamW", "Adagrad", "Adamax", "RAdam", "Adadelta"]
+__all__ = ["Optimizer", "SGD", "RMSprop", "RMSProp", "Adam", "AdamW", "Adagrad", "Adamax",
+           "RAdam", "Adadelta", "Lion"]
