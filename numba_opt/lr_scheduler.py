@@ -143,6 +143,91 @@ class LinearLR(LRScheduler):
                 for lr in self._current()]
 
 
+class OneCycleLR(LRScheduler):
+    """The 1cycle policy (torch's OneCycleLR): lr rises from max_lr/div_factor to ``max_lr``
+    over ``pct_start`` of ``total_steps``, then anneals to max_lr/div_factor/final_div_factor
+    (three_phase: back down to the start first); with ``cycle_momentum`` the momentum (or Adam's
+    beta1) moves the opposite way between ``max_momentum`` and ``base_momentum``.  Step it
+    once per batch."""
+
+    def __init__(self, optimizer, max_lr, total_steps=None, epochs=None, steps_per_epoch=None,
+                 pct_start=0.3, anneal_strategy="cos", cycle_momentum=True, base_momentum=0.85,
+                 max_momentum=0.95, div_factor=25.0, final_div_factor=1e4, three_phase=False,
+                 last_epoch=-1):
+        groups = optimizer.param_groups
+        if total_steps is None:
+            if epochs is None or steps_per_epoch is None:
+                raise ValueError("give total_steps, or epochs and steps_per_epoch")
+            total_steps = _positive_int("epochs", epochs) * _positive_int("steps_per_epoch",
+                                                                         steps_per_epoch)
+        self.total_steps = _positive_int("total_steps", total_steps)
+        pct = check.in_range("pct_start", pct_start, 0.0, 1.0, high_inclusive=True)
+        if anneal_strategy not in ("cos", "linear"):
+            raise ValueError(f"anneal_strategy must be 'cos' or 'linear', got {anneal_strategy!r}")
+        self.anneal_strategy = anneal_strategy
+        max_lrs = self._per_group("max_lr", max_lr, groups)
+        self.limits = [{"initial_lr": m / div_factor, "max_lr": m,
+                        "min_lr": m / div_factor / final_div_factor} for m in max_lrs]
+        n = self.total_steps
+        if three_phase:
+            self.phases = [(pct * n - 1, "initial_lr", "max_lr", "max_momentum", "base_momentum"),
+                           (2 * pct * n - 2, "max_lr", "initial_lr", "base_momentum",
+                            "max_momentum"),
+                           (n - 1, "initial_lr", "min_lr", "max_momentum", "max_momentum")]
+        else:
+            self.phases = [(pct * n - 1, "initial_lr", "max_lr", "max_momentum", "base_momentum"),
+                           (n - 1, "max_lr", "min_lr", "base_momentum", "max_momentum")]
+        self.cycle_momentum = check.flag("cycle_momentum", cycle_momentum)
+        if self.cycle_momentum:
+            self.use_beta1 = "betas" in optimizer.defaults
+            if not self.use_beta1 and "momentum" not in optimizer.defaults:
+                raise ValueError("cycle_momentum needs an optimizer with momentum or betas")
+            for limit, top, base in zip(self.limits,
+                                        self._per_group("max_momentum", max_momentum, groups),
+                                        self._per_group("base_momentum", base_momentum, groups)):
+                limit.update(max_momentum=top, base_momentum=base)
+            self._set_momenta([limit["max_momentum"] for limit in self.limits], groups)
+        super().__init__(optimizer, last_epoch)
+
+    @staticmethod
+    def _per_group(name, value, groups):
+        values = list(value) if isinstance(value, (list, tuple)) else [value] * len(groups)
+        if len(values) != len(groups):
+            raise ValueError(f"{name} has {len(values)} entries for {len(groups)} param groups")
+        return [check.non_negative(name, v) for v in values]
+
+    def _set_momenta(self, momenta, groups):
+        for group, momentum in zip(groups, momenta):
+            if self.use_beta1:
+                group["betas"] = (momentum, *group["betas"][1:])
+            else:
+                group["momentum"] = momentum
+
+    def _anneal(self, start, end, pct):
+        if self.anneal_strategy == "cos":
+            return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
+        return (end - start) * pct + start
+
+    def get_lr(self):
+        step = self.last_epoch
+        if step > self.total_steps:
+            raise ValueError(f"stepped {step} times; total_steps is {self.total_steps}")
+        lrs, momenta = [], []
+        for limit in self.limits:
+            start = 0.0
+            for i, (end, lr_from, lr_to, m_from, m_to) in enumerate(self.phases):
+                if step <= end or i == len(self.phases) - 1:
+                    pct = (step - start) / (end - start)
+                    lrs.append(self._anneal(limit[lr_from], limit[lr_to], pct))
+                    if self.cycle_momentum:
+                        momenta.append(self._anneal(limit[m_from], limit[m_to], pct))
+                    break
+                start = end
+        if self.cycle_momentum:
+            self._set_momenta(momenta, self.optimizer.param_groups)
+        return lrs
+
+
 class ChainedScheduler:
     """Several schedulers on one optimizer, stepped together (their factors multiply)."""
 

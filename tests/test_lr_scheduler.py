@@ -15,26 +15,36 @@ SCHEDULES = {
     "ExponentialLR": lambda m, o: m.ExponentialLR(o, gamma=0.9),
     "CosineAnnealingLR": lambda m, o: m.CosineAnnealingLR(o, T_max=7, eta_min=1e-3),
     "LinearLR": lambda m, o: m.LinearLR(o, start_factor=0.25, end_factor=1.0, total_iters=4),
+    "OneCycleLR": lambda m, o: m.OneCycleLR(o, max_lr=[0.5, 0.2], total_steps=31),
+    "OneCycleLR-3phase-linear": lambda m, o: m.OneCycleLR(
+        o, max_lr=0.3, epochs=4, steps_per_epoch=8, anneal_strategy="linear", three_phase=True,
+        base_momentum=0.8),
     "ChainedScheduler": lambda m, o: m.ChainedScheduler(
         [m.LinearLR(o, start_factor=0.5, total_iters=3), m.ExponentialLR(o, gamma=0.95)]),
 }
 
 
-def both_optimizers():
-    ours = nopt.SGD([{"params": [np.zeros(2)], "lr": 0.1}, {"params": [np.zeros(3)], "lr": 0.05}])
-    theirs = torch.optim.SGD([{"params": [torch.zeros(2)], "lr": 0.1},
-                              {"params": [torch.zeros(3)], "lr": 0.05}])
+def both_optimizers(name="SGD"):
+    ours = getattr(nopt, name)([{"params": [np.zeros(2)], "lr": 0.1},
+                                {"params": [np.zeros(3)], "lr": 0.05}])
+    theirs = getattr(torch.optim, name)([{"params": [torch.zeros(2)], "lr": 0.1},
+                                         {"params": [torch.zeros(3)], "lr": 0.05}])
     return ours, theirs
 
 
+@pytest.mark.parametrize("optimizer", ["SGD", "Adam"])
 @pytest.mark.parametrize("name", list(SCHEDULES))
-def test_lr_sequence_equals_torch(name):
-    ours, theirs = both_optimizers()
+def test_lr_sequence_equals_torch(name, optimizer):
+    ours, theirs = both_optimizers(optimizer)
     mine, torchs = SCHEDULES[name](S, ours), SCHEDULES[name](torch.optim.lr_scheduler, theirs)
     for epoch in range(30):
         np.testing.assert_allclose(mine.get_last_lr(), torchs.get_last_lr(), rtol=1e-12,
                                    err_msg=f"epoch {epoch}")
         assert [g["lr"] for g in ours.param_groups] == mine.get_last_lr()
+        for key in ("momentum", "betas"):  # OneCycleLR cycles these too
+            if key in ours.defaults:
+                np.testing.assert_allclose([g[key] for g in ours.param_groups],
+                                           [g[key] for g in theirs.param_groups], rtol=1e-12)
         ours.step([np.ones(2), np.ones(3)])
         theirs.step()
         mine.step()
@@ -99,6 +109,10 @@ def test_state_dict_resumes_the_schedule():
     (lambda o: S.ReduceLROnPlateau(o, mode="up"), ValueError, "mode must be"),
     (lambda o: S.ReduceLROnPlateau(o, min_lr=[0.1]), ValueError, "min_lr has 1 entries"),
     (lambda o: S.StepLR(object(), step_size=2), TypeError, "numba_opt optimizer"),
+    (lambda o: S.OneCycleLR(o, max_lr=0.1), ValueError, "give total_steps"),
+    (lambda o: S.OneCycleLR(o, max_lr=[0.1], total_steps=5), ValueError, "1 entries for 2"),
+    (lambda o: S.OneCycleLR(o, max_lr=0.1, total_steps=5, anneal_strategy="exp"), ValueError,
+     "anneal_strategy"),
 ])
 def test_bad_arguments_raise_and_leave_the_lr(make, error, message):
     ours, _ = both_optimizers()
