@@ -60,16 +60,22 @@ def _loop3(param, grad, s0, s1, s2, scalars):
 _LOOPS = (_loop0, _loop1, _loop2, _loop3)
 
 
+def _renamed(function, name, scope):
+    """A copy of ``function`` under its own (qualified) name and globals: numba keys its on-disk
+    cache by qualified name, so two dispatchers of one function would overwrite each other's
+    machine code."""
+    clone = types.FunctionType(function.__code__, scope, name)
+    clone.__qualname__ = name
+    return clone
+
+
 def _compile(name, parallel):
-    """The loop for ``name`` with its applier and unpacker bound, under a name of its own (numba
-    keys its cache by qualified name; two kernels of one name would overwrite each other's
-    machine code)."""
+    """The loop for ``name`` with its applier and unpacker bound, under a name of its own."""
     n_states, family = _math.KERNELS[name]
     scope = {**globals(), "apply_at": getattr(_math, name + "_at"),
              "unpack": getattr(_math, "unpack_" + family)}
     kind = "parallel" if parallel else "serial"
-    loop = types.FunctionType(_LOOPS[n_states].__code__, scope, f"{name}_{kind}")
-    loop.__qualname__ = f"{name}_{kind}_{_RULES_VERSION}"
+    loop = _renamed(_LOOPS[n_states], f"{name}_{kind}_{_RULES_VERSION}", scope)
     return njit(parallel=parallel, **_JIT_OPTIONS)(loop)
 
 
@@ -106,9 +112,8 @@ def _sum_squares(x):
 
 
 _sum_squares_parallel = njit(parallel=True, **_JIT_OPTIONS)(_sum_squares)
-_serial_twin = types.FunctionType(_sum_squares.__code__, globals(), "_sum_squares_serial")
-_serial_twin.__qualname__ = "_sum_squares_serial"  # its own cache entry (see _compile)
-_sum_squares_serial = njit(**_JIT_OPTIONS)(_serial_twin)
+_sum_squares_serial = njit(**_JIT_OPTIONS)(
+    _renamed(_sum_squares, "_sum_squares_serial", globals()))
 
 
 def sum_squares(flat_array):

@@ -38,8 +38,9 @@ def rmsprop(param, grad, state, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0,
         param -= lr * g / denom
 
 
-def adam(param, grad, state, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-         amsgrad=False, maximize=False, decoupled_weight_decay=False):
+def _adam_moments(param, grad, state, lr, betas, weight_decay, decoupled_weight_decay, maximize):
+    """The part Adam and RAdam share: step count, weight decay (coupled or decoupled, applied
+    to param in place) and the two moments; returns (t, m, v)."""
     b1, b2 = betas
     t = state["step"] = state.get("step", 0) + 1
     g = -grad if maximize else grad.copy()
@@ -50,6 +51,14 @@ def adam(param, grad, state, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay
             g = g + weight_decay * param
     m = state["exp_avg"] = b1 * state.get("exp_avg", 0.0) + (1 - b1) * g
     v = state["exp_avg_sq"] = b2 * state.get("exp_avg_sq", 0.0) + (1 - b2) * g * g
+    return t, m, v
+
+
+def adam(param, grad, state, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+         amsgrad=False, maximize=False, decoupled_weight_decay=False):
+    b1, b2 = betas
+    t, m, v = _adam_moments(param, grad, state, lr, betas, weight_decay, decoupled_weight_decay,
+                            maximize)
     if amsgrad:
         v = state["max_exp_avg_sq"] = np.maximum(state.get("max_exp_avg_sq", 0.0), v)
     bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
@@ -86,15 +95,8 @@ def adamax(param, grad, state, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_dec
 def radam(param, grad, state, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
           decoupled_weight_decay=False, maximize=False):
     b1, b2 = betas
-    t = state["step"] = state.get("step", 0) + 1
-    g = -grad if maximize else grad.copy()
-    if weight_decay:
-        if decoupled_weight_decay:
-            param *= 1 - lr * weight_decay
-        else:
-            g = g + weight_decay * param
-    m = state["exp_avg"] = b1 * state.get("exp_avg", 0.0) + (1 - b1) * g
-    v = state["exp_avg_sq"] = b2 * state.get("exp_avg_sq", 0.0) + (1 - b2) * g * g
+    t, m, v = _adam_moments(param, grad, state, lr, betas, weight_decay, decoupled_weight_decay,
+                            maximize)
     m_hat = m / (1 - b1 ** t)
     rho_inf = 2 / (1 - b2) - 1
     rho_t = rho_inf - 2 * t * b2 ** t / (1 - b2 ** t)
