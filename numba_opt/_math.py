@@ -44,6 +44,12 @@ RAdamScalars = namedtuple(
     # rectification factor r_t then; param_scale / weight_decay as in AdamScalars
     _GRAD_FIELDS + "lr beta1 one_minus_beta1 beta2 one_minus_beta2 eps weight_decay "
     "param_scale bias_correction1 bias_correction2_sqrt rect rectify")
+NAdamScalars = namedtuple(
+    "NAdamScalars",
+    # grad_coef = lr (1 - mu_t) / (1 - prod mu_1..t), avg_coef = lr mu_t+1 / (1 - prod mu_1..t+1):
+    # the Nesterov look-ahead; param_scale / weight_decay as in AdamScalars
+    _GRAD_FIELDS + "beta1 one_minus_beta1 beta2 one_minus_beta2 eps weight_decay param_scale "
+    "bias_correction2 grad_coef avg_coef")
 AdadeltaScalars = namedtuple(
     "AdadeltaScalars", _GRAD_FIELDS + "lr rho one_minus_rho eps weight_decay")
 LionScalars = namedtuple(
@@ -84,6 +90,12 @@ def unpack_radam(v):
 
 
 @_rule
+def unpack_nadam(v):
+    return NAdamScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11],
+                        v[12])
+
+
+@_rule
 def unpack_adadelta(v):
     return AdadeltaScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7])
 
@@ -94,8 +106,8 @@ def unpack_lion(v):
 
 
 SCALARS = {"lion": LionScalars, "sgd": SGDScalars, "rmsprop": RMSpropScalars, "adam": AdamScalars,
-           "adamax": AdamaxScalars, "radam": RAdamScalars, "adadelta": AdadeltaScalars,
-           "adagrad": AdagradScalars}
+           "adamax": AdamaxScalars, "radam": RAdamScalars, "nadam": NAdamScalars,
+           "adadelta": AdadeltaScalars, "adagrad": AdagradScalars}
 
 
 @_rule
@@ -214,6 +226,21 @@ def radam(param, grad, exp_avg, exp_avg_sq, h):
 
 
 @_rule
+def nadam(param, grad, exp_avg, exp_avg_sq, h):
+    """NAdam (Dozat 2016, torch form): Adam whose first moment looks one step ahead, with a
+    momentum schedule mu_t; torch divides by bias_correction2 inside the square root."""
+    grad = prepared_grad(grad, h)
+    param = param * h.param_scale  # decoupled decay first, as in Adam
+    if h.weight_decay != 0:
+        grad = grad + h.weight_decay * param
+    exp_avg = h.beta1 * exp_avg + h.one_minus_beta1 * grad
+    exp_avg_sq = h.beta2 * exp_avg_sq + h.one_minus_beta2 * grad * grad
+    denom = math.sqrt(exp_avg_sq / h.bias_correction2) + h.eps
+    param = param - h.grad_coef * (grad / denom) - h.avg_coef * (exp_avg / denom)
+    return param, exp_avg, exp_avg_sq
+
+
+@_rule
 def adadelta(param, grad, square_avg, acc_delta, h):
     """Adadelta: the step is rescaled by the RMS of past steps over the RMS of gradients."""
     grad = prepared_grad(grad, h)
@@ -312,6 +339,11 @@ def radam_at(i, param, grad, exp_avg, exp_avg_sq, h):
 
 
 @_rule
+def nadam_at(i, param, grad, exp_avg, exp_avg_sq, h):
+    param[i], exp_avg[i], exp_avg_sq[i] = nadam(param[i], grad[i], exp_avg[i], exp_avg_sq[i], h)
+
+
+@_rule
 def adadelta_at(i, param, grad, square_avg, acc_delta, h):
     param[i], square_avg[i], acc_delta[i] = adadelta(param[i], grad[i], square_avg[i],
                                                      acc_delta[i], h)
@@ -327,4 +359,5 @@ KERNELS = {"sgd": (0, "sgd"), "sgd_momentum": (1, "sgd"), "rmsprop": (1, "rmspro
            "rmsprop_centered": (2, "rmsprop"), "rmsprop_momentum": (2, "rmsprop"),
            "rmsprop_centered_momentum": (3, "rmsprop"), "adam": (2, "adam"),
            "adam_amsgrad": (3, "adam"), "adagrad": (1, "adagrad"), "adamax": (2, "adamax"),
-           "radam": (2, "radam"), "adadelta": (2, "adadelta"), "lion": (1, "lion")}
+           "radam": (2, "radam"), "nadam": (2, "nadam"), "adadelta": (2, "adadelta"),
+           "lion": (1, "lion")}

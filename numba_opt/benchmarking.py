@@ -16,7 +16,7 @@ import numba_opt as nopt
 
 # arrays moved per element by one step (reads + writes), per optimizer configuration
 TRAFFIC = {"SGD": 3, "SGD-momentum": 5, "RMSprop": 5, "Adam": 7, "AdamW": 7, "Adagrad": 5,
-           "Adamax": 7, "RAdam": 7, "Adadelta": 7}
+           "Adamax": 7, "RAdam": 7, "NAdam": 7, "Adadelta": 7}
 OPTIMIZERS = {  # name -> (numba_opt / torch class, kwargs)
     "SGD-momentum": ("SGD", dict(lr=1e-3, momentum=0.9)),
     "RMSprop": ("RMSprop", dict(lr=1e-3)),
@@ -25,6 +25,7 @@ OPTIMIZERS = {  # name -> (numba_opt / torch class, kwargs)
     "Adagrad": ("Adagrad", dict(lr=1e-3)),
     "Adamax": ("Adamax", dict(lr=1e-3)),
     "RAdam": ("RAdam", dict(lr=1e-3)),
+    "NAdam": ("NAdam", dict(lr=1e-3)),
     "Adadelta": ("Adadelta", dict(lr=1.0)),
 }
 

@@ -280,6 +280,71 @@ def radam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, betas=(0.9, 0
          radam_scalars(step=step, **hyper))
 
 
+# --------------------------------------------------------------------------------------- NAdam
+def nadam_layout():
+    return "nadam", ("exp_avg", "exp_avg_sq")
+
+
+NADAM_STEP_FIELDS = ("bias_correction2", "grad_coef", "avg_coef")
+
+
+def nadam_momentum(step, beta1, momentum_decay):
+    """NAdam's momentum schedule mu_t = beta1 (1 - 0.5 * 0.96^(t * momentum_decay))."""
+    return beta1 * (1.0 - 0.5 * 0.96 ** (step * momentum_decay))
+
+
+def nadam_step_scalars(step, lr, betas, momentum_decay, mu_product):
+    """The NAdam scalars that change every step (``NADAM_STEP_FIELDS``); ``mu_product`` is the
+    running product mu_1 ... mu_t including this step's mu_t."""
+    beta1, beta2 = betas
+    mu = nadam_momentum(step, beta1, momentum_decay)
+    mu_next = nadam_momentum(step + 1, beta1, momentum_decay)
+    return (1.0 - beta2 ** step, lr * (1.0 - mu) / (1.0 - mu_product),
+            lr * mu_next / (1.0 - mu_product * mu_next))
+
+
+def nadam_scalars(*, step, mu_product, lr, betas, eps, weight_decay, momentum_decay,
+                  decoupled_weight_decay, maximize):
+    beta1, beta2 = betas
+    bias_correction2, grad_coef, avg_coef = nadam_step_scalars(step, lr, betas, momentum_decay,
+                                                               mu_product)
+    decoupled = decoupled_weight_decay
+    return _pack(
+        _math.NAdamScalars, maximize, beta1=beta1, one_minus_beta1=1.0 - beta1, beta2=beta2,
+        one_minus_beta2=1.0 - beta2, eps=eps, weight_decay=0.0 if decoupled else weight_decay,
+        param_scale=1.0 - lr * weight_decay if decoupled else 1.0,
+        bias_correction2=bias_correction2, grad_coef=grad_coef, avg_coef=avg_coef)
+
+
+NADAM_HYPER = dict(lr=check.non_negative, betas=check.betas, eps=check.non_negative,
+                   weight_decay=check.non_negative, momentum_decay=check.non_negative,
+                   decoupled_weight_decay=check.flag, maximize=check.flag)
+
+
+def nadam_step(param, grad, exp_avg, exp_avg_sq, *, step, mu_product=None, lr=2e-3,
+               betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_decay=4e-3,
+               decoupled_weight_decay=False, maximize=False, device="auto"):
+    """One NAdam step in place (torch.optim.NAdam); returns the running product of the momentum
+    schedule mu_1 ... mu_step, to pass as ``mu_product`` next step.  ``mu_product`` is that
+    product up to the previous step (1.0 at step 1); None computes it from ``step`` assuming
+    beta1 and momentum_decay never changed."""
+    hyper = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                 momentum_decay=momentum_decay, decoupled_weight_decay=decoupled_weight_decay,
+                 maximize=maximize)
+    check_hyper(NADAM_HYPER, hyper)
+    step = check.step_number("step", step)
+    if mu_product is None:
+        mu_product = math.prod(nadam_momentum(k, betas[0], momentum_decay)
+                               for k in range(1, step))
+    else:
+        mu_product = check.unit_interval("mu_product", mu_product)
+    mu_product = mu_product * nadam_momentum(step, betas[0], momentum_decay)
+    kernel, names = nadam_layout()
+    _run(kernel, device, param, grad, names, dict(exp_avg=exp_avg, exp_avg_sq=exp_avg_sq),
+         nadam_scalars(step=step, mu_product=mu_product, **hyper))
+    return mu_product
+
+
 # ------------------------------------------------------------------------------------ Adadelta
 def adadelta_layout():
     return "adadelta", ("square_avg", "acc_delta")

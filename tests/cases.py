@@ -35,6 +35,10 @@ CASES = [
     ("RAdam", {}),  # rho_t > 5 from step 6 on: both branches run in 25 steps
     ("RAdam", {"lr": 1e-2, "betas": (0.8, 0.99), "weight_decay": 0.1, "maximize": True}),
     ("RAdam", {"weight_decay": 0.1, "decoupled_weight_decay": True}),
+    ("NAdam", {}),
+    ("NAdam", {"lr": 1e-2, "betas": (0.8, 0.99), "eps": 1e-6, "momentum_decay": 0.05,
+               "weight_decay": 0.1, "maximize": True}),
+    ("NAdam", {"weight_decay": 0.1, "decoupled_weight_decay": True}),
     ("Adadelta", {}),
     ("Adadelta", {"lr": 0.5, "rho": 0.95, "eps": 1e-5, "weight_decay": 0.1, "maximize": True}),
     ("Lion", {}),

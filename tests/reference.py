@@ -39,8 +39,8 @@ def rmsprop(param, grad, state, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0,
 
 
 def _adam_moments(param, grad, state, lr, betas, weight_decay, decoupled_weight_decay, maximize):
-    """The part Adam and RAdam share: step count, weight decay (coupled or decoupled, applied
-    to param in place) and the two moments; returns (t, m, v)."""
+    """The part Adam, RAdam and NAdam share: step count, weight decay (coupled or decoupled,
+    applied to param in place) and the two moments; returns (t, g, m, v), g the decayed grad."""
     b1, b2 = betas
     t = state["step"] = state.get("step", 0) + 1
     g = -grad if maximize else grad.copy()
@@ -51,14 +51,14 @@ def _adam_moments(param, grad, state, lr, betas, weight_decay, decoupled_weight_
             g = g + weight_decay * param
     m = state["exp_avg"] = b1 * state.get("exp_avg", 0.0) + (1 - b1) * g
     v = state["exp_avg_sq"] = b2 * state.get("exp_avg_sq", 0.0) + (1 - b2) * g * g
-    return t, m, v
+    return t, g, m, v
 
 
 def adam(param, grad, state, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
          amsgrad=False, maximize=False, decoupled_weight_decay=False):
     b1, b2 = betas
-    t, m, v = _adam_moments(param, grad, state, lr, betas, weight_decay, decoupled_weight_decay,
-                            maximize)
+    t, _, m, v = _adam_moments(param, grad, state, lr, betas, weight_decay,
+                               decoupled_weight_decay, maximize)
     if amsgrad:
         v = state["max_exp_avg_sq"] = np.maximum(state.get("max_exp_avg_sq", 0.0), v)
     bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
@@ -95,8 +95,8 @@ def adamax(param, grad, state, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_dec
 def radam(param, grad, state, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
           decoupled_weight_decay=False, maximize=False):
     b1, b2 = betas
-    t, m, v = _adam_moments(param, grad, state, lr, betas, weight_decay, decoupled_weight_decay,
-                            maximize)
+    t, _, m, v = _adam_moments(param, grad, state, lr, betas, weight_decay,
+                               decoupled_weight_decay, maximize)
     m_hat = m / (1 - b1 ** t)
     rho_inf = 2 / (1 - b2) - 1
     rho_t = rho_inf - 2 * t * b2 ** t / (1 - b2 ** t)
@@ -105,6 +105,19 @@ def radam(param, grad, state, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_deca
         param -= lr * m_hat * r * np.sqrt(1 - b2 ** t) / (np.sqrt(v) + eps)
     else:
         param -= lr * m_hat
+
+
+def nadam(param, grad, state, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+          momentum_decay=4e-3, decoupled_weight_decay=False, maximize=False):
+    """Dozat's NAdam as torch writes it: a momentum schedule mu_t and a Nesterov look-ahead."""
+    b1, b2 = betas
+    t, g, m, v = _adam_moments(param, grad, state, lr, betas, weight_decay,
+                               decoupled_weight_decay, maximize)
+    mu = b1 * (1 - 0.5 * 0.96 ** (t * momentum_decay))
+    mu_next = b1 * (1 - 0.5 * 0.96 ** ((t + 1) * momentum_decay))
+    prod = state["mu_product"] = state.get("mu_product", 1.0) * mu
+    denom = np.sqrt(v / (1 - b2 ** t)) + eps
+    param -= lr * (1 - mu) / (1 - prod) * g / denom + lr * mu_next / (1 - prod * mu_next) * m / denom
 
 
 def adadelta(param, grad, state, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, maximize=False):
@@ -129,5 +142,5 @@ def lion(param, grad, state, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, maxim
 
 
 RULES = {"SGD": sgd, "RMSprop": rmsprop, "Adam": adam, "AdamW": adamw, "Adagrad": adagrad,
-         "Adamax": adamax, "RAdam": radam, "Adadelta": adadelta,
+         "Adamax": adamax, "RAdam": radam, "NAdam": nadam, "Adadelta": adadelta,
          "Lion": lion}

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 
 CLIP_CASES = [("SGD", {"lr": 0.01, "momentum": 0.9}), ("Adam", {"amsgrad": True}),
               ("RMSprop", {"centered": True}), ("AdamW", {}), ("Adagrad", {}), ("RAdam", {}),
-              ("Adamax", {}), ("Adadelta", {})]
+              ("Adamax", {}), ("NAdam", {}), ("Adadelta", {})]
 
 
 def clipped_by_norm(grads, max_norm):

@@ -15,7 +15,8 @@ def kernel_calls(name, kwargs, dtype, size=40_000):
     opt.step(make_grads(params, 1))  # creates the state
     hyper = {k: v for k, v in opt.param_groups[0].items() if k != "params"}
     kernel_name, names = opt._layout(hyper)
-    scalars = _cpu.scalars_argument(opt._scalars(hyper, 2, ()), dtype)
+    host = opt._advance_host(hyper, 2, {k: opt.state[0][k] for k in opt.host_state})
+    scalars = _cpu.scalars_argument(opt._scalars(hyper, 2, (), **host), dtype)
     states = tuple(opt.state[0][n].reshape(-1) for n in names)
     return getattr(_cpu, kernel_name), (params[0], make_grads(params, 2)[0], states, scalars)
 

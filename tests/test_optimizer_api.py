@@ -99,6 +99,66 @@ def test_none_grad_skips_its_param_and_its_step_counter():
     assert opt.state[0]["step"] == 3 and opt.step_count == 3
 
 
+def test_nadam_keeps_a_mu_product_per_param_through_skips_edits_and_resume():
+    """NAdam's running product of the momentum schedule is per-param host state: a param whose
+    grad is None does not advance it, an edited beta1 changes only later factors, and a
+    state_dict carries it.  Checked against the reference (and torch when installed)."""
+    params = make_params(np.float64, shapes=[(6,), (3, 2)])
+    start = [p.copy() for p in params]
+    opt = nopt.NAdam(params, lr=0.01)
+    ref = [p.copy() for p in start]
+    ref_state = [{}, {}]
+
+    def both_step(step, betas):
+        grads = make_grads(params, step)
+        if step in (3, 4):
+            grads[1] = None
+        opt.step(grads)
+        for p, g, st in zip(ref, grads, ref_state):
+            if g is not None:
+                RULES["NAdam"](p, g, st, lr=0.01, betas=betas)
+        return grads
+
+    history = [both_step(step, (0.9, 0.999)) for step in range(1, 6)]
+    assert opt.state[0]["step"] == 5 and opt.state[1]["step"] == 3
+    assert opt.state[0]["mu_product"] != opt.state[1]["mu_product"]
+    checkpoint = opt.state_dict()
+    assert checkpoint["state"][1]["mu_product"] == opt.state[1]["mu_product"]
+    saved = [p.copy() for p in params]
+    opt.param_groups[0]["betas"] = (0.8, 0.99)
+    history += [both_step(step, (0.8, 0.99)) for step in range(6, 11)]
+    for p, r in zip(params, ref):
+        np.testing.assert_allclose(p, r, **TOLERANCE[np.float64])
+    for state, ref_entry in zip(opt.state, ref_state):
+        assert state["mu_product"] == pytest.approx(ref_entry["mu_product"], rel=1e-14)
+
+    resumed_params = [p.copy() for p in saved]
+    resumed = nopt.NAdam(resumed_params, lr=0.01)
+    resumed.load_state_dict(checkpoint)
+    resumed.param_groups[0]["betas"] = (0.8, 0.99)
+    for grads in history[5:]:
+        resumed.step(grads)
+    for a, b in zip(params, resumed_params):
+        np.testing.assert_array_equal(a, b)
+
+    torch = pytest.importorskip("torch")
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # torch's mu_product in float64, like ours
+    try:
+        tensors = [torch.tensor(p) for p in start]
+        torch_opt = torch.optim.NAdam(tensors, lr=0.01, foreach=False)
+        for step, grads in enumerate(history, 1):
+            if step == 6:
+                torch_opt.param_groups[0]["betas"] = (0.8, 0.99)
+            for t, g in zip(tensors, grads):
+                t.grad = None if g is None else torch.from_numpy(g)
+            torch_opt.step()
+    finally:
+        torch.set_default_dtype(previous)
+    for p, t in zip(params, tensors):
+        np.testing.assert_allclose(p, t.numpy(), rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_resume_from_state_dict_repeats_the_trajectory_exactly(case):
     name, kwargs = case

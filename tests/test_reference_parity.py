@@ -27,6 +27,9 @@ def test_matches_float64_reference(case, dtype):
             if key == "step":
                 assert buffer == STEPS
                 continue
+            if key in opt.host_state:  # a float64 host scalar (NAdam's mu_product)
+                assert buffer == pytest.approx(ref_state[i][key], rel=1e-13)
+                continue
             assert buffer.dtype == dtype, f"state {key} of param {i} changed dtype"
             # A momentum buffer is a running sum: where it crosses zero its float32 error is
             # relative to the size of the terms summed, so atol scales with the buffer's range.
@@ -48,8 +51,9 @@ def test_functional_matches_class(case):
     opt = optimizer(name, params, **kwargs)
     states = [{} for _ in mine]
     fn = {"SGD": F.sgd_step, "RMSprop": F.rmsprop_step, "Adam": F.adam_step,
-          "AdamW": F.adamw_step, "Adagrad": F.adagrad_step, "Adamax": F.adamax_step, "RAdam": F.radam_step,
-          "Adadelta": F.adadelta_step, "Lion": F.lion_step}[name]
+          "AdamW": F.adamw_step, "Adagrad": F.adagrad_step, "Adamax": F.adamax_step,
+          "RAdam": F.radam_step, "NAdam": F.nadam_step, "Adadelta": F.adadelta_step,
+          "Lion": F.lion_step}[name]
     for step in range(1, 6):
         grads = make_grads(params, step)
         opt.step(grads)
@@ -63,3 +67,22 @@ def test_functional_matches_class(case):
             fn(p, g, *st.values(), **call)
     for p, q in zip(params, mine):
         np.testing.assert_array_equal(p, q)
+
+
+def test_nadam_step_returns_the_mu_product_to_pass_on():
+    """Passing nadam_step's return value back in equals the closed form (mu_product=None) and
+    the class; a changed beta1 needs the running product, as the class keeps it."""
+    import numba_opt.functional as F
+    params = make_params(np.float64, shapes=[(9,)])
+    chained, closed = params[0].copy(), params[0].copy()
+    states = [np.zeros(9) for _ in range(4)]
+    opt = optimizer("NAdam", params)
+    mu_product = 1.0
+    for step in range(1, 8):
+        grad = make_grads(params, step)[0]
+        opt.step([grad])
+        mu_product = F.nadam_step(chained, grad, *states[:2], step=step, mu_product=mu_product)
+        F.nadam_step(closed, grad, *states[2:], step=step)
+    assert mu_product == opt.state[0]["mu_product"]
+    np.testing.assert_array_equal(chained, params[0])
+    np.testing.assert_array_equal(closed, params[0])

@@ -16,10 +16,20 @@ TORCH_CASES = [c for c in CASES
 TORCH_TOLERANCE = {np.float32: TOLERANCE[np.float32], np.float64: dict(rtol=1e-10, atol=1e-12)}
 
 
+@pytest.fixture
+def torch_default_dtype(request):
+    """torch keeps host scalars (step, NAdam's mu_product) in its default dtype: make it the
+    params' so that float64 runs are float64 throughout."""
+    previous = torch.get_default_dtype()
+    yield lambda dtype: torch.set_default_dtype(getattr(torch, np.dtype(dtype).name))
+    torch.set_default_dtype(previous)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", TORCH_CASES, ids=case_id)
-def test_matches_torch_optim(case, dtype):
+def test_matches_torch_optim(case, dtype, torch_default_dtype):
     name, kwargs = case
+    torch_default_dtype(dtype)
     params = make_params(dtype)
     tensors = [torch.tensor(p.copy()) for p in params]
     # foreach=False: torch's single-tensor loop, its reference implementation
@@ -36,7 +46,7 @@ def test_matches_torch_optim(case, dtype):
 
 
 @pytest.mark.parametrize("name", ["SGD", "RMSprop", "Adam", "AdamW", "Adagrad", "Adamax",
-                                  "RAdam", "Adadelta"])
+                                  "RAdam", "NAdam", "Adadelta"])
 def test_defaults_equal_torch(name):
     ours = inspect.signature(getattr(nopt, name)).parameters
     theirs = inspect.signature(getattr(torch.optim, name)).parameters

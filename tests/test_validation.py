@@ -202,6 +202,23 @@ def test_load_state_dict_rejects_and_modifies_nothing(make_sd, error, message):
     assert_untouched(before, opt, params)
 
 
+@pytest.mark.parametrize("change, error, message", [
+    (lambda entry: entry.pop("mu_product"), ValueError, r"\[0\] has no 'mu_product'"),
+    (lambda entry: entry.update(mu_product="0.5"), TypeError, "must be a real number"),
+    (lambda entry: entry.update(mu_product=float("nan")), ValueError, "must be finite"),
+], ids=["missing", "string", "nan"])
+def test_load_state_dict_checks_host_scalars(change, error, message):
+    params = arrays()
+    opt = nopt.NAdam(params)
+    opt.step(good_grads())
+    sd = opt.state_dict()
+    change(sd["state"][0])
+    before = snapshot(opt, params)
+    with pytest.raises(error, match=message):
+        opt.load_state_dict(sd)
+    assert_untouched(before, opt, params)
+
+
 # ------------------------------------------------------------------------------ functional
 def test_functional_requires_the_state_its_options_need():
     p, g = np.zeros(3), np.ones(3)
@@ -213,4 +230,6 @@ def test_functional_requires_the_state_its_options_need():
         F.adam_step(p, g, np.zeros(3), np.zeros(3), step=0)
     with pytest.raises(ValueError, match="exp_avg has shape"):
         F.adam_step(p, g, np.zeros(2), np.zeros(3), step=1)
+    with pytest.raises(ValueError, match=r"mu_product must be in \[0.0, 1.0\]"):
+        F.nadam_step(p, g, np.zeros(3), np.zeros(3), step=2, mu_product=1.5)
     np.testing.assert_array_equal(p, 0.0)

@@ -4,9 +4,10 @@ from .adadelta import Adadelta
 from .adamax import Adamax
 from .base import Optimizer
 from .lion import Lion
+from .nadam import NAdam
 from .radam import RAdam
 from .rmsprop import RMSProp, RMSprop
 from .sgd import SGD
 
 __all__ = ["Optimizer", "SGD", "RMSprop", "RMSProp", "Adam", "AdamW", "Adagrad", "Adamax",
-           "RAdam", "Adadelta", "Lion"]
+           "RAdam", "NAdam", "Adadelta", "Lion"]

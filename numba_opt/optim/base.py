@@ -9,6 +9,10 @@ Subclasses say only what differs between optimizers, through hooks that forward 
 - ``_initial_value(name, hyper)``: the fill value of a new state buffer (0 unless overridden);
 - ``step_fields`` and ``_step_scalars(hyper, step)``: the few scalars that change every step
   (Adam's bias corrections) and their values; the rest are computed once per change of a group.
+- ``host_state`` and ``_advance_host(hyper, step, host)``: scalars kept on the host per param
+  beside the step count, with their initial values (NAdam's running ``mu_product``), and how a
+  step changes them; they reach ``_scalars`` and ``_step_scalars`` as keyword arguments and are
+  part of ``state`` and the state_dict.
 
 How a step runs (the fast path is what makes small steps cheap and big models one pass):
 - The params of a group that share a dtype form a *bucket*.  Each state (exp_avg, ...) of a
@@ -27,7 +31,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .. import _validation as check, dispatch
+from .. import _math, _validation as check, dispatch
 from ..flat import FlatParams
 
 STATE_DICT_FORMAT = 1
@@ -37,8 +41,9 @@ _NO_CLIPPING = (1.0, math.inf)  # the grad_scale and clip_value fields of the sc
 class _Bucket:
     """The params of one group that share a dtype, and their flat state."""
 
-    def __init__(self, group_index, indices, params, backend):
+    def __init__(self, group_index, indices, params, backend, host_state):
         self.group_index = group_index
+        self.host_state = host_state
         self.indices = indices
         self.params = params
         self.flat_params = [backend.flat(p) for p in params]
@@ -53,9 +58,10 @@ class _Bucket:
         """No state: before the first step, and before loading a state_dict."""
         self.buffers = {}  # state name -> flat buffer over the whole bucket
         self.views = {}    # state name -> the per-param flat views into it
-        # While every param has stepped together: one step count and one set of started states.
-        self.step, self.started = 0, set()
-        self.per_param = None  # after params diverged: [[step, started set], ...] per param
+        # While every param has stepped together: one step count, one set of started states and
+        # one set of host scalars.
+        self.step, self.started, self.host = 0, set(), dict(self.host_state)
+        self.per_param = None  # after params diverged: [[step, started set, host], ...] per param
         # the last scalars argument, and the fresh-state names and clipping it was made for
         self.scalars = self.scalars_fresh = self.grad_fields = None
         self.layout = None  # the (kernel, state names) of the cached calls below
@@ -63,9 +69,9 @@ class _Bucket:
         self.param_calls = None  # [(kernel call, its state tuple)] per param
 
     def history(self, j):
-        """(step count, started state names) of the bucket's j-th param."""
+        """(step count, started state names, host scalars) of the bucket's j-th param."""
         if self.per_param is None:
-            return self.step, self.started
+            return self.step, self.started, self.host
         return self.per_param[j]
 
     def use_layout(self, kernel, names):
@@ -83,6 +89,8 @@ class Optimizer:
     #: name -> check(name, value) for every hyper-parameter (set by each optimizer)
     hyper_checks = {}
     step_fields = ()
+    #: per-param host scalars kept beside the step count: name -> initial value
+    host_state = {}
 
     def __init__(self, params, defaults, device="auto"):
         self.defaults = dict(defaults)
@@ -114,7 +122,8 @@ class Optimizer:
         for gi, indices in enumerate(group_indices):
             for dtype in dict.fromkeys(np.dtype(params_flat[i].dtype) for i in indices):
                 members = [i for i in indices if np.dtype(params_flat[i].dtype) == dtype]
-                bucket = _Bucket(gi, members, [params_flat[i] for i in members], self._backend)
+                bucket = _Bucket(gi, members, [params_flat[i] for i in members], self._backend,
+                                 self.host_state)
                 for j, i in enumerate(members):
                     self._bucket_of[i] = (bucket, j)
                 self._buckets.append(bucket)
@@ -190,15 +199,16 @@ class Optimizer:
         started = bucket.started
         fresh = () if len(started) == len(names) else tuple(n for n in names if n not in started)
         step = bucket.step + 1
+        host = self._advance_host(hyper, step, bucket.host)
         # the scalars: made anew when the group or the fresh states change, otherwise only the
         # step_fields (Adam's bias corrections) are rewritten
         scalars = bucket.scalars
         if scalars is None or bucket.scalars_fresh != fresh:
-            scalars = self._backend.scalars_argument(self._scalars(hyper, step, fresh),
+            scalars = self._backend.scalars_argument(self._scalars(hyper, step, fresh, **host),
                                                      bucket.dtype)
         elif self.step_fields:
             scalars = self._backend.update_scalars(scalars, self._step_indices,
-                                                   self._step_scalars(hyper, step))
+                                                   self._step_scalars(hyper, step, **host))
         if scalars is not bucket.scalars or bucket.grad_fields != self._grad_fields:
             scalars = self._backend.update_scalars(scalars, (0, 1), self._grad_fields)
         bucket.scalars, bucket.scalars_fresh, bucket.grad_fields = scalars, fresh, \
@@ -208,7 +218,7 @@ class Optimizer:
         else:
             for param, grad, (call, states) in zip(bucket.flat_params, grads, bucket.param_calls):
                 call(param, grad, *states, scalars)
-        bucket.step = step
+        bucket.step, bucket.host = step, host
         if fresh:
             started.update(names)
 
@@ -218,7 +228,7 @@ class Optimizer:
                 self._allocate(bucket, name, hyper)
         bucket.use_layout(kernel, names)
         if self._step_indices is None:  # where the step_fields sit in the scalars namedtuple
-            fields = type(self._scalars(hyper, 1, ()))._fields
+            fields = _math.SCALARS[_math.KERNELS[kernel.__name__][1]]._fields
             self._step_indices = [fields.index(name) for name in self.step_fields]
 
     def _step_params(self, bucket, grads):
@@ -227,15 +237,17 @@ class Optimizer:
         if bucket.layout != (kernel, names):
             self._use_layout(bucket, hyper, kernel, names)
         if bucket.per_param is None:
-            bucket.per_param = [[bucket.step, set(bucket.started)] for _ in bucket.params]
+            bucket.per_param = [[bucket.step, set(bucket.started), bucket.host]
+                                for _ in bucket.params]
         for param, grad, (call, states), history in zip(bucket.flat_params, grads,
                                                         bucket.param_calls, bucket.per_param):
             if grad is None:
                 continue
             fresh = tuple(n for n in names if n not in history[1])
             history[0] += 1
+            history[2] = self._advance_host(hyper, history[0], history[2])
             scalars = self._backend.update_scalars(self._backend.scalars_argument(
-                self._scalars(hyper, history[0], fresh), bucket.dtype), (0, 1),
+                self._scalars(hyper, history[0], fresh, **history[2]), bucket.dtype), (0, 1),
                 self._grad_fields)
             call(param, grad, *states, scalars)
             history[1].update(names)
@@ -319,16 +331,21 @@ class Optimizer:
     def _initial_value(self, name, hyper):
         return 0.0
 
+    def _advance_host(self, hyper, step, host):
+        """The host scalars after step number ``step`` (a new dict; ``host`` is not changed)."""
+        return host
+
     # ------------------------------------------------------------------------------ the state
     @property
     def state(self):
-        """Per param (in param order): {} before its first step, else its ``step`` count and a
-        view of each state buffer shaped like the param (writing to a view changes the state)."""
+        """Per param (in param order): {} before its first step, else its ``step`` count, its
+        host scalars (NAdam's ``mu_product``) and a view of each state buffer shaped like the
+        param (writing to a view changes the state)."""
         states = []
         for i, param in enumerate(self._params):
             bucket, j = self._bucket_of[i]
-            step, started = bucket.history(j)
-            entry = {"step": step} if step else {}
+            step, started, host = bucket.history(j)
+            entry = {"step": step, **host} if step else {}
             if step:
                 for name in sorted(started, key=self.state_names.index):
                     entry[name] = self._backend.shaped(bucket.views[name][j], param)
@@ -346,7 +363,7 @@ class Optimizer:
             "param_groups": [{**{k: v for k, v in g.items() if k != "params"},
                               "params": list(indices)}
                              for g, indices in zip(self.param_groups, self._group_indices)],
-            "state": {i: {k: (v if k == "step" else to_host(v)) for k, v in st.items()}
+            "state": {i: {k: (to_host(v) if k in self.state_names else v) for k, v in st.items()}
                       for i, st in enumerate(self.state) if st},
         }
 
@@ -393,12 +410,16 @@ class Optimizer:
 
     def _checked_state(self, i, saved):
         param, label = self._params[i], self._labels[i]
-        if "step" not in saved:
-            raise ValueError(f"state_dict['state'][{i}] has no 'step'")
+        for key in ("step", *self.host_state):
+            if key not in saved:
+                raise ValueError(f"state_dict['state'][{i}] has no {key!r}")
         for key, value in saved.items():
             where = f"state_dict['state'][{i}][{key!r}]"
             if key == "step":
                 check.count(where, value)
+                continue
+            if key in self.host_state:
+                check.real(where, value)
                 continue
             if key not in self.state_names:
                 raise ValueError(f"{where}: {type(self).__name__} has no state {key!r}")
@@ -415,15 +436,17 @@ class Optimizer:
         hyper = {k: v for k, v in self.param_groups[bucket.group_index].items() if k != "params"}
         bucket.reset()
         entries = [new_state.get(i, {}) for i in bucket.indices]
-        histories = [[int(e.get("step", 0)), {k for k in e if k != "step"}] for e in entries]
+        histories = [[int(e.get("step", 0)), {k for k in e if k in self.state_names},
+                      {k: float(e.get(k, v)) for k, v in self.host_state.items()}]
+                     for e in entries]
         for name in sorted(set().union(*(h[1] for h in histories)), key=self.state_names.index):
             self._allocate(bucket, name, hyper)
         for j, entry in enumerate(entries):
             for name, value in entry.items():
-                if name != "step":
+                if name in self.state_names:
                     self._backend.upload(bucket.views[name][j], value, bucket.params[j])
         if all(h == histories[0] for h in histories):
-            bucket.step, bucket.started = histories[0][0], set(histories[0][1])
+            bucket.step, bucket.started, bucket.host = histories[0]
         else:
             bucket.per_param = histories
 
