@@ -3,9 +3,13 @@
 A scheduler edits ``optimizer.param_groups[i]["lr"]``; call ``scheduler.step()`` once per epoch
 (or per step), after ``optimizer.step(...)``.  Like torch, constructing one applies the epoch-0
 learning rate, the formulas are torch's recursive ("chainable") forms, so schedulers compose:
-``ChainedScheduler([LinearLR(opt, ...), ExponentialLR(opt, ...)])`` multiplies their effects.
+``ChainedScheduler([LinearLR(opt, ...), ExponentialLR(opt, ...)])`` multiplies their effects,
+and ``SequentialLR`` runs one after another (warm-up, then cosine decay).  Every scheduler's
+``base_lrs`` are the lrs the optimizer had when its first scheduler was made (torch's
+``initial_lr``), whatever was made since.
 ``state_dict()`` / ``load_state_dict()`` save and restore a scheduler's position.
 """
+import bisect
 import math
 
 from . import _validation as check
@@ -23,7 +27,7 @@ class LRScheduler:
             raise ValueError("last_epoch: resuming is done with load_state_dict(); "
                              "pass last_epoch=-1")
         self.optimizer = optimizer
-        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        self.base_lrs = list(_initial_lrs(optimizer))
         self.last_epoch = -1
         self.step()
 
@@ -43,11 +47,28 @@ class LRScheduler:
     def _current(self):
         return [group["lr"] for group in self.optimizer.param_groups]
 
+    def _restart(self):
+        """Epoch 0 again, from ``base_lrs`` (what torch's SequentialLR does at a milestone: the
+        closed form at epoch 0, which every schedule here shares with its first step)."""
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base
+        self.last_epoch = -1
+        self.step()
+
     def state_dict(self):
         return {k: v for k, v in vars(self).items() if k != "optimizer"}
 
     def load_state_dict(self, state_dict):
         self.__dict__.update(state_dict)
+
+
+def _initial_lrs(optimizer, lrs=None):
+    """The lrs the optimizer's groups had when its first scheduler was made (torch keeps them
+    as ``group["initial_lr"]``; here they sit beside the groups, which hold only
+    hyper-parameters).  ``lrs`` replaces them (OneCycleLR does, as in torch)."""
+    if lrs is not None or optimizer._scheduler_initial_lrs is None:
+        optimizer._scheduler_initial_lrs = lrs or [g["lr"] for g in optimizer.param_groups]
+    return optimizer._scheduler_initial_lrs
 
 
 def _positive_int(name, value):
@@ -187,6 +208,7 @@ class OneCycleLR(LRScheduler):
                                         self._per_group("base_momentum", base_momentum, groups)):
                 limit.update(max_momentum=top, base_momentum=base)
             self._set_momenta([limit["max_momentum"] for limit in self.limits], groups)
+        _initial_lrs(optimizer, [limit["initial_lr"] for limit in self.limits])
         super().__init__(optimizer, last_epoch)
 
     @staticmethod
@@ -253,6 +275,66 @@ class ChainedScheduler:
     def load_state_dict(self, state_dict):
         for scheduler, saved in zip(self._schedulers, state_dict["schedulers"]):
             scheduler.load_state_dict(saved)
+
+
+class SequentialLR:
+    """Schedulers one after another: ``schedulers[k]`` drives the lr from epoch
+    ``milestones[k - 1]`` on, starting over from its epoch 0 there (torch's SequentialLR, e.g.
+    ``SequentialLR(opt, [LinearLR(opt, 0.1, total_iters=5), CosineAnnealingLR(opt, 50)],
+    milestones=[5])``).  Making it resets the lrs to the initial ones and undoes the first step
+    each scheduler took when it was made."""
+
+    def __init__(self, optimizer, schedulers, milestones, last_epoch=-1):
+        schedulers = list(schedulers)
+        if not schedulers:
+            raise ValueError("schedulers is empty")
+        for k, scheduler in enumerate(schedulers):
+            if not isinstance(scheduler, LRScheduler):
+                raise TypeError(f"schedulers[{k}] must be an epoch scheduler (StepLR, LinearLR, "
+                                f"...), got {type(scheduler).__name__}")
+            if scheduler.optimizer is not optimizer:
+                raise ValueError(f"schedulers[{k}] drives another optimizer")
+        milestones = [_positive_int("milestones[]", m) for m in milestones]
+        if len(milestones) != len(schedulers) - 1:
+            raise ValueError(f"milestones has {len(milestones)} entries; {len(schedulers)} "
+                             f"schedulers need {len(schedulers) - 1}")
+        if any(b <= a for a, b in zip(milestones, milestones[1:])):
+            raise ValueError(f"milestones must be strictly increasing, got {milestones}")
+        if last_epoch != -1:
+            raise ValueError("last_epoch: resuming is done with load_state_dict(); "
+                             "pass last_epoch=-1")
+        self.optimizer, self._schedulers, self.milestones = optimizer, schedulers, milestones
+        for group, lr in zip(optimizer.param_groups, _initial_lrs(optimizer)):
+            group["lr"] = lr
+        for scheduler in schedulers:  # undo the step each took when it was made
+            scheduler.last_epoch -= 1
+        self.last_epoch = 0
+        schedulers[0].step()
+        self._last_lr = schedulers[0].get_last_lr()
+
+    def step(self):
+        self.last_epoch += 1
+        k = bisect.bisect_right(self.milestones, self.last_epoch)
+        scheduler = self._schedulers[k]
+        if k > 0 and self.milestones[k - 1] == self.last_epoch:
+            scheduler._restart()
+        else:
+            scheduler.step()
+        self._last_lr = scheduler.get_last_lr()
+
+    def get_last_lr(self):
+        return list(self._last_lr)
+
+    def state_dict(self):
+        return {"last_epoch": self.last_epoch, "milestones": list(self.milestones),
+                "_last_lr": list(self._last_lr),
+                "schedulers": [s.state_dict() for s in self._schedulers]}
+
+    def load_state_dict(self, state_dict):
+        for scheduler, saved in zip(self._schedulers, state_dict["schedulers"]):
+            scheduler.load_state_dict(saved)
+        self.last_epoch, self._last_lr = state_dict["last_epoch"], list(state_dict["_last_lr"])
+        self.milestones = list(state_dict["milestones"])
 
 
 class ReduceLROnPlateau:

@@ -117,7 +117,8 @@ def nadam(param, grad, state, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_deca
     mu_next = b1 * (1 - 0.5 * 0.96 ** ((t + 1) * momentum_decay))
     prod = state["mu_product"] = state.get("mu_product", 1.0) * mu
     denom = np.sqrt(v / (1 - b2 ** t)) + eps
-    param -= lr * (1 - mu) / (1 - prod) * g / denom + lr * mu_next / (1 - prod * mu_next) * m / denom
+    param -= (lr * (1 - mu) / (1 - prod) * g
+              + lr * mu_next / (1 - prod * mu_next) * m) / denom
 
 
 def adadelta(param, grad, state, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, maximize=False):

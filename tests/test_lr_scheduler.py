@@ -21,6 +21,18 @@ SCHEDULES = {
         base_momentum=0.8),
     "ChainedScheduler": lambda m, o: m.ChainedScheduler(
         [m.LinearLR(o, start_factor=0.5, total_iters=3), m.ExponentialLR(o, gamma=0.95)]),
+    # the cosine's base_lrs are the lrs before the warm-up (they matter past T_max)
+    "ChainedScheduler-cosine": lambda m, o: m.ChainedScheduler(
+        [m.LinearLR(o, start_factor=0.5, total_iters=3), m.CosineAnnealingLR(o, T_max=4)]),
+    "SequentialLR": lambda m, o: m.SequentialLR(
+        o, [m.LinearLR(o, start_factor=0.1, total_iters=4),
+            m.CosineAnnealingLR(o, T_max=10, eta_min=1e-3)], milestones=[5]),
+    "SequentialLR-3": lambda m, o: m.SequentialLR(
+        o, [m.ExponentialLR(o, gamma=0.8), m.LinearLR(o, start_factor=0.2, total_iters=3),
+            m.MultiStepLR(o, milestones=[2, 4], gamma=0.5)], milestones=[3, 8]),
+    "SequentialLR-onecycle": lambda m, o: m.SequentialLR(
+        o, [m.StepLR(o, step_size=2, gamma=0.5), m.OneCycleLR(o, max_lr=0.4, total_steps=30)],
+        milestones=[6]),
 }
 
 
@@ -49,6 +61,29 @@ def test_lr_sequence_equals_torch(name, optimizer):
         theirs.step()
         mine.step()
         torchs.step()
+
+
+def test_sequential_state_dict_resumes_mid_schedule():
+    ours, _ = both_optimizers()
+    make = SCHEDULES["SequentialLR-3"]
+    sched = make(S, ours)
+    for _ in range(6):
+        ours.step([np.ones(2), np.ones(3)])
+        sched.step()
+    saved, saved_opt = sched.state_dict(), ours.state_dict()
+    expected = []
+    for _ in range(6):  # crosses the milestone at epoch 8
+        sched.step()
+        expected.append(sched.get_last_lr())
+    resumed_opt, _ = both_optimizers()
+    resumed = make(S, resumed_opt)
+    resumed_opt.load_state_dict(saved_opt)
+    resumed.load_state_dict(saved)
+    got = []
+    for _ in range(6):
+        resumed.step()
+        got.append(resumed.get_last_lr())
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
 
 
 def test_reduce_on_plateau_equals_torch():
@@ -113,6 +148,15 @@ def test_state_dict_resumes_the_schedule():
     (lambda o: S.OneCycleLR(o, max_lr=[0.1], total_steps=5), ValueError, "1 entries for 2"),
     (lambda o: S.OneCycleLR(o, max_lr=0.1, total_steps=5, anneal_strategy="exp"), ValueError,
      "anneal_strategy"),
+    (lambda o: S.SequentialLR(o, [], milestones=[]), ValueError, "schedulers is empty"),
+    (lambda o: S.SequentialLR(o, [S.StepLR(o, 2), S.StepLR(o, 3)], milestones=[]), ValueError,
+     "milestones has 0 entries"),
+    (lambda o: S.SequentialLR(o, [S.StepLR(o, 2)] * 3, milestones=[4, 4]), ValueError,
+     "strictly increasing"),
+    (lambda o: S.SequentialLR(o, [S.ReduceLROnPlateau(o)], milestones=[]), TypeError,
+     r"schedulers\[0\] must be an epoch scheduler"),
+    (lambda o: S.SequentialLR(o, [S.StepLR(nopt.SGD([np.zeros(1)]), 2)], milestones=[]),
+     ValueError, "another optimizer"),
 ])
 def test_bad_arguments_raise_and_leave_the_lr(make, error, message):
     ours, _ = both_optimizers()

@@ -132,6 +132,7 @@ class Optimizer:
         self._seen_grads = None  # the last step's grads, validated, and what each bucket needs
         self._step_indices = None
         self.step_count = 0
+        self._scheduler_initial_lrs = None  # set by the first lr scheduler (lr_scheduler.py)
 
     # ------------------------------------------------------------------------------- stepping
     def step(self, grads, *, max_grad_norm=None, clip_value=None, skip_if_nonfinite=False):
