@@ -5,7 +5,8 @@
 Suites:
 - size:      Adam, float32, one tensor of n = 1e3 ... 3e7 elements;
 - model:     Adam, float32, model-shaped lists (an MLP; transformer-like lists of 146 tensors);
-- optimizer: every optimizer, float32 and float64, one tensor of 1e6 elements.
+- optimizer: every optimizer, float32 and float64, one tensor of 1e6 elements;
+- clipping:  Adam float32 with global-norm clipping, fused into the step vs clip-then-step.
 Peers: the 4-read/3-write memory roof, numba_opt (serial, parallel; list and FlatParams),
 torch.optim (for-loop, foreach, fused) when torch is installed, NumPy as people write it and
 NumPy with out=; on a machine with a CUDA GPU also numba_opt CUDA, torch fused CUDA and a
@@ -107,6 +108,21 @@ def cases(suite, quick):
                     mode = "fused" if peers.torch_has_fused(optimizer) else "foreach"
                     add("optimizer", case, optimizer, dtype, f"torch {mode}", [n],
                         peers.torch_optim, mode=mode)
+    if suite in ("clipping", "all"):
+        shapes = {f"n={n:.0e}": [n] for n in ((1_000_000,) if quick else
+                                               (100_000, 1_000_000, 10_000_000))}
+        shapes["transformer d=64 (146 tensors)"] = MODELS["transformer d=64"]
+        for case, sizes in shapes.items():
+            add("clipping", case, "Adam", "float32", "roof 4R/3W", sizes, peers.roof)
+            add("clipping", case, "Adam", "float32", "numba_opt no clipping", sizes,
+                peers.numba_opt_flat)
+            add("clipping", case, "Adam", "float32", "numba_opt fused clip", sizes,
+                peers.numba_opt_clipped, how="fused")
+            add("clipping", case, "Adam", "float32", "numba_opt + NumPy clip-then-step", sizes,
+                peers.numba_opt_clipped, how="numpy")
+            if has_torch:
+                add("clipping", case, "Adam", "float32", "torch clip_grad_norm_ + fused",
+                    sizes, peers.torch_clipped)
     return out
 
 
@@ -114,7 +130,8 @@ def cases(suite, quick):
 # steps one pyperf value times (about 0.1 s), which spares a calibration process per benchmark.
 _COST = {"roof": (4e-6, 0, 3e10), "numba_opt": (5e-6, 3e-6, 2.5e10),
          "torch fused": (8e-5, 5e-6, 2e10), "torch foreach": (5e-5, 2e-5, 1e10),
-         "torch loop": (1e-5, 6e-5, 1e10), "numpy out=": (5e-6, 2e-5, 3e9),
+         "torch loop": (1e-5, 6e-5, 1e10), "torch clip": (1.5e-4, 1e-5, 1e10),
+         "numpy out=": (5e-6, 2e-5, 3e9),
          "numpy": (5e-6, 2e-5, 1.5e9), "GPU": (2e-5, 0, 1e12)}
 
 
@@ -149,7 +166,8 @@ def forward_options(command, args):
 def main():
     runner = pyperf.Runner(processes=1, values=3, warmups=1, min_time=0.05,
                            add_cmdline_args=forward_options)
-    runner.argparser.add_argument("--suite", choices=["size", "model", "optimizer", "all"],
+    runner.argparser.add_argument("--suite",
+                                  choices=["size", "model", "optimizer", "clipping", "all"],
                                   default="all")
     runner.argparser.add_argument("--quick", action="store_true",
                                   help="fewer sizes and models (a few minutes)")

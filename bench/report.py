@@ -76,43 +76,56 @@ def markdown(records, machine=""):
 
 
 def plot(records, path):
+    """One panel per suite that ran: bandwidth against size; bars for the model lists and for
+    clipping (the optimizer suite is a table)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    size = [r for r in records if r["suite"] == "size"]
-    model = [r for r in records if r["suite"] == "model"]
-    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
-    ax = axes[0]
+    panels = [(suite, draw) for suite, draw in (
+        ("size", _size_panel),
+        ("model", lambda ax, rs: _bars_panel(ax, rs, "Model-shaped parameter lists")),
+        ("clipping", lambda ax, rs: _bars_panel(
+            ax, rs, "Adam + global-norm clipping: fused vs clip-then-step")))
+        if any(r["suite"] == suite for r in records)]
+    if not panels:
+        panels = [("size", _size_panel)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 5.5), squeeze=False)
+    for ax, (suite, draw) in zip(axes[0], panels):
+        draw(ax, [r for r in records if r["suite"] == suite])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _size_panel(ax, size):
     for peer in dict.fromkeys(r["peer"] for r in size):
         points = sorted((r["n"], bandwidth(r)) for r in size if r["peer"] == peer)
         style = "--" if peer.startswith("GPU") else ("-" if "numba_opt" in peer else ":")
         width = 2.5 if peer in ("numba_opt", "GPU numba_opt") else 1.2
         ax.plot(*zip(*points), style, marker="o", markersize=3, linewidth=width, label=peer)
     if not size:
-        ax.text(0.5, 0.5, "size suite not run", ha="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, "no suite with a plot was run", ha="center", transform=ax.transAxes)
     ax.set(xscale="log", yscale="log", xlabel="elements in the tensor",
            ylabel="useful bandwidth, GB/s (7 arrays per element)",
            title="One Adam step, float32 (CPU solid/dotted, GPU dashed)")
     ax.grid(True, which="both", alpha=0.3)
     if size:
         ax.legend(fontsize=8)
-    ax = axes[1]
-    cases = list(dict.fromkeys(r["case"] for r in model))
-    peer_names = list(dict.fromkeys(r["peer"] for r in model))
+
+
+def _bars_panel(ax, records, title):
+    cases = list(dict.fromkeys(r["case"] for r in records))
+    peer_names = list(dict.fromkeys(r["peer"] for r in records))
     width = 0.8 / max(1, len(peer_names))
     for k, peer in enumerate(peer_names):
-        times = [next((r["seconds"] * 1e3 for r in model if r["case"] == c and r["peer"] == peer),
-                      np.nan) for c in cases]
+        times = [next((r["seconds"] * 1e3 for r in records
+                       if r["case"] == c and r["peer"] == peer), np.nan) for c in cases]
         ax.bar(np.arange(len(cases)) + k * width, times, width, label=peer)
     ax.set_xticks(np.arange(len(cases)) + 0.4 - width / 2)
     ax.set_xticklabels([c.replace(" (", "\n(") for c in cases], fontsize=8)
-    ax.set(yscale="log", ylabel="ms per Adam step", title="Model-shaped parameter lists")
-    if model:
-        ax.legend(fontsize=8)
+    ax.set(yscale="log", ylabel="ms per Adam step", title=title)
+    ax.legend(fontsize=8)
     ax.grid(True, axis="y", which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def write(records, directory, machine=""):

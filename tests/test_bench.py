@@ -6,7 +6,7 @@ import pytest
 import numba_opt as nopt
 from bench import report
 from numba_opt import benchmarking as peers
-from bench.__main__ import cases
+from bench.__main__ import cases, loops_for
 
 
 def test_every_benchmark_case_is_distinct_and_its_step_runs(monkeypatch):
@@ -15,9 +15,10 @@ def test_every_benchmark_case_is_distinct_and_its_step_runs(monkeypatch):
     todo = cases("all", quick=True)
     names = [(c[0], c[1], c[2], c[3], c[4]) for c in todo]
     assert len(names) == len(set(names))
-    assert {c[0] for c in todo} == {"size", "model", "optimizer"}
+    assert {c[0] for c in todo} == {"size", "model", "optimizer", "clipping"}
     seen_setups = set()
     for suite, case, optimizer, dtype, peer, sizes, setup, options in todo:
+        assert loops_for(peer, sizes, optimizer, dtype) >= 1  # every peer has a cost estimate
         key = (setup, optimizer, tuple(sorted(options.items())))
         if key in seen_setups:
             continue
@@ -25,6 +26,35 @@ def test_every_benchmark_case_is_distinct_and_its_step_runs(monkeypatch):
         step = setup([64, 32], np.dtype(dtype), optimizer=optimizer, **options)
         step()
         step()
+
+
+@pytest.mark.parametrize("optimizer", ["Adam", "SGD-momentum"])
+def test_clipping_peers_clip_and_step_alike(optimizer, monkeypatch):
+    """Fused clipping and clip-then-step with NumPy make the same step (with a clip norm the
+    bench grads exceed), unlike no clipping; the NumPy peer's grads stay clipped, so its next
+    steps equal torch's clip_grad_norm_ + fused step."""
+    sizes, dtype = [50, 7], np.dtype(np.float64)
+
+    def flat_params(step):
+        return np.concatenate([np.asarray(p).ravel() for p in step.params])
+
+    first = {}
+    for how, clip_norm in (("fused", 1e-3), ("numpy", 1e-3), ("fused", 1e6)):
+        monkeypatch.setattr(peers, "CLIP_NORM", clip_norm)
+        step = peers.numba_opt_clipped(sizes, dtype, optimizer, how=how)
+        step()
+        first[how, clip_norm] = flat_params(step)
+    np.testing.assert_allclose(first["fused", 1e-3], first["numpy", 1e-3], rtol=1e-12)
+    assert not np.allclose(first["fused", 1e-3], first["fused", 1e6], rtol=1e-6, atol=0)
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(peers, "CLIP_NORM", 1e-3)
+    ours, theirs = peers.numba_opt_clipped(sizes, dtype, optimizer, how="numpy"), \
+        peers.torch_clipped(sizes, dtype, optimizer)
+    for _ in range(3):
+        ours()
+        theirs()
+    with torch.no_grad():
+        np.testing.assert_allclose(flat_params(ours), flat_params(theirs), rtol=1e-10)
 
 
 @pytest.mark.parametrize("peer", [peers.numpy_adam, peers.numpy_adam_out])
