@@ -12,6 +12,7 @@ interface ``optim.base`` uses; ``_cuda`` has the same names.
 """
 import hashlib
 import inspect
+import threading
 import types
 
 import numpy as np
@@ -76,7 +77,22 @@ def _compile(name, parallel):
              "unpack": getattr(_math, "unpack_" + family)}
     kind = "parallel" if parallel else "serial"
     loop = _renamed(_LOOPS[n_states], f"{name}_{kind}_{_RULES_VERSION}", scope)
-    return njit(parallel=parallel, **_JIT_OPTIONS)(loop)
+    return njit(parallel=parallel, nogil=parallel, **_JIT_OPTIONS)(loop)
+
+
+# Parallel loops release the GIL (a step over a big model takes milliseconds: other Python threads,
+# a data loader say, run meanwhile) and run one at a time per process: numba's 'workqueue'
+# threading layer, the one used where neither TBB nor OpenMP loads, aborts the process when two
+# threads start parallel regions at once, and each region uses every core anyway.  Serial loops
+# (small arrays, microseconds) keep the GIL, which is cheaper than releasing it.
+_PARALLEL_LOCK = threading.Lock()
+
+
+def _one_at_a_time(dispatcher):
+    def locked(*args):
+        with _PARALLEL_LOCK:
+            return dispatcher(*args)
+    return locked
 
 
 class Kernel:
@@ -88,13 +104,14 @@ class Kernel:
         self.__name__ = name
         self.parallel = _compile(name, parallel=True)
         self.serial = _compile(name, parallel=False)
+        self._parallel_locked = _one_at_a_time(self.parallel)
 
     def __call__(self, param, grad, states, scalars):
         self.bind(param.size)(param, grad, *states, scalars)
 
     def bind(self, size):
         """The loop for arrays of this size, called as ``loop(param, grad, *states, scalars)``."""
-        return self.parallel if size >= SERIAL_BELOW else self.serial
+        return self._parallel_locked if size >= SERIAL_BELOW else self.serial
 
     def dispatchers(self):
         return (self.parallel, self.serial)
@@ -115,7 +132,8 @@ def _sum_squares(x):
 # reassoc lets LLVM split the sum over several vector accumulators: without it every add waits
 # for the previous one and the norm ran at a fifth of memory speed (4.8 ms against 0.98 ms on
 # 1e7 float32); the order of a float64 sum does not matter for a clipping norm
-_sum_squares_parallel = njit(parallel=True, fastmath={"reassoc"}, **_JIT_OPTIONS)(_sum_squares)
+_sum_squares_parallel = _one_at_a_time(njit(parallel=True, nogil=True, fastmath={"reassoc"},
+                                             **_JIT_OPTIONS)(_sum_squares))
 _sum_squares_serial = njit(fastmath={"reassoc"}, **_JIT_OPTIONS)(
     _renamed(_sum_squares, "_sum_squares_serial", globals()))
 
