@@ -7,10 +7,12 @@
 The CUDA backend is imported only when CUDA arrays (or device="cuda") are used.
 """
 from . import functional, lr_scheduler
+from .checkpoint import load, save
 from .flat import FlatParams
 from .optim import (SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Lion, NAdam, Optimizer,
                     RAdam, RMSProp, RMSprop)
 
 __version__ = "0.1.0"
 __all__ = ["FlatParams", "Optimizer", "SGD", "RMSprop", "RMSProp", "Adam", "AdamW", "Adagrad",
-           "Adamax", "RAdam", "NAdam", "Adadelta", "Lion", "functional", "lr_scheduler"]
+           "Adamax", "RAdam", "NAdam", "Adadelta", "Lion", "functional", "lr_scheduler", "save",
+           "load"]

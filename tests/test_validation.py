@@ -123,6 +123,8 @@ STEP_ERRORS = [
      "not contiguous in the same memory order"),
     ("grad fortran", swap(0, np.asfortranarray(np.ones((4, 3), np.float32))), None, ValueError,
      "not contiguous in the same memory order"),
+    ("grad int", swap(1, np.ones(3, np.int32)), None, TypeError,
+     r"grad for params\[1\] has dtype int32"),
     ("lr edited negative", good_grads, edit_group("lr", -0.1), ValueError,
      r"param_groups\[1\]: lr must be >= 0"),
     ("beta edited", good_grads, edit_group("betas", (0.9, 1.0)), ValueError, r"betas\[1\]"),
@@ -151,6 +153,27 @@ def test_step_rejects_and_modifies_nothing(make_grads, edit, error, message):
         np.testing.assert_array_equal(a, params_before[0])
         np.testing.assert_array_equal(b, params_before[1])
         assert opt.step_count == count
+
+
+def test_grads_sharing_memory_with_params_are_refused():
+    """Reading a param the kernel is updating gives order-dependent results: a grad may be
+    its own param (the same memory exactly), never another param or a shifted view."""
+    buffer = np.zeros(40, np.float32)
+    a, b = buffer[:12].reshape(4, 3), buffer[20:23]
+    opt = nopt.SGD([a, b], lr=0.1)
+    opt.step(good_grads())
+    before = snapshot(opt, [a, b])
+    cases = [([np.ones((4, 3), np.float32), a[0]], r"grad for params\[1\] shares memory with "
+              r"params\[0\]"),
+             ([buffer[1:13].reshape(4, 3), np.ones(3, np.float32)], r"grad for params\[0\] "
+              r"shares memory with params\[0\]"),
+             ([buffer[3:15].reshape(4, 3), np.ones(3, np.float32)], "shares memory")]
+    for grads, message in cases:
+        with pytest.raises(ValueError, match=message):
+            opt.step(grads)
+        assert_untouched(before, opt, [a, b])
+    opt.step([a, np.ones(3, np.float32)])  # a param as its own grad: allowed (p -= lr * p)
+    np.testing.assert_allclose(a, before[0][0] * 0.9, rtol=1e-6)
 
 
 # ------------------------------------------------------------------------ load_state_dict

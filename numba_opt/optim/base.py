@@ -24,6 +24,7 @@ How a step runs (the fast path is what makes small steps cheap and big models on
 - A ``None`` grad skips its param, whose step count then differs from the others': that bucket
   goes on param by param, with per-param step counts, as torch does.
 """
+import bisect
 import itertools
 import math
 import operator
@@ -130,26 +131,34 @@ class Optimizer:
         # per group: (hyper-parameters, kernel, state names, the group's values when checked)
         self._group_cache = [None] * len(self.param_groups)
         self._seen_grads = None  # the last step's grads, validated, and what each bucket needs
+        self._param_spans = self._param_starts = None  # for the grad aliasing check
         self._step_indices = None
         self.step_count = 0
         self._scheduler_initial_lrs = None  # set by the first lr scheduler (lr_scheduler.py)
 
     # ------------------------------------------------------------------------------- stepping
-    def step(self, grads, *, max_grad_norm=None, clip_value=None, skip_if_nonfinite=False):
+    def step(self, grads, *, max_grad_norm=None, clip_value=None, skip_if_nonfinite=False,
+             error_if_nonfinite=False):
         """Update every param in place from ``grads`` (same structure and order as the params:
         a sequence, or a dict with the same names).  A ``None`` grad skips its param, as in
         torch.  Everything is validated before anything is modified.
+
+        Non-finite grads (inf, NaN) propagate into the params and state by default, as in
+        torch.  ``skip_if_nonfinite=True``: if any grad element is inf or NaN, change nothing
+        (like AMP's GradScaler; ``step_count`` does not advance) and return the norm.
+        ``error_if_nonfinite=True``: raise a ValueError naming the first such grad instead.
+        Either costs one read pass over the grads (the global norm).
 
         ``max_grad_norm``: clip the grads to this global L2 norm (torch's clip_grad_norm_: scale
         min(1, max_norm / (norm + 1e-6))), ``clip_value``: clamp each grad element to
         [-clip_value, clip_value].  Both are folded into the update kernel: the grads are read,
         never rewritten (global-norm clipping adds one read pass to compute the norm).
-        ``skip_if_nonfinite``: if the global norm is inf or NaN, change nothing (like AMP's
-        GradScaler).  Returns the global grad norm before clipping when it was computed (with
-        ``max_grad_norm`` or ``skip_if_nonfinite``), else None."""
+        Returns the global grad norm before clipping when it was computed (with
+        ``max_grad_norm`` or a non-finite option), else None."""
         clipping = None if (max_grad_norm is None and clip_value is None
-                            and skip_if_nonfinite is False) \
-            else _check_clipping(max_grad_norm, clip_value, skip_if_nonfinite)
+                            and skip_if_nonfinite is False and error_if_nonfinite is False) \
+            else _check_clipping(max_grad_norm, clip_value, skip_if_nonfinite,
+                                 error_if_nonfinite)
         grads = self._grad_list(grads)
         seen = self._seen_grads
         if seen is None or len(seen[0]) != len(grads) or not all(
@@ -162,11 +171,16 @@ class Optimizer:
         for gi in stale:
             self._check_labelled(gi, self.param_groups[gi])
         norm = None
-        if clipping is not None and (max_grad_norm is not None or skip_if_nonfinite):
+        if clipping is not None and (max_grad_norm is not None or skip_if_nonfinite
+                                     or error_if_nonfinite):
             norm = self._grad_norm(seen)
-            if skip_if_nonfinite and not math.isfinite(norm):
-                self._seen_grads = seen
-                return norm
+            if not math.isfinite(norm):
+                if error_if_nonfinite:
+                    raise ValueError(f"{self._first_nonfinite(grads)} has non-finite values "
+                                     f"(global grad norm {norm}); nothing was changed")
+                if skip_if_nonfinite:
+                    self._seen_grads = seen
+                    return norm
         # --- everything is valid: from here on, state changes
         self._seen_grads = seen
         self._grad_fields = _NO_CLIPPING if clipping is None else (
@@ -190,6 +204,14 @@ class Optimizer:
             else:
                 total += sum(self._backend.sum_squares(g) for g in bucket_grads if g is not None)
         return math.sqrt(total)
+
+    def _first_nonfinite(self, grads):
+        """The label of the first grad holding inf or NaN (or whose squares overflow)."""
+        for grad, label in zip(grads, self._labels):
+            if grad is not None and not math.isfinite(
+                    self._backend.sum_squares(self._backend.flat(grad))):
+                return "grad for " + label
+        return "a grad"
 
     def _step_bucket(self, bucket, grads, grad_span):
         """One step of a bucket whose params all step together.  ``grads``: their flat views;
@@ -292,6 +314,7 @@ class Optimizer:
             if where != self.device:
                 raise TypeError(f"{name} lives on {where} but {label} lives on {self.device}; "
                                 "numba_opt never copies between host and device")
+        self._reject_grads_in_params(grads)
         flat = self._backend.flat
         per_bucket = []
         for bucket in self._buckets:
@@ -302,6 +325,28 @@ class Optimizer:
             per_bucket.append(([None if g is None else flat(g) for g in mine], presence,
                                self._backend.span(mine) if joined else None))
         return tuple(grads), per_bucket
+
+    def _reject_grads_in_params(self, grads):
+        """A grad must not share memory with a param (other than being exactly its own): the
+        kernels would read values they have already updated, in an order that varies."""
+        if self._param_spans is None:
+            # (start, end, index) of every non-empty param by start; params never overlap, so
+            # their ends increase too
+            spans = ((*check.data_span(p), i) for i, p in enumerate(self._params))
+            self._param_spans = sorted(span for span in spans if span[1] > span[0])
+            self._param_starts = [span[0] for span in self._param_spans]
+        for k, grad in enumerate(grads):
+            if grad is None:
+                continue
+            start, end = check.data_span(grad)
+            # the params that start before this grad ends, back while they end after it starts
+            j = bisect.bisect_left(self._param_starts, end) - 1
+            while j >= 0 and self._param_spans[j][1] > start:
+                p_start, p_end, i = self._param_spans[j]
+                if not (i == k and (p_start, p_end) == (start, end)):
+                    raise ValueError(f"grad for {self._labels[k]} shares memory with "
+                                     f"{self._labels[i]}; pass grads in their own arrays")
+                j -= 1
 
     def _refresh_group(self, gi):
         group = self.param_groups[gi]
@@ -460,16 +505,21 @@ class Optimizer:
         return "\n".join(lines)
 
 
-def _check_clipping(max_grad_norm, clip_value, skip_if_nonfinite):
-    """None when step() was asked for no clipping or skipping, else True (after checking)."""
+def _check_clipping(max_grad_norm, clip_value, skip_if_nonfinite, error_if_nonfinite):
+    """None when step() was asked for no clipping or non-finite check, else True (after
+    checking)."""
     check.flag("skip_if_nonfinite", skip_if_nonfinite)
+    check.flag("error_if_nonfinite", error_if_nonfinite)
+    if skip_if_nonfinite and error_if_nonfinite:
+        raise ValueError("give skip_if_nonfinite or error_if_nonfinite, not both")
     if max_grad_norm is not None and clip_value is not None:
         raise ValueError("give max_grad_norm or clip_value, not both")
     if max_grad_norm is not None:
         check.non_negative("max_grad_norm", max_grad_norm)
     if clip_value is not None:
         check.non_negative("clip_value", clip_value)
-    if max_grad_norm is None and clip_value is None and not skip_if_nonfinite:
+    if max_grad_norm is None and clip_value is None and not (skip_if_nonfinite
+                                                             or error_if_nonfinite):
         return None
     return True
 

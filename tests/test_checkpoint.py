@@ -1,0 +1,189 @@
+"""numba_opt.save / numba_opt.load: exact resume, atomic writes, clear errors on bad files."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import numba_opt as nopt
+from numba_opt import checkpoint
+from cases import CASES, case_id, make_grads, make_params, optimizer
+
+
+def snapshot(opt, params):
+    return ([p.copy() for p in params],
+            [{k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in s.items()}
+             for s in opt.state], opt.step_count)
+
+
+def assert_same(before, opt, params):
+    params_before, state_before, count = before
+    for a, b in zip(params, params_before):
+        np.testing.assert_array_equal(a, b)
+    assert opt.step_count == count
+    for now, then in zip(opt.state, state_before):
+        assert now.keys() == then.keys()
+        for key in now:
+            np.testing.assert_array_equal(now[key], then[key])
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_save_load_resumes_the_run_exactly(case, tmp_path):
+    """Every optimizer and option: params and state saved mid-run, loaded into a new optimizer
+    over fresh arrays, continue on the uninterrupted trajectory bit for bit."""
+    name, kwargs = case
+    params = make_params(np.float32)
+    opt = optimizer(name, params, **kwargs)
+    for step in range(1, 6):
+        opt.step(make_grads(params, step))
+    path = tmp_path / "run.npz"
+    nopt.save(opt, path)
+    for step in range(6, 11):
+        opt.step(make_grads(params, step))
+
+    fresh = make_params(np.float32, seed=99)  # other values: load must overwrite them
+    resumed = optimizer(name, fresh, **kwargs)
+    nopt.load(resumed, path)
+    assert resumed.step_count == 5
+    for step in range(6, 11):
+        resumed.step(make_grads(fresh, step))
+    for a, b in zip(params, fresh):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_params_false_keeps_the_params_and_restores_the_state(tmp_path):
+    params = make_params(np.float64)
+    opt = nopt.Adam(params, lr=0.01, betas=[0.8, 0.9])  # a list: comes back as a list or tuple
+    opt.step(make_grads(params, 1))
+    nopt.save(opt, tmp_path / "state.npz", params=False)
+    assert "params/0" not in np.load(tmp_path / "state.npz").files
+    other = make_params(np.float64, seed=5)
+    kept = [p.copy() for p in other]
+    resumed = nopt.Adam(other)
+    nopt.load(resumed, tmp_path / "state.npz", params=False)
+    for a, b in zip(other, kept):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(resumed.state[0]["exp_avg"], opt.state[0]["exp_avg"])
+    assert resumed.param_groups[0]["lr"] == 0.01
+    assert tuple(resumed.param_groups[0]["betas"]) == (0.8, 0.9)
+    with pytest.raises(ValueError, match="holds no params"):
+        nopt.load(resumed, tmp_path / "state.npz")
+
+
+def test_the_file_is_plain_npz_with_a_format_version(tmp_path):
+    params = make_params(np.float32)
+    opt = nopt.NAdam(params)
+    opt.step(make_grads(params, 1))
+    nopt.save(opt, tmp_path / "c.npz")
+    with np.load(tmp_path / "c.npz", allow_pickle=False) as archive:
+        meta = json.loads(archive["meta"].tobytes().decode())
+        assert meta["checkpoint_format"] == checkpoint.CHECKPOINT_FORMAT
+        assert meta["optimizer"] == "NAdam"
+        assert meta["state"]["0"]["mu_product"] == opt.state[0]["mu_product"]
+        np.testing.assert_array_equal(archive["state/0/exp_avg"], opt.state[0]["exp_avg"])
+        np.testing.assert_array_equal(archive["params/2"], params[2])
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    params = make_params(np.float32)
+    opt = nopt.Adam(params)
+    path = tmp_path / "run.npz"
+    opt.step(make_grads(params, 1))
+    nopt.save(opt, path)
+    good = path.read_bytes()
+    opt.step(make_grads(params, 2))
+
+    def crash(file, **arrays):
+        file.write(b"PK\x03\x04 half a zip")
+        raise OSError("disk full")
+    monkeypatch.setattr(np, "savez", crash)
+    with pytest.raises(OSError, match="disk full"):
+        nopt.save(opt, path)
+    assert path.read_bytes() == good
+    assert os.listdir(tmp_path) == ["run.npz"]  # no temp file left behind
+
+
+def stepped(tmp_path):
+    params = make_params(np.float32)
+    opt = nopt.Adam(params, amsgrad=True)
+    opt.step(make_grads(params, 1))
+    path = tmp_path / "c.npz"
+    nopt.save(opt, path)
+    opt.step(make_grads(params, 2))
+    return opt, params, path
+
+
+def truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+def flip_a_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0xFF  # inside an array member: its CRC no longer matches
+    path.write_bytes(bytes(data))
+
+
+def rewrite(change):
+    """Rewrite the checkpoint with ``change(members)`` applied to its {name: array}."""
+    def apply(path):
+        with np.load(path) as archive:
+            members = {k: archive[k] for k in archive.files}
+        change(members)
+        with open(path, "wb") as f:
+            np.savez(f, **members)
+    return apply
+
+
+def edit_meta(change):
+    def members(m):
+        meta = json.loads(m["meta"].tobytes().decode())
+        change(meta)
+        m["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    return rewrite(members)
+
+
+BAD_FILES = [
+    ("truncated", truncate, ValueError, "corrupt or truncated"),
+    ("flipped byte", flip_a_byte, ValueError, "corrupt or truncated"),
+    ("not a zip", lambda p: p.write_bytes(b"hello"), ValueError, "not a readable checkpoint"),
+    ("plain npz", lambda p: np.savez(p.open("wb"), a=np.zeros(3)), ValueError,
+     "not a numba_opt checkpoint"),
+    ("newer format", edit_meta(lambda m: m.update(checkpoint_format=2)), ValueError,
+     "checkpoint format 2"),
+    ("other optimizer", edit_meta(lambda m: m.update(optimizer="SGD")), ValueError,
+     "comes from SGD"),
+    ("state shape", rewrite(lambda m: m.update({"state/0/exp_avg": np.zeros(3, np.float32)})),
+     ValueError, "has shape"),
+    ("param dtype", rewrite(lambda m: m.update({"params/1": m["params/1"].astype(np.float64)})),
+     TypeError, "has dtype float64"),
+    ("param missing", rewrite(lambda m: m.pop("params/4")), ValueError, "holds 4 params"),
+    ("unknown entry", rewrite(lambda m: m.update(extra=np.zeros(1))), ValueError,
+     "unexpected entry 'extra'"),
+    ("bad hyper", edit_meta(lambda m: m["param_groups"][0].update(lr=-1)), ValueError,
+     "lr must be >= 0"),
+]
+
+
+@pytest.mark.parametrize("damage, error, message", [b[1:] for b in BAD_FILES],
+                         ids=[b[0] for b in BAD_FILES])
+def test_a_bad_file_raises_and_changes_nothing(damage, error, message, tmp_path):
+    opt, params, path = stepped(tmp_path)
+    damage(path)
+    before = snapshot(opt, params)
+    with pytest.raises(error, match=message):
+        nopt.load(opt, path)
+    assert_same(before, opt, params)
+
+
+def test_missing_file_and_wrong_arguments(tmp_path):
+    opt, params, path = stepped(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        nopt.load(opt, tmp_path / "nope.npz")
+    with pytest.raises(TypeError, match="numba_opt optimizer"):
+        nopt.save(object(), path)
+    opt.param_groups[0]["lr"] = np.float32(0.5)  # NumPy scalars are stored as numbers
+    nopt.save(opt, path)
+    nopt.load(opt, path)
+    assert opt.param_groups[0]["lr"] == 0.5
+
