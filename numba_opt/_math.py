@@ -169,14 +169,23 @@ def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, h):
 
 
 @_rule
-def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, h):
-    """Adam / AdamW with bias correction; ``max_exp_avg_sq`` is used only with amsgrad."""
+def adam_moments(param, grad, exp_avg, exp_avg_sq, h):
+    """What Adam, RAdam and NAdam do first: the prepared grad, weight decay (decoupled: param
+    scaled by ``param_scale`` before the moments, AdamW; coupled: the L2 term in the grad) and
+    the two moment updates.  Returns (param, grad, exp_avg, exp_avg_sq)."""
     grad = prepared_grad(grad, h)
-    param = param * h.param_scale  # decoupled decay (AdamW) happens before the moment update
+    param = param * h.param_scale
     if h.weight_decay != 0:
         grad = grad + h.weight_decay * param
     exp_avg = h.beta1 * exp_avg + h.one_minus_beta1 * grad
     exp_avg_sq = h.beta2 * exp_avg_sq + h.one_minus_beta2 * grad * grad
+    return param, grad, exp_avg, exp_avg_sq
+
+
+@_rule
+def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, h):
+    """Adam / AdamW with bias correction; ``max_exp_avg_sq`` is used only with amsgrad."""
+    param, grad, exp_avg, exp_avg_sq = adam_moments(param, grad, exp_avg, exp_avg_sq, h)
     second_moment = exp_avg_sq
     if h.amsgrad:
         # max on the raw (uncorrected) second moment, NaN-propagating like torch.maximum
@@ -213,12 +222,7 @@ def adamax(param, grad, exp_avg, exp_inf, h):
 @_rule
 def radam(param, grad, exp_avg, exp_avg_sq, h):
     """RAdam: Adam whose adaptive lr is used only once its variance is tractable (rectify)."""
-    grad = prepared_grad(grad, h)
-    param = param * h.param_scale  # decoupled decay first, as in Adam
-    if h.weight_decay != 0:
-        grad = grad + h.weight_decay * param
-    exp_avg = h.beta1 * exp_avg + h.one_minus_beta1 * grad
-    exp_avg_sq = h.beta2 * exp_avg_sq + h.one_minus_beta2 * grad * grad
+    param, grad, exp_avg, exp_avg_sq = adam_moments(param, grad, exp_avg, exp_avg_sq, h)
     update = exp_avg / h.bias_correction1 * h.lr
     if h.rectify:
         update = update * (h.bias_correction2_sqrt / (math.sqrt(exp_avg_sq) + h.eps)) * h.rect
@@ -229,12 +233,7 @@ def radam(param, grad, exp_avg, exp_avg_sq, h):
 def nadam(param, grad, exp_avg, exp_avg_sq, h):
     """NAdam (Dozat 2016, torch form): Adam whose first moment looks one step ahead, with a
     momentum schedule mu_t; torch divides by bias_correction2 inside the square root."""
-    grad = prepared_grad(grad, h)
-    param = param * h.param_scale  # decoupled decay first, as in Adam
-    if h.weight_decay != 0:
-        grad = grad + h.weight_decay * param
-    exp_avg = h.beta1 * exp_avg + h.one_minus_beta1 * grad
-    exp_avg_sq = h.beta2 * exp_avg_sq + h.one_minus_beta2 * grad * grad
+    param, grad, exp_avg, exp_avg_sq = adam_moments(param, grad, exp_avg, exp_avg_sq, h)
     denom = math.sqrt(exp_avg_sq / h.bias_correction2) + h.eps
     param = param - h.grad_coef * (grad / denom) - h.avg_coef * (exp_avg / denom)
     return param, exp_avg, exp_avg_sq
