@@ -21,6 +21,11 @@ OPTIMIZERS = {
     "Adam amsgrad": lambda p: nopt.Adam(p, lr=3e-3, amsgrad=True),
     "AdamW": lambda p: nopt.AdamW(p, lr=3e-3, weight_decay=1e-2),
     "Adagrad": lambda p: nopt.Adagrad(p, lr=3e-2),
+    "Adamax": lambda p: nopt.Adamax(p, lr=6e-3),
+    "RAdam": lambda p: nopt.RAdam(p, lr=1e-2),
+    "NAdam": lambda p: nopt.NAdam(p, lr=3e-3),
+    "Adadelta": lambda p: nopt.Adadelta(p, lr=1.0),
+    "Lion": lambda p: nopt.Lion(p, lr=1e-3, weight_decay=0.1),
 }
 
 

@@ -147,7 +147,8 @@ class Optimizer:
         torch.  ``skip_if_nonfinite=True``: if any grad element is inf or NaN, change nothing
         (like AMP's GradScaler; ``step_count`` does not advance) and return the norm.
         ``error_if_nonfinite=True``: raise a ValueError naming the first such grad instead.
-        Either costs one read pass over the grads (the global norm).
+        Either costs one read pass over the grads: the test is on the global norm (float64),
+        so float64 grads above ~1e154, whose squares overflow, count as non-finite too.
 
         ``max_grad_norm``: clip the grads to this global L2 norm (torch's clip_grad_norm_: scale
         min(1, max_norm / (norm + 1e-6))), ``clip_value``: clamp each grad element to
