@@ -26,7 +26,7 @@ def test_help_lists_the_subcommands():
 @pytest.mark.parametrize("args, message", [
     ([], "the following arguments are required: COMMAND"),
     (["train"], "invalid choice: 'train'"),
-    (["demo", "--optimizer", "Lion"], "invalid choice: 'Lion'"),
+    (["demo", "--optimizer", "Adam9"], "invalid choice: 'Adam9'"),
     (["demo", "--epochs", "0"], "expected a positive whole number, got '0'"),
     (["bench", "--size", "1e3.5"], "expected a positive whole number"),
     (["bench", "--size", "-5"], "expected a positive whole number"),
