@@ -187,3 +187,36 @@ def test_missing_file_and_wrong_arguments(tmp_path):
     nopt.load(opt, path)
     assert opt.param_groups[0]["lr"] == 0.5
 
+
+
+def test_a_gpu_checkpoint_loads_on_the_cpu_and_back(tmp_path, monkeypatch):
+    """Checkpoints hold host copies: written from CUDA arrays, read into NumPy ones, and back."""
+    cuda = pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
+    from numba import config
+    if not config.ENABLE_CUDASIM and not cuda.is_available():
+        pytest.skip("no GPU; run with NUMBA_ENABLE_CUDASIM=1")
+    if config.ENABLE_CUDASIM:  # every simulated thread is a Python thread
+        from numba_opt import _cuda
+        monkeypatch.setattr(_cuda, "THREADS_PER_BLOCK", 4)
+    host = make_params(np.float32, shapes=[(6, 2), (3,)])
+    device = [cuda.to_device(p) for p in host]
+    gpu = nopt.NAdam(device, lr=0.01)
+    for step in range(1, 4):
+        gpu.step([cuda.to_device(g) for g in make_grads(host, step)])
+    nopt.save(gpu, tmp_path / "gpu.npz")
+    cpu_params = make_params(np.float32, shapes=[(6, 2), (3,)], seed=7)
+    cpu = nopt.NAdam(cpu_params, lr=0.01)
+    nopt.load(cpu, tmp_path / "gpu.npz")
+    for c, d in zip(cpu_params, device):
+        np.testing.assert_array_equal(c, d.copy_to_host())
+    assert cpu.state[1]["mu_product"] == gpu.state[1]["mu_product"]
+    nopt.save(cpu, tmp_path / "cpu.npz")
+    again = [cuda.to_device(np.zeros_like(p)) for p in cpu_params]
+    back = nopt.NAdam(again, lr=0.01)
+    nopt.load(back, tmp_path / "cpu.npz")
+    for step in range(4, 6):
+        grads = make_grads(host, step)
+        gpu.step([cuda.to_device(g) for g in grads])
+        back.step([cuda.to_device(g) for g in grads])
+    for a, b in zip(device, again):
+        np.testing.assert_array_equal(a.copy_to_host(), b.copy_to_host())
