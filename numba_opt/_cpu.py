@@ -12,10 +12,13 @@ interface ``optim.base`` uses; ``_cuda`` has the same names.
 """
 import hashlib
 import inspect
+import os
 import threading
 import types
+import warnings
 
 import numpy as np
+import numba
 from numba import njit, prange
 
 from . import _math
@@ -92,12 +95,41 @@ def _compile(name, parallel):
 # (small arrays, microseconds) keep the GIL, which is cheaper than releasing it.
 _PARALLEL_LOCK = threading.Lock()
 
+# GNU OpenMP cannot run in a process forked after it started: numba terminates such a child at
+# its first parallel region ("fork() called from a process already using GNU OpenMP").  A child
+# forked after a parallel step therefore runs the serial loops (its siblings share the cores).
+_serial_only = False
+_warned = False  # about it, once per process
 
-def _one_at_a_time(dispatcher):
-    def locked(*args):
-        with _PARALLEL_LOCK:
-            return dispatcher(*args)
-    return locked
+
+def _after_fork_in_child():
+    global _serial_only
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # the parent never ran a parallel region: the child may start its own
+        return
+    if layer == "omp":
+        from numba.np.ufunc import omppool
+        if omppool.openmp_vendor == "GNU":
+            _serial_only = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _run_parallel(parallel, serial, args):
+    """``parallel(*args)`` under the lock; ``serial(*args)`` in a forked GNU OpenMP child."""
+    global _warned
+    if _serial_only:
+        if not _warned:
+            _warned = True
+            warnings.warn("numba_opt: this process was forked after GNU OpenMP ran parallel "
+                          "kernels, which cannot run in a forked child, so it uses the serial "
+                          "loops. Start child processes with the 'spawn' or 'forkserver' "
+                          "method to run parallel kernels in them.", RuntimeWarning)
+        return serial(*args)
+    with _PARALLEL_LOCK:
+        return parallel(*args)
 
 
 class Kernel:
@@ -118,8 +150,7 @@ class Kernel:
         return self._parallel_one_at_a_time if size >= SERIAL_BELOW else self.serial
 
     def _parallel_one_at_a_time(self, *args):
-        with _PARALLEL_LOCK:
-            return self.parallel(*args)
+        return _run_parallel(self.parallel, self.serial, args)
 
     def dispatchers(self):
         return (self.parallel, self.serial)
@@ -137,17 +168,17 @@ def _sum_squares(x):
     return total
 
 
-_sum_squares_parallel = _one_at_a_time(njit(parallel=True, nogil=True,
-                                             fastmath=_REDUCTION_FASTMATH,
-                                             **_JIT_OPTIONS)(_sum_squares))
 _sum_squares_serial = njit(fastmath=_REDUCTION_FASTMATH, **_JIT_OPTIONS)(
     _renamed(_sum_squares, "_sum_squares_serial", globals()))
+_sum_squares_parallel = njit(parallel=True, nogil=True, fastmath=_REDUCTION_FASTMATH,
+                             **_JIT_OPTIONS)(_sum_squares)
 
 
 def sum_squares(flat_array):
     """The sum of squares of a 1-D array, accumulated in float64: one read pass."""
-    loop = _sum_squares_parallel if flat_array.size >= SERIAL_BELOW else _sum_squares_serial
-    return loop(flat_array)
+    if flat_array.size >= SERIAL_BELOW:
+        return _run_parallel(_sum_squares_parallel, _sum_squares_serial, (flat_array,))
+    return _sum_squares_serial(flat_array)
 
 
 def scalars_argument(values, dtype):

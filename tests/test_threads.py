@@ -60,3 +60,50 @@ def test_two_threads_step_two_optimizers(layer):
     assert result.returncode == 0, result.stdout + result.stderr
     if layer != "default":
         assert f"layer {layer}" in result.stdout
+
+
+FORK_SCRIPT = textwrap.dedent("""
+    import multiprocessing as mp
+    import warnings
+    import numpy as np
+    import numba, numba_opt as nopt
+
+    def trajectory(steps=5):
+        p = np.linspace(-1, 1, 100_000).astype(np.float32)   # parallel kernels (and norm)
+        opt = nopt.Adam([p], lr=1e-2)
+        for k in range(steps):
+            opt.step([np.cos(p + k)], max_grad_norm=10.0)
+        return p
+
+    def child(queue):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = trajectory()
+        queue.put((result, [str(w.message) for w in caught]))
+
+    if __name__ == "__main__":
+        expected = trajectory()                 # the parent runs parallel regions first
+        layer = numba.threading_layer()
+        context = mp.get_context("fork")
+        queue = context.Queue()
+        process = context.Process(target=child, args=(queue,))
+        process.start()
+        result, messages = queue.get(timeout=120)
+        process.join(60)
+        assert process.exitcode == 0, process.exitcode
+        assert np.array_equal(result, expected)  # serial == parallel, bit for bit
+        print("layer", layer, "warned", any("forked" in m for m in messages))
+""")
+
+
+def test_a_forked_child_can_step_after_the_parent_ran_parallel_kernels(tmp_path):
+    """GNU OpenMP terminates a child forked after it ran; numba_opt's kernels then run serially
+    in the child (with one warning) and give the same result."""
+    script = tmp_path / "fork_child.py"
+    script.write_text(FORK_SCRIPT)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    if "layer omp" in result.stdout:
+        assert "warned True" in result.stdout
+
