@@ -20,8 +20,9 @@ from numba import njit
 
 _rule = njit(inline="always", error_model="numpy")
 
-# Every scalars namedtuple starts with the gradient fields all rules share (see prepared_grad).
-_GRAD_FIELDS = "grad_scale clip_value maximize "
+# Every scalars namedtuple starts with the gradient fields all rules share (see prepared_grad):
+# grad_scale carries maximize as its sign.
+_GRAD_FIELDS = "grad_scale clip_value "
 
 SGDScalars = namedtuple(
     "SGDScalars",
@@ -59,50 +60,48 @@ LionScalars = namedtuple(
 # The array -> namedtuple unpackers (a test checks each against its namedtuple's fields).
 @_rule
 def unpack_sgd(v):
-    return SGDScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8])
+    return SGDScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7])
 
 
 @_rule
 def unpack_rmsprop(v):
-    return RMSpropScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10])
+    return RMSpropScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9])
 
 
 @_rule
 def unpack_adam(v):
-    return AdamScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11],
-                       v[12])
+    return AdamScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11])
 
 
 @_rule
 def unpack_adagrad(v):
-    return AdagradScalars(v[0], v[1], v[2], v[3], v[4], v[5])
+    return AdagradScalars(v[0], v[1], v[2], v[3], v[4])
 
 
 @_rule
 def unpack_adamax(v):
-    return AdamaxScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8])
+    return AdamaxScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7])
 
 
 @_rule
 def unpack_radam(v):
     return RAdamScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11],
-                        v[12], v[13], v[14])
+                        v[12], v[13])
 
 
 @_rule
 def unpack_nadam(v):
-    return NAdamScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11],
-                        v[12])
+    return NAdamScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11])
 
 
 @_rule
 def unpack_adadelta(v):
-    return AdadeltaScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7])
+    return AdadeltaScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6])
 
 
 @_rule
 def unpack_lion(v):
-    return LionScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8])
+    return LionScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7])
 
 
 SCALARS = {"lion": LionScalars, "sgd": SGDScalars, "rmsprop": RMSpropScalars, "adam": AdamScalars,
@@ -112,17 +111,16 @@ SCALARS = {"lion": LionScalars, "sgd": SGDScalars, "rmsprop": RMSpropScalars, "a
 
 @_rule
 def prepared_grad(grad, h):
-    """What every rule does to the gradient first: the global-norm clipping scale folded in
-    (1 when off), clamping to [-clip_value, clip_value] (inf when off; NaN passes, as in torch),
-    then the sign for maximize.  Folding these in spares a write pass over the grads."""
+    """What every rule does to the gradient first: the global-norm clipping scale, negated for
+    maximize (1 or -1 when off), then clamping to [-clip_value, clip_value] (inf when off; NaN
+    passes, as in torch).  Folding these in spares a write pass over the grads.
+
+    Written for the vectorizer: a branch on maximize, or an if/elif clamp, made the whole SGD
+    momentum loop 1.5-2x slower; the sign rides on the scale (-(g*s) == g*(-s) exactly, and the
+    clamp is symmetric) and the clamp is two selects."""
     grad = grad * h.grad_scale
-    if grad > h.clip_value:
-        grad = h.clip_value
-    elif grad < -h.clip_value:
-        grad = -h.clip_value
-    if h.maximize:
-        grad = -grad
-    return grad
+    grad = h.clip_value if grad > h.clip_value else grad
+    return -h.clip_value if grad < -h.clip_value else grad
 
 
 @_rule

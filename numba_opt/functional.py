@@ -19,8 +19,9 @@ from . import _math, _validation as check, dispatch
 
 def _pack(scalars_type, maximize, **fields):
     """A scalars namedtuple with the gradient fields every rule shares: clipping off
-    (grad_scale 1, clip_value inf; ``optim.base`` sets them per step when asked) and maximize."""
-    return scalars_type(grad_scale=1.0, clip_value=math.inf, maximize=maximize, **fields)
+    (clip_value inf; ``optim.base`` sets the fields per step when asked) and grad_scale 1, or -1
+    to maximize."""
+    return scalars_type(grad_scale=-1.0 if maximize else 1.0, clip_value=math.inf, **fields)
 
 
 # ----------------------------------------------------------------------------------------- SGD

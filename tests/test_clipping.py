@@ -12,7 +12,10 @@ torch = pytest.importorskip("torch")
 
 CLIP_CASES = [("SGD", {"lr": 0.01, "momentum": 0.9}), ("Adam", {"amsgrad": True}),
               ("RMSprop", {"centered": True}), ("AdamW", {}), ("Adagrad", {}), ("RAdam", {}),
-              ("Adamax", {}), ("NAdam", {}), ("Adadelta", {})]
+              ("Adamax", {}), ("NAdam", {}), ("Adadelta", {}),
+              # maximize rides on the sign of the clipping scale: both at once
+              ("SGD", {"lr": 0.01, "momentum": 0.9, "maximize": True}),
+              ("Lion", {"lr": 1e-3, "maximize": True})]
 
 
 def clipped_by_norm(grads, max_norm):
@@ -49,11 +52,12 @@ def test_global_norm_clipping_matches_clip_then_step(case, flat):
         np.testing.assert_allclose(p, r, rtol=1e-10, atol=1e-12)
 
 
-def test_value_clipping_matches_torch():
+@pytest.mark.parametrize("maximize", [False, True])
+def test_value_clipping_matches_torch(maximize):
     params = make_params(np.float32)
     tensors = [torch.tensor(p.copy()) for p in params]
-    opt, torch_opt = nopt.Adam(params, lr=0.01), torch.optim.Adam(tensors, lr=0.01,
-                                                                  foreach=False)
+    opt = nopt.Adam(params, lr=0.01, maximize=maximize)
+    torch_opt = torch.optim.Adam(tensors, lr=0.01, foreach=False, maximize=maximize)
     for step in range(1, 21):
         grads = make_grads(params, step)
         opt.step(grads, clip_value=0.5)

@@ -233,10 +233,10 @@ class Optimizer:
         elif self.step_fields:
             scalars = self._backend.update_scalars(scalars, self._step_indices,
                                                    self._step_scalars(hyper, step, **host))
-        if scalars is not bucket.scalars or bucket.grad_fields != self._grad_fields:
-            scalars = self._backend.update_scalars(scalars, (0, 1), self._grad_fields)
-        bucket.scalars, bucket.scalars_fresh, bucket.grad_fields = scalars, fresh, \
-            self._grad_fields
+        grad_fields = _signed(self._grad_fields, hyper)
+        if scalars is not bucket.scalars or bucket.grad_fields != grad_fields:
+            scalars = self._backend.update_scalars(scalars, (0, 1), grad_fields)
+        bucket.scalars, bucket.scalars_fresh, bucket.grad_fields = scalars, fresh, grad_fields
         if grad_span is not None:  # params and grads each one span: one call
             bucket.span_call(bucket.param_span, grad_span, *bucket.span_states, scalars)
         else:
@@ -272,7 +272,7 @@ class Optimizer:
             history[2] = self._advance_host(hyper, history[0], history[2])
             scalars = self._backend.update_scalars(self._backend.scalars_argument(
                 self._scalars(hyper, history[0], fresh, **history[2]), bucket.dtype), (0, 1),
-                self._grad_fields)
+                _signed(self._grad_fields, hyper))
             call(param, grad, *states, scalars)
             history[1].update(names)
 
@@ -523,6 +523,12 @@ def _check_clipping(max_grad_norm, clip_value, skip_if_nonfinite, error_if_nonfi
                                                              or error_if_nonfinite):
         return None
     return True
+
+
+def _signed(grad_fields, hyper):
+    """The (grad_scale, clip_value) scalars fields of a group: the scale is negated to
+    maximize (see _math.prepared_grad)."""
+    return (-grad_fields[0], grad_fields[1]) if hyper["maximize"] else grad_fields
 
 
 def _clip_scale(max_grad_norm, norm):
