@@ -31,9 +31,7 @@ def save(optimizer, path, *, params=True):
     """Write ``optimizer``'s state (and its params' values unless ``params=False``) to ``path``
     (used as given: no ``.npz`` is appended).  Atomic: ``path`` holds either the old file or the
     complete new one."""
-    from .optim import Optimizer
-    if not isinstance(optimizer, Optimizer):
-        raise TypeError(f"optimizer must be a numba_opt optimizer, got {type(optimizer).__name__}")
+    _require_optimizer(optimizer)
     path = os.fspath(path)
     state_dict = optimizer.state_dict()
     arrays, state_meta = {}, {}
@@ -72,9 +70,7 @@ def load(optimizer, path, *, params=True):
     """Restore a checkpoint written by ``save`` into ``optimizer`` (and its params' values
     unless ``params=False``).  Everything is read and checked first: on any error nothing is
     modified."""
-    from .optim import Optimizer
-    if not isinstance(optimizer, Optimizer):
-        raise TypeError(f"optimizer must be a numba_opt optimizer, got {type(optimizer).__name__}")
+    _require_optimizer(optimizer)
     path = os.fspath(path)
     meta, arrays = _read(path)
     state_dict = _state_dict(meta, arrays, path)
@@ -101,6 +97,12 @@ def load(optimizer, path, *, params=True):
         backend = optimizer._backend
         for value, param in zip(values, optimizer._params):
             backend.upload(backend.flat(param), value, param)
+
+
+def _require_optimizer(optimizer):
+    from .optim import Optimizer
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"optimizer must be a numba_opt optimizer, got {type(optimizer).__name__}")
 
 
 def _read(path):
