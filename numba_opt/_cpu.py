@@ -3,27 +3,41 @@
 The loops do no arithmetic of their own: each kernel unpacks its scalars and loops over
 ``_math.<name>_at``.  Every kernel is compiled twice, a ``parallel=True`` version and a serial
 twin, because opening a prange region costs a few microseconds, more than a small tensor's whole
-update.  ``SERIAL_BELOW`` is where the two cross on a 2-core machine (measured: equal near 1e4
-elements, parallel 1.7x faster at 1e5).
+update, and because beside a busy process the serial loop can be the faster one.  Arrays under
+``SERIAL_BELOW`` elements always run serially; at larger call sites a ``_Timed`` chooser runs
+whichever loop has been faster there lately (see ``numba_opt.threads``).
 
-All arrays reaching a kernel are 1-D contiguous views of the same length and dtype; the callers
-validate that.  The helpers at the end (flat views, spans, state buffers) are the backend
-interface ``optim.base`` uses; ``_cuda`` has the same names.
+Two loop shapes per rule: over one span (a param, or a whole FlatParams bucket) and over a
+*table* of arrays (the multi-tensor loop: a bucket of separate arrays in one call, as torch's
+multi_tensor_apply does).  All arrays reaching a kernel are contiguous and of one dtype; the
+callers validate that.  The helpers at the end (flat views, spans, state buffers) are the
+backend interface ``optim.base`` uses; ``_cuda`` has the same names.
 """
 import hashlib
 import inspect
 import os
 import threading
+import time
 import types
 import warnings
 
 import numpy as np
 import numba
-from numba import njit, prange
+from numba import carray, njit, prange, types as nbtypes
+from numba.core import cgutils
+from numba.extending import intrinsic
 
-from . import _math
+from . import _math, threads
 
 SERIAL_BELOW = 1 << 14
+# 'timed', 'parallel' or 'serial': which loop runs at call sites of SERIAL_BELOW elements or more
+LOOPS = threads._loops_from_environment()
+# The multi-tensor loops split a bucket's elements into chunks of this many (whatever the array
+# boundaries) and share the chunks among the threads: equal work per thread, any tensor sizes.
+TABLE_CHUNK = 1 << 13
+# The grad-address helper takes grads in tuples of this many (padded): one compiled signature
+# per dtype, whatever the number of params.
+_ADDRESS_BATCH = 16
 
 # error_model="numpy": the default 'python' model adds division checks that block vectorization.
 _JIT_OPTIONS = dict(error_model="numpy", cache=True)
@@ -69,6 +83,105 @@ def _loop3(param, grad, s0, s1, s2, scalars):
 _LOOPS = (_loop0, _loop1, _loop2, _loop3)
 
 
+@intrinsic
+def _pointer(typingctx, address, like):
+    """The int ``address`` as a data pointer of the dtype of the array ``like``."""
+    pointer_type = nbtypes.CPointer(like.dtype)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(pointer_type))
+    return pointer_type(address, like), codegen
+
+
+# The multi-tensor loops: a bucket's params and grads are separate arrays, given by their data
+# addresses (``addresses[members[t]]`` for the bucket's t-th array); its state buffers are flat,
+# array t at ``starts[t]:starts[t + 1]``.  Chunk c covers the bucket's elements
+# [c * TABLE_CHUNK, (c + 1) * TABLE_CHUNK), which lie in arrays first[c] .. first[c + 1]; each
+# piece is looped over from index 0 through pointers to its first element (a loop from another
+# start keeps numba's negative-index checks and does not vectorize; pointers also spare the
+# reference counting of slices).  The callers keep every addressed array alive.
+
+def _table_loop0(param_addresses, grad_addresses, members, starts, first, scalars):
+    h = unpack(scalars)  # noqa: F821
+    total, item = starts[starts.size - 1], scalars.itemsize
+    for c in prange(first.size - 1):
+        lo = c * TABLE_CHUNK
+        hi = min(lo + TABLE_CHUNK, total)
+        for t in range(first[c], first[c + 1] + 1):
+            begin = max(lo, starts[t])
+            n = min(hi, starts[t + 1]) - begin
+            if n <= 0:
+                continue
+            skip = (begin - starts[t]) * item
+            param = carray(_pointer(param_addresses[members[t]] + skip, scalars), n)
+            grad = carray(_pointer(grad_addresses[members[t]] + skip, scalars), n)
+            for i in range(n):
+                apply_at(i, param, grad, h)  # noqa: F821
+
+
+def _table_loop1(param_addresses, grad_addresses, members, starts, first, s0, scalars):
+    h = unpack(scalars)  # noqa: F821
+    total, item = starts[starts.size - 1], scalars.itemsize
+    for c in prange(first.size - 1):
+        lo = c * TABLE_CHUNK
+        hi = min(lo + TABLE_CHUNK, total)
+        for t in range(first[c], first[c + 1] + 1):
+            begin = max(lo, starts[t])
+            n = min(hi, starts[t + 1]) - begin
+            if n <= 0:
+                continue
+            skip = (begin - starts[t]) * item
+            param = carray(_pointer(param_addresses[members[t]] + skip, scalars), n)
+            grad = carray(_pointer(grad_addresses[members[t]] + skip, scalars), n)
+            a = carray(_pointer(s0.ctypes.data + begin * item, scalars), n)
+            for i in range(n):
+                apply_at(i, param, grad, a, h)  # noqa: F821
+
+
+def _table_loop2(param_addresses, grad_addresses, members, starts, first, s0, s1, scalars):
+    h = unpack(scalars)  # noqa: F821
+    total, item = starts[starts.size - 1], scalars.itemsize
+    for c in prange(first.size - 1):
+        lo = c * TABLE_CHUNK
+        hi = min(lo + TABLE_CHUNK, total)
+        for t in range(first[c], first[c + 1] + 1):
+            begin = max(lo, starts[t])
+            n = min(hi, starts[t + 1]) - begin
+            if n <= 0:
+                continue
+            skip = (begin - starts[t]) * item
+            param = carray(_pointer(param_addresses[members[t]] + skip, scalars), n)
+            grad = carray(_pointer(grad_addresses[members[t]] + skip, scalars), n)
+            a = carray(_pointer(s0.ctypes.data + begin * item, scalars), n)
+            b = carray(_pointer(s1.ctypes.data + begin * item, scalars), n)
+            for i in range(n):
+                apply_at(i, param, grad, a, b, h)  # noqa: F821
+
+
+def _table_loop3(param_addresses, grad_addresses, members, starts, first, s0, s1, s2, scalars):
+    h = unpack(scalars)  # noqa: F821
+    total, item = starts[starts.size - 1], scalars.itemsize
+    for c in prange(first.size - 1):
+        lo = c * TABLE_CHUNK
+        hi = min(lo + TABLE_CHUNK, total)
+        for t in range(first[c], first[c + 1] + 1):
+            begin = max(lo, starts[t])
+            n = min(hi, starts[t + 1]) - begin
+            if n <= 0:
+                continue
+            skip = (begin - starts[t]) * item
+            param = carray(_pointer(param_addresses[members[t]] + skip, scalars), n)
+            grad = carray(_pointer(grad_addresses[members[t]] + skip, scalars), n)
+            a = carray(_pointer(s0.ctypes.data + begin * item, scalars), n)
+            b = carray(_pointer(s1.ctypes.data + begin * item, scalars), n)
+            d = carray(_pointer(s2.ctypes.data + begin * item, scalars), n)
+            for i in range(n):
+                apply_at(i, param, grad, a, b, d, h)  # noqa: F821
+
+
+_TABLE_LOOPS = (_table_loop0, _table_loop1, _table_loop2, _table_loop3)
+
+
 def _renamed(function, name, scope):
     """A copy of ``function`` under its own (qualified) name and globals: numba keys its on-disk
     cache by qualified name, so two dispatchers of one function would overwrite each other's
@@ -78,13 +191,14 @@ def _renamed(function, name, scope):
     return clone
 
 
-def _compile(name, parallel):
+def _compile(name, parallel, table=False):
     """The loop for ``name`` with its applier and unpacker bound, under a name of its own."""
     n_states, family = _math.KERNELS[name]
     scope = {**globals(), "apply_at": getattr(_math, name + "_at"),
              "unpack": getattr(_math, "unpack_" + family)}
-    kind = "parallel" if parallel else "serial"
-    loop = _renamed(_LOOPS[n_states], f"{name}_{kind}_{_RULES_VERSION}", scope)
+    kind = ("table_" if table else "") + ("parallel" if parallel else "serial")
+    loop = _renamed((_TABLE_LOOPS if table else _LOOPS)[n_states],
+                    f"{name}_{kind}_{_RULES_VERSION}", scope)
     return njit(parallel=parallel, nogil=parallel, **_JIT_OPTIONS)(loop)
 
 
@@ -132,8 +246,66 @@ def _run_parallel(parallel, serial, args):
         return parallel(*args)
 
 
+# How often a _Timed call site tries the loop it is not using: after 8 calls, then after twice as
+# many each time that loop loses again (at most 256), back to 8 when it wins.  Trying the slower
+# loop costs at most 1/8 of the difference at first and under 0.5% of it once settled.
+_RETRY_FIRST, _RETRY_MOST = 8, 256
+
+
+class _Timed:
+    """One call site of a kernel (a bucket's span or table, or one param): runs the parallel loop
+    or its serial twin, whichever has taken less time per call lately here (an average that
+    weighs the last calls most), and now and then the other one, to notice when that changes:
+    a busy process appearing or leaving, the user's BLAS threads, cache effects.  The first
+    call of each loop is not counted (it may compile or load the kernel)."""
+
+    __slots__ = ("parallel", "serial", "seconds", "calls", "countdown", "interval")
+
+    def __init__(self, parallel, serial):
+        self.parallel, self.serial = parallel, serial
+        self.seconds = [0.0, 0.0]  # recent seconds per call: [serial, parallel]
+        self.calls = [0, 0]
+        self.countdown = self.interval = _RETRY_FIRST
+
+    def __call__(self, *args):
+        if LOOPS != "timed" or _serial_only:
+            return _run_parallel(self.parallel, self.serial, args) if LOOPS != "serial" \
+                else self.serial(*args)
+        calls, seconds = self.calls, self.seconds
+        retrying = False
+        if calls[0] < 2:  # warm up: parallel, serial, parallel, serial (both compile first)
+            use = 1 if calls[1] == calls[0] else 0
+        else:
+            use = 1 if seconds[1] <= seconds[0] else 0
+            self.countdown -= 1
+            if self.countdown <= 0:
+                use, retrying = 1 - use, True
+        if use:
+            with _PARALLEL_LOCK:
+                start = time.perf_counter()
+                self.parallel(*args)
+                elapsed = time.perf_counter() - start
+        else:
+            start = time.perf_counter()
+            self.serial(*args)
+            elapsed = time.perf_counter() - start
+        calls[use] += 1
+        if calls[use] == 2:
+            seconds[use] = elapsed
+        elif calls[use] > 2:
+            seconds[use] += (elapsed - seconds[use]) * (0.5 if retrying else 0.25)
+        if retrying:
+            won = seconds[use] < seconds[1 - use]
+            self.interval = _RETRY_FIRST if won else min(2 * self.interval, _RETRY_MOST)
+            self.countdown = self.interval
+
+    def choice(self):
+        """'parallel' or 'serial': the loop this call site would run next (for tests, bench)."""
+        return "parallel" if self.seconds[1] <= self.seconds[0] else "serial"
+
+
 class Kernel:
-    """A prange loop and its serial twin; calling it picks one by the length of the param.
+    """A prange loop and its serial twin, over one span and over a table of arrays.
     Called as ``kernel(param, grad, states, scalars)``: ``states`` a tuple of 1-D arrays,
     ``scalars`` a 1-D array of the param dtype in the field order of ``_math.SCALARS[family]``."""
 
@@ -141,19 +313,24 @@ class Kernel:
         self.__name__ = name
         self.parallel = _compile(name, parallel=True)
         self.serial = _compile(name, parallel=False)
+        self.table_parallel = _compile(name, parallel=True, table=True)
+        self.table_serial = _compile(name, parallel=False, table=True)
 
     def __call__(self, param, grad, states, scalars):
         self.bind(param.size)(param, grad, *states, scalars)
 
     def bind(self, size):
-        """The loop for arrays of this size, called as ``loop(param, grad, *states, scalars)``."""
-        return self._parallel_one_at_a_time if size >= SERIAL_BELOW else self.serial
+        """A call site for spans of this many elements: ``call(param, grad, *states, scalars)``."""
+        return _Timed(self.parallel, self.serial) if size >= SERIAL_BELOW else self.serial
 
-    def _parallel_one_at_a_time(self, *args):
-        return _run_parallel(self.parallel, self.serial, args)
+    def bind_table(self, size):
+        """A call site for a table of arrays of this many elements in all: ``call(
+        param_addresses, grad_addresses, members, starts, first, *states, scalars)``."""
+        return (_Timed(self.table_parallel, self.table_serial) if size >= SERIAL_BELOW
+                else self.table_serial)
 
     def dispatchers(self):
-        return (self.parallel, self.serial)
+        return (self.parallel, self.serial, self.table_parallel, self.table_serial)
 
 
 KERNELS = tuple(Kernel(name) for name in _math.KERNELS)
@@ -179,6 +356,75 @@ def sum_squares(flat_array):
     if flat_array.size >= SERIAL_BELOW:
         return _run_parallel(_sum_squares_parallel, _sum_squares_serial, (flat_array,))
     return _sum_squares_serial(flat_array)
+
+
+# --------------------------------------------------------------------- multi-tensor tables
+MULTI_TENSOR = True  # optim.base steps a bucket of separate arrays in one table call
+
+
+def table_layout(sizes):
+    """(starts, first) of a multi-tensor loop over arrays of these sizes, in order: where each
+    array starts in the bucket's elements (and where the last ends), and the array each chunk of
+    TABLE_CHUNK elements starts in, then the last array."""
+    starts = np.zeros(len(sizes) + 1, np.int64)
+    np.cumsum(sizes, out=starts[1:])
+    chunk_starts = np.arange(0, starts[-1], TABLE_CHUNK, dtype=np.int64)
+    first = np.empty(len(chunk_starts) + 1, np.int64)
+    first[:-1] = np.searchsorted(starts, chunk_starts, side="right") - 1
+    first[-1] = len(sizes) - 1
+    return starts, first
+
+
+def addresses(arrays):
+    """The data addresses of arrays (NumPy), as an int64 array."""
+    return np.array([a.__array_interface__["data"][0] for a in arrays], dtype=np.int64)
+
+
+def param_spans(params):
+    """The byte spans of the non-empty params, sorted by start (they never overlap, so the ends
+    are sorted too): (starts, ends, param indices), for ``grad_addresses``' aliasing check."""
+    spans = sorted((a, a + p.nbytes, i) for i, (a, p) in enumerate(zip(addresses(params), params))
+                   if p.nbytes)
+    return tuple(np.array([span[k] for span in spans], dtype=np.int64) for k in range(3))
+
+
+@njit(**_JIT_OPTIONS)
+def _grad_addresses(grads, count, indices, out, nbytes, span_starts, span_ends, span_indices):
+    for j in range(count):
+        k = indices[j]
+        start = grads[j].ctypes.data
+        out[k] = start
+        # the params that start before this grad ends, back while they end after it starts
+        p = np.searchsorted(span_starts, start + nbytes[k]) - 1
+        while p >= 0 and span_ends[p] > start:
+            if not (span_indices[p] == k and span_starts[p] == start):
+                return k, span_indices[p]
+            p -= 1
+    return -1, -1
+
+
+def grad_addresses(flat_grads, out, nbytes, spans, dtype_groups):
+    """Write the data address of each grad (1-D, writeable) into ``out``, checking that no grad
+    shares memory with a param other than being exactly its own.  Returns None, or (grad index,
+    param index) of the first grad that does (``out`` may be partly written then).  The grads
+    go to numba in padded tuples of one dtype and a fixed length (``dtype_groups``: the param
+    indices of each dtype, as int64 arrays), so one compiled signature per dtype serves any
+    number of params."""
+    width = _ADDRESS_BATCH
+    single = len(dtype_groups) == 1
+    for indices in dtype_groups:
+        pad = np.empty(0, flat_grads[indices[0]].dtype)
+        for first in range(0, len(indices), width):
+            batch = (flat_grads[first:first + width] if single
+                     else [flat_grads[i] for i in indices[first:first + width]])
+            count = len(batch)
+            if count < width:
+                batch = batch + [pad] * (width - count)
+            k, i = _grad_addresses(tuple(batch), count, indices[first:first + width], out,
+                                   nbytes, *spans)
+            if k >= 0:
+                return k, i
+    return None
 
 
 def scalars_argument(values, dtype):

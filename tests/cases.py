@@ -79,16 +79,20 @@ def optimizer(name, params, **kwargs):
 
 def count_kernel_calls(monkeypatch, kernel_class):
     """Record (kernel name, size) for every call of a backend's kernels (``_cpu.Kernel`` or
-    ``_cuda.Launcher``) bound from now on."""
+    ``_cuda.Launcher``) bound from now on: span calls and multi-tensor table calls alike (the
+    size of a table call is its total number of elements)."""
     calls = []
-    original = kernel_class.bind
 
-    def counting_bind(self, size):
-        call = original(self, size)
+    def counting(original):
+        def bind(self, size):
+            call = original(self, size)
 
-        def counted(*args):
-            calls.append((self.__name__, size))
-            return call(*args)
-        return counted
-    monkeypatch.setattr(kernel_class, "bind", counting_bind)
+            def counted(*args):
+                calls.append((self.__name__, size))
+                return call(*args)
+            return counted
+        return bind
+    for method in ("bind", "bind_table"):
+        if hasattr(kernel_class, method):
+            monkeypatch.setattr(kernel_class, method, counting(getattr(kernel_class, method)))
     return calls

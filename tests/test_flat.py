@@ -53,8 +53,8 @@ def test_flat_step_is_one_call_and_equals_the_per_tensor_step(case, kernel_calls
         flat_opt.step(flat.grads)
         assert len(kernel_calls) == 1 and kernel_calls[0][1] == flat.data.size
         del kernel_calls[:]
-        per_tensor.step(grads)
-        assert len(kernel_calls) == len(SHAPES)
+        per_tensor.step(grads)  # separate arrays: one multi-tensor call
+        assert len(kernel_calls) == 1 and kernel_calls[0][1] == flat.data.size
     for a, b in zip(flat.params, scattered):
         np.testing.assert_array_equal(a, b)  # the same per-element arithmetic, bit for bit
     for i in range(len(SHAPES)):
@@ -72,11 +72,11 @@ def test_state_views_share_the_flat_buffers():
         assert view.shape == shape and np.shares_memory(view, buffer)
 
 
-def test_new_grad_arrays_each_step_fall_back_to_per_tensor_calls(kernel_calls):
+def test_new_grad_arrays_each_step_are_one_table_call(kernel_calls):
     flat = nopt.FlatParams(make_params(np.float32, shapes=SHAPES))
     opt = nopt.SGD(flat, lr=0.1, momentum=0.9)
-    opt.step(make_grads(flat.params, 1))  # separate arrays: not one span
-    assert len(kernel_calls) == len(SHAPES)
+    opt.step(make_grads(flat.params, 1))  # separate arrays: not one span, one table
+    assert kernel_calls == [("sgd_momentum", flat.data.size)]
     del kernel_calls[:]
     opt.step(flat.grads)
     assert len(kernel_calls) == 1

@@ -107,3 +107,49 @@ def test_a_forked_child_can_step_after_the_parent_ran_parallel_kernels(tmp_path)
     if "layer omp" in result.stdout:
         assert "warned True" in result.stdout
 
+
+
+OPENMP_SCRIPT = textwrap.dedent("""
+    import os, subprocess, sys
+    import numpy as np
+    import numba_opt as nopt
+    p = np.zeros(100_000, np.float32)
+    opt = nopt.Adam([p])
+    for _ in range(3):
+        opt.step([np.ones_like(p)])
+    info = nopt.threads.info()
+    child = subprocess.run([sys.executable, "-c",
+                            "import os; print(os.environ.get('OMP_WAIT_POLICY'))"],
+                           capture_output=True, text=True).stdout.strip()
+    print("layer", info["threading_layer"])
+    print("openmp", info["openmp"])
+    print("here", os.environ.get("OMP_WAIT_POLICY"), "child", child)
+""")
+
+
+def run_openmp_script(**env_changes):
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY",
+                                                             "GOMP_SPINCOUNT", "KMP_BLOCKTIME")}
+    env.update(env_changes, OMP_DISPLAY_ENV="TRUE")  # libgomp prints its settings as it loads
+    result = subprocess.run([sys.executable, "-c", OPENMP_SCRIPT], env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    if "layer omp" not in result.stdout:
+        pytest.skip("numba does not use OpenMP here")
+    return result
+
+
+def test_numba_openmp_pool_sleeps_and_the_environment_is_left_as_it_was():
+    result = run_openmp_script()
+    assert "openmp OMP_WAIT_POLICY=PASSIVE for numba's OpenMP pool" in result.stdout
+    if "OPENMP DISPLAY ENVIRONMENT" in result.stderr:  # GNU OpenMP: check what it read
+        assert "OMP_WAIT_POLICY = 'PASSIVE'" in result.stderr
+    assert "here None child None" in result.stdout  # nothing else sees the variable
+
+
+def test_a_wait_policy_the_user_set_is_left_alone():
+    result = run_openmp_script(OMP_WAIT_POLICY="active")
+    assert "openmp left to you: OMP_WAIT_POLICY=active" in result.stdout
+    if "OPENMP DISPLAY ENVIRONMENT" in result.stderr:
+        assert "OMP_WAIT_POLICY = 'ACTIVE'" in result.stderr
+    assert "here active child active" in result.stdout

@@ -24,7 +24,6 @@ How a step runs (the fast path is what makes small steps cheap and big models on
 - A ``None`` grad skips its param, whose step count then differs from the others': that bucket
   goes on param by param, with per-param step counts, as torch does.
 """
-import bisect
 import itertools
 import math
 import operator
@@ -34,6 +33,7 @@ import numpy as np
 
 from .. import _math, _validation as check, dispatch
 from ..flat import FlatParams
+from ._grads import Intake
 
 STATE_DICT_FORMAT = 1
 _NO_CLIPPING = (1.0, math.inf)  # the grad_scale and clip_value fields of the scalars, when off
@@ -53,6 +53,10 @@ class _Bucket:
         self.size = ends[-1]
         self.dtype = np.dtype(params[0].dtype)
         self.param_span = backend.span(params)  # None unless the params lie back to back
+        # a multi-tensor table over the bucket's arrays, where the backend has such loops
+        self.table = None if not getattr(backend, "MULTI_TENSOR", False) else (
+            np.array(indices, dtype=np.int64),
+            *backend.table_layout([stop - start for start, stop in self.bounds]))
         self.reset()
 
     def reset(self):
@@ -66,7 +70,8 @@ class _Bucket:
         # the last scalars argument, and the fresh-state names and clipping it was made for
         self.scalars = self.scalars_fresh = self.grad_fields = None
         self.layout = None  # the (kernel, state names) of the cached calls below
-        self.span_call = self.span_states = None  # the whole bucket as one kernel call
+        # the whole bucket as one kernel call: over its span, or over its table
+        self.span_call = self.span_states = self.table_call = None
         self.param_calls = None  # [(kernel call, its state tuple)] per param
 
     def history(self, j):
@@ -78,6 +83,8 @@ class _Bucket:
     def use_layout(self, kernel, names):
         """Bind the kernel calls and their state tuples (the buffers must exist)."""
         self.span_call = kernel.bind(self.size)
+        if self.table is not None:
+            self.table_call = kernel.bind_table(self.size)
         self.span_states = tuple(self.buffers[n] for n in names)
         self.param_calls = [(kernel.bind(p.size), tuple(self.views[n][j] for n in names))
                             for j, p in enumerate(self.flat_params)]
@@ -130,8 +137,9 @@ class Optimizer:
                 self._buckets.append(bucket)
         # per group: (hyper-parameters, kernel, state names, the group's values when checked)
         self._group_cache = [None] * len(self.param_groups)
+        self._intake = Intake(params_flat, self._labels, self._buckets, self._backend,
+                              self.device)
         self._seen_grads = None  # the last step's grads, validated, and what each bucket needs
-        self._param_spans = self._param_starts = None  # for the grad aliasing check
         self._step_indices = None
         self.step_count = 0
         self._scheduler_initial_lrs = None  # set by the first lr scheduler (lr_scheduler.py)
@@ -164,7 +172,7 @@ class Optimizer:
         seen = self._seen_grads
         if seen is None or len(seen[0]) != len(grads) or not all(
                 map(operator.is_, grads, seen[0])):
-            seen = self._adopt_grads(grads)
+            seen = self._intake.adopt(grads)
         # a group changed if an entry is a new object (tuple == compares by identity first)
         stale = [gi for gi, (group, cached) in enumerate(zip(self.param_groups,
                                                              self._group_cache))
@@ -190,7 +198,7 @@ class Optimizer:
             self._refresh_group(gi)
         for bucket, (bucket_grads, presence, grad_span) in zip(self._buckets, seen[1]):
             if presence == "all" and bucket.per_param is None:
-                self._step_bucket(bucket, bucket_grads, grad_span)
+                self._step_bucket(bucket, bucket_grads, grad_span, seen[2])
             elif presence != "none":  # some grads are None, now or in an earlier step
                 self._step_params(bucket, bucket_grads)
         self.step_count += 1
@@ -214,9 +222,10 @@ class Optimizer:
                 return "grad for " + label
         return "a grad"
 
-    def _step_bucket(self, bucket, grads, grad_span):
+    def _step_bucket(self, bucket, grads, grad_span, grad_addresses):
         """One step of a bucket whose params all step together.  ``grads``: their flat views;
-        ``grad_span``: the same as one span, or None."""
+        ``grad_span``: the same as one span, or None; ``grad_addresses``: every grad's address
+        (for the multi-tensor table), or None."""
         hyper, kernel, names, _ = self._group_cache[bucket.group_index]
         if bucket.layout != (kernel, names):
             self._use_layout(bucket, hyper, kernel, names)
@@ -239,6 +248,9 @@ class Optimizer:
         bucket.scalars, bucket.scalars_fresh, bucket.grad_fields = scalars, fresh, grad_fields
         if grad_span is not None:  # params and grads each one span: one call
             bucket.span_call(bucket.param_span, grad_span, *bucket.span_states, scalars)
+        elif bucket.table_call is not None:  # separate arrays: one multi-tensor call
+            bucket.table_call(self._intake.param_addresses, grad_addresses, *bucket.table,
+                              *bucket.span_states, scalars)
         else:
             for param, grad, (call, states) in zip(bucket.flat_params, grads, bucket.param_calls):
                 call(param, grad, *states, scalars)
@@ -302,52 +314,6 @@ class Optimizer:
         if len(grads) != len(self._params):
             raise ValueError(f"got {len(grads)} grads for {len(self._params)} params")
         return grads
-
-    def _adopt_grads(self, grads):
-        """Validate new grads against their params; return them with, per bucket, what
-        ``_step_bucket`` takes: (flat grads, presence, grad span)."""
-        for grad, param, label in zip(grads, self._params, self._labels):
-            if grad is None:
-                continue
-            name = "grad for " + label
-            check.check_like(grad, param, name, label)
-            where = dispatch.location(grad)
-            if where != self.device:
-                raise TypeError(f"{name} lives on {where} but {label} lives on {self.device}; "
-                                "numba_opt never copies between host and device")
-        self._reject_grads_in_params(grads)
-        flat = self._backend.flat
-        per_bucket = []
-        for bucket in self._buckets:
-            mine = [grads[i] for i in bucket.indices]
-            count = sum(g is not None for g in mine)
-            presence = "all" if count == len(mine) else "some" if count else "none"
-            joined = presence == "all" and bucket.param_span is not None
-            per_bucket.append(([None if g is None else flat(g) for g in mine], presence,
-                               self._backend.span(mine) if joined else None))
-        return tuple(grads), per_bucket
-
-    def _reject_grads_in_params(self, grads):
-        """A grad must not share memory with a param (other than being exactly its own): the
-        kernels would read values they have already updated, in an order that varies."""
-        if self._param_spans is None:
-            # (start, end, index) of every non-empty param by start; params never overlap, so
-            # their ends increase too
-            spans = ((*check.data_span(p), i) for i, p in enumerate(self._params))
-            self._param_spans = sorted(span for span in spans if span[1] > span[0])
-            self._param_starts = [span[0] for span in self._param_spans]
-        for k, grad in enumerate(grads):
-            if grad is None:
-                continue
-            start, end = check.data_span(grad)
-            # the params that start before this grad ends, back while they end after it starts
-            j = bisect.bisect_left(self._param_starts, end) - 1
-            while j >= 0 and self._param_spans[j][1] > start:
-                p_start, p_end, i = self._param_spans[j]
-                if not (i == k and (p_start, p_end) == (start, end)):
-                    raise ValueError(f"grad for {self._labels[k]} shares memory with "
-                                     f"{self._labels[i]}; pass grads in their own arrays")
-                j -= 1
 
     def _refresh_group(self, gi):
         group = self.param_groups[gi]
