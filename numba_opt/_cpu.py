@@ -358,6 +358,43 @@ def sum_squares(flat_array):
     return _sum_squares_serial(flat_array)
 
 
+def _table_sum_squares(grad_addresses, members, starts, first, like):
+    total = 0.0  # float64 whatever the arrays' dtype
+    end, item = starts[starts.size - 1], like.itemsize
+    for c in prange(first.size - 1):
+        lo = c * TABLE_CHUNK
+        hi = min(lo + TABLE_CHUNK, end)
+        part = 0.0
+        for t in range(first[c], first[c + 1] + 1):
+            begin = max(lo, starts[t])
+            n = min(hi, starts[t + 1]) - begin
+            if n <= 0:
+                continue
+            skip = (begin - starts[t]) * item
+            grad = carray(_pointer(grad_addresses[members[t]] + skip, like), n)
+            for i in range(n):
+                value = np.float64(grad[i])
+                part += value * value
+        total += part
+    return total
+
+
+_table_sum_squares_serial = njit(fastmath=_REDUCTION_FASTMATH, **_JIT_OPTIONS)(
+    _renamed(_table_sum_squares, "_table_sum_squares_serial", globals()))
+_table_sum_squares_parallel = njit(parallel=True, nogil=True, fastmath=_REDUCTION_FASTMATH,
+                                   **_JIT_OPTIONS)(_table_sum_squares)
+
+
+def table_sum_squares(grad_addresses, table, like):
+    """``sum_squares`` over a bucket's separate grads (``table``: its members, starts and
+    first, as the multi-tensor loops take them; ``like``: an array of the grads' dtype).  The
+    loop is chosen by size alone, so the same grads always give the same sum, bit for bit."""
+    args = (grad_addresses, *table, like)
+    if table[1][-1] >= SERIAL_BELOW:
+        return _run_parallel(_table_sum_squares_parallel, _table_sum_squares_serial, args)
+    return _table_sum_squares_serial(*args)
+
+
 # --------------------------------------------------------------------- multi-tensor tables
 MULTI_TENSOR = True  # optim.base steps a bucket of separate arrays in one table call
 

@@ -108,3 +108,18 @@ def test_a_grad_sharing_memory_is_named_in_any_batch_and_nothing_changes():
     twin.step(fresh(good))
     for a, b in zip(params, twin_params):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("sizes", [[3, 0, 7, 1], [40_000, 5, 9_000, 0, 20_000]],
+                         ids=["serial", "parallel"])
+def test_the_clipping_norm_of_a_grad_list_is_one_table_pass(sizes):
+    """Global-norm clipping over separate grads reads them in one multi-tensor pass: the norm
+    equals a float64 NumPy norm, and the same grads always give the same bits."""
+    rng = np.random.default_rng(7)
+    params = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    grads = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    expected = np.sqrt(sum(np.sum(g.astype(np.float64) ** 2) for g in grads))
+    opt = nopt.SGD(params, lr=0.0)
+    norms = [opt.step(fresh(grads), max_grad_norm=1.0) for _ in range(3)]
+    np.testing.assert_allclose(norms[0], expected, rtol=1e-12)
+    assert norms[0] == norms[1] == norms[2]

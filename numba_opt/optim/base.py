@@ -207,9 +207,12 @@ class Optimizer:
     def _grad_norm(self, seen):
         """The global L2 norm of all grads (float64 accumulation, one read pass)."""
         total = 0.0
-        for bucket_grads, presence, grad_span in seen[1]:
+        for bucket, (bucket_grads, presence, grad_span) in zip(self._buckets, seen[1]):
             if grad_span is not None:
                 total += self._backend.sum_squares(grad_span)
+            elif presence == "all" and bucket.table is not None:  # one pass over the table
+                total += self._backend.table_sum_squares(seen[2], bucket.table,
+                                                         bucket.flat_params[0])
             else:
                 total += sum(self._backend.sum_squares(g) for g in bucket_grads if g is not None)
         return math.sqrt(total)
