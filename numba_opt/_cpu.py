@@ -93,93 +93,62 @@ def _pointer(typingctx, address, like):
     return pointer_type(address, like), codegen
 
 
-# The multi-tensor loops: a bucket's params and grads are separate arrays, given by their data
+# The multi-tensor loop: a bucket's params and grads are separate arrays, given by their data
 # addresses (``addresses[members[t]]`` for the bucket's t-th array); its state buffers are flat,
 # array t at ``starts[t]:starts[t + 1]``.  Chunk c covers the bucket's elements
 # [c * TABLE_CHUNK, (c + 1) * TABLE_CHUNK), which lie in arrays first[c] .. first[c + 1]; each
 # piece is looped over from index 0 through pointers to its first element (a loop from another
 # start keeps numba's negative-index checks and does not vectorize; pointers also spare the
 # reference counting of slices).  The callers keep every addressed array alive.
+#
+# One loop serves every rule: it always takes three state buffers and calls ``apply_with3``,
+# which passes the rule as many as it has (``_with0`` .. ``_with3``, bound per kernel); a rule
+# with fewer states gets empty stand-in arrays, whose pointers are made but never read.
 
-def _table_loop0(param_addresses, grad_addresses, members, starts, first, scalars):
+@njit(inline="always")
+def _piece(c, t, starts, item):
+    """The part of array t in chunk c: its first element in the bucket, its length (<= 0: none)
+    and its byte offset into array t."""
+    lo = c * TABLE_CHUNK
+    begin = max(lo, starts[t])
+    n = min(lo + TABLE_CHUNK, starts[t + 1]) - begin
+    return begin, n, (begin - starts[t]) * item
+
+
+def _table_loop(param_addresses, grad_addresses, members, starts, first, s0, s1, s2, scalars):
     h = unpack(scalars)  # noqa: F821
-    total, item = starts[starts.size - 1], scalars.itemsize
+    item = scalars.itemsize
     for c in prange(first.size - 1):
-        lo = c * TABLE_CHUNK
-        hi = min(lo + TABLE_CHUNK, total)
         for t in range(first[c], first[c + 1] + 1):
-            begin = max(lo, starts[t])
-            n = min(hi, starts[t + 1]) - begin
+            begin, n, skip = _piece(c, t, starts, item)
             if n <= 0:
                 continue
-            skip = (begin - starts[t]) * item
-            param = carray(_pointer(param_addresses[members[t]] + skip, scalars), n)
-            grad = carray(_pointer(grad_addresses[members[t]] + skip, scalars), n)
-            for i in range(n):
-                apply_at(i, param, grad, h)  # noqa: F821
-
-
-def _table_loop1(param_addresses, grad_addresses, members, starts, first, s0, scalars):
-    h = unpack(scalars)  # noqa: F821
-    total, item = starts[starts.size - 1], scalars.itemsize
-    for c in prange(first.size - 1):
-        lo = c * TABLE_CHUNK
-        hi = min(lo + TABLE_CHUNK, total)
-        for t in range(first[c], first[c + 1] + 1):
-            begin = max(lo, starts[t])
-            n = min(hi, starts[t + 1]) - begin
-            if n <= 0:
-                continue
-            skip = (begin - starts[t]) * item
-            param = carray(_pointer(param_addresses[members[t]] + skip, scalars), n)
-            grad = carray(_pointer(grad_addresses[members[t]] + skip, scalars), n)
-            a = carray(_pointer(s0.ctypes.data + begin * item, scalars), n)
-            for i in range(n):
-                apply_at(i, param, grad, a, h)  # noqa: F821
-
-
-def _table_loop2(param_addresses, grad_addresses, members, starts, first, s0, s1, scalars):
-    h = unpack(scalars)  # noqa: F821
-    total, item = starts[starts.size - 1], scalars.itemsize
-    for c in prange(first.size - 1):
-        lo = c * TABLE_CHUNK
-        hi = min(lo + TABLE_CHUNK, total)
-        for t in range(first[c], first[c + 1] + 1):
-            begin = max(lo, starts[t])
-            n = min(hi, starts[t + 1]) - begin
-            if n <= 0:
-                continue
-            skip = (begin - starts[t]) * item
-            param = carray(_pointer(param_addresses[members[t]] + skip, scalars), n)
-            grad = carray(_pointer(grad_addresses[members[t]] + skip, scalars), n)
-            a = carray(_pointer(s0.ctypes.data + begin * item, scalars), n)
-            b = carray(_pointer(s1.ctypes.data + begin * item, scalars), n)
-            for i in range(n):
-                apply_at(i, param, grad, a, b, h)  # noqa: F821
-
-
-def _table_loop3(param_addresses, grad_addresses, members, starts, first, s0, s1, s2, scalars):
-    h = unpack(scalars)  # noqa: F821
-    total, item = starts[starts.size - 1], scalars.itemsize
-    for c in prange(first.size - 1):
-        lo = c * TABLE_CHUNK
-        hi = min(lo + TABLE_CHUNK, total)
-        for t in range(first[c], first[c + 1] + 1):
-            begin = max(lo, starts[t])
-            n = min(hi, starts[t + 1]) - begin
-            if n <= 0:
-                continue
-            skip = (begin - starts[t]) * item
             param = carray(_pointer(param_addresses[members[t]] + skip, scalars), n)
             grad = carray(_pointer(grad_addresses[members[t]] + skip, scalars), n)
             a = carray(_pointer(s0.ctypes.data + begin * item, scalars), n)
             b = carray(_pointer(s1.ctypes.data + begin * item, scalars), n)
             d = carray(_pointer(s2.ctypes.data + begin * item, scalars), n)
             for i in range(n):
-                apply_at(i, param, grad, a, b, d, h)  # noqa: F821
+                apply_with3(i, param, grad, a, b, d, h)  # noqa: F821
 
 
-_TABLE_LOOPS = (_table_loop0, _table_loop1, _table_loop2, _table_loop3)
+def _with0(i, param, grad, a, b, d, h):
+    apply_at(i, param, grad, h)  # noqa: F821
+
+
+def _with1(i, param, grad, a, b, d, h):
+    apply_at(i, param, grad, a, h)  # noqa: F821
+
+
+def _with2(i, param, grad, a, b, d, h):
+    apply_at(i, param, grad, a, b, h)  # noqa: F821
+
+
+def _with3(i, param, grad, a, b, d, h):
+    apply_at(i, param, grad, a, b, d, h)  # noqa: F821
+
+
+_WITH = (_with0, _with1, _with2, _with3)
 
 
 def _renamed(function, name, scope):
@@ -197,7 +166,10 @@ def _compile(name, parallel, table=False):
     scope = {**globals(), "apply_at": getattr(_math, name + "_at"),
              "unpack": getattr(_math, "unpack_" + family)}
     kind = ("table_" if table else "") + ("parallel" if parallel else "serial")
-    loop = _renamed((_TABLE_LOOPS if table else _LOOPS)[n_states],
+    if table:
+        scope["apply_with3"] = njit(inline="always", error_model="numpy")(
+            _renamed(_WITH[n_states], f"{name}_with3_{_RULES_VERSION}", scope))
+    loop = _renamed(_table_loop if table else _LOOPS[n_states],
                     f"{name}_{kind}_{_RULES_VERSION}", scope)
     return njit(parallel=parallel, nogil=parallel, **_JIT_OPTIONS)(loop)
 
@@ -360,17 +332,13 @@ def sum_squares(flat_array):
 
 def _table_sum_squares(grad_addresses, members, starts, first, like):
     total = 0.0  # float64 whatever the arrays' dtype
-    end, item = starts[starts.size - 1], like.itemsize
+    item = like.itemsize
     for c in prange(first.size - 1):
-        lo = c * TABLE_CHUNK
-        hi = min(lo + TABLE_CHUNK, end)
         part = 0.0
         for t in range(first[c], first[c + 1] + 1):
-            begin = max(lo, starts[t])
-            n = min(hi, starts[t + 1]) - begin
+            _, n, skip = _piece(c, t, starts, item)
             if n <= 0:
                 continue
-            skip = (begin - starts[t]) * item
             grad = carray(_pointer(grad_addresses[members[t]] + skip, like), n)
             for i in range(n):
                 value = np.float64(grad[i])
@@ -397,6 +365,12 @@ def table_sum_squares(grad_addresses, table, like):
 
 # --------------------------------------------------------------------- multi-tensor tables
 MULTI_TENSOR = True  # optim.base steps a bucket of separate arrays in one table call
+
+
+def table_states(states, dtype):
+    """A kernel's state buffers as the multi-tensor loop takes them: three, the missing ones
+    empty stand-ins (see _table_loop)."""
+    return tuple(states) + tuple(np.empty(0, dtype) for _ in range(3 - len(states)))
 
 
 def table_layout(sizes):

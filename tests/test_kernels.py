@@ -56,7 +56,7 @@ def test_table_loops_equal_the_span_loop_bit_for_bit(case, dtype):
         copies = [p.copy() for p in params]
         state_copies = [s.copy() for s in states]
         loop(_cpu.addresses(copies)[::-1].copy(), _cpu.addresses(grads)[::-1].copy(), members,
-             *_cpu.table_layout(TABLE_SIZES), *state_copies, h)
+             *_cpu.table_layout(TABLE_SIZES), *_cpu.table_states(state_copies, dtype), h)
         np.testing.assert_array_equal(np.concatenate(copies), expected[0])
         for a, b in zip(state_copies, expected[1:]):
             np.testing.assert_array_equal(a, b)

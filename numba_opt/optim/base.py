@@ -45,6 +45,7 @@ class _Bucket:
     def __init__(self, group_index, indices, params, backend, host_state):
         self.group_index = group_index
         self.host_state = host_state
+        self.backend = backend
         self.indices = indices
         self.params = params
         self.flat_params = [backend.flat(p) for p in params]
@@ -71,7 +72,7 @@ class _Bucket:
         self.scalars = self.scalars_fresh = self.grad_fields = None
         self.layout = None  # the (kernel, state names) of the cached calls below
         # the whole bucket as one kernel call: over its span, or over its table
-        self.span_call = self.span_states = self.table_call = None
+        self.span_call = self.span_states = self.table_call = self.table_states = None
         self.param_calls = None  # [(kernel call, its state tuple)] per param
 
     def history(self, j):
@@ -83,9 +84,10 @@ class _Bucket:
     def use_layout(self, kernel, names):
         """Bind the kernel calls and their state tuples (the buffers must exist)."""
         self.span_call = kernel.bind(self.size)
+        self.span_states = tuple(self.buffers[n] for n in names)
         if self.table is not None:
             self.table_call = kernel.bind_table(self.size)
-        self.span_states = tuple(self.buffers[n] for n in names)
+            self.table_states = self.backend.table_states(self.span_states, self.dtype)
         self.param_calls = [(kernel.bind(p.size), tuple(self.views[n][j] for n in names))
                             for j, p in enumerate(self.flat_params)]
         self.layout = (kernel, names)
@@ -253,7 +255,7 @@ class Optimizer:
             bucket.span_call(bucket.param_span, grad_span, *bucket.span_states, scalars)
         elif bucket.table_call is not None:  # separate arrays: one multi-tensor call
             bucket.table_call(self._intake.param_addresses, grad_addresses, *bucket.table,
-                              *bucket.span_states, scalars)
+                              *bucket.table_states, scalars)
         else:
             for param, grad, (call, states) in zip(bucket.flat_params, grads, bucket.param_calls):
                 call(param, grad, *states, scalars)
