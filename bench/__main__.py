@@ -1,17 +1,21 @@
 """The numba_opt benchmark suite (pyperf).  Every peer of a case is measured in the same run.
 
-    python -m bench [--quick] [--suite size|model|optimizer|all] [--out DIR] [pyperf options]
+    python -m bench [--quick] [--suite size|model|optimizer|clipping|all] [--out DIR] [pyperf opts]
+    python -m bench --suite training-loop [--quick] [--out DIR] [pyperf opts]
 
 Suites:
 - size:      Adam, float32, one tensor of n = 1e3 ... 3e7 elements;
 - model:     Adam, float32, model-shaped lists (an MLP; transformer-like lists of 146 tensors);
 - optimizer: every optimizer, float32 and float64, one tensor of 1e6 elements;
-- clipping:  Adam float32 with global-norm clipping, fused into the step vs clip-then-step.
+- clipping:  Adam float32 with global-norm clipping, fused into the step vs clip-then-step;
+- training-loop (not in 'all': about 10 minutes): Adam inside a NumPy training loop with fresh
+  grads each step, idle and with a busy core; its own runner, see bench/training_loop.py.
 Peers: the 4-read/3-write memory roof, numba_opt (serial, parallel; list and FlatParams),
 torch.optim (for-loop, foreach, fused) when torch is installed, NumPy as people write it and
 NumPy with out=; on a machine with a CUDA GPU also numba_opt CUDA, torch fused CUDA and a
 device roof.  Writes results.json, results.md and throughput.png under --out (bench/results).
 """
+import argparse
 import os
 import sys
 import time
@@ -164,10 +168,16 @@ def forward_options(command, args):
 
 
 def main():
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--suite")
+    if pre.parse_known_args()[0].suite == "training-loop":  # a runner of its own (one a process)
+        from bench import training_loop
+        return training_loop.main()
     runner = pyperf.Runner(processes=1, values=3, warmups=1, min_time=0.05,
                            add_cmdline_args=forward_options)
     runner.argparser.add_argument("--suite",
-                                  choices=["size", "model", "optimizer", "clipping", "all"],
+                                  choices=["size", "model", "optimizer", "clipping", "all",
+                                           "training-loop"],
                                   default="all")
     runner.argparser.add_argument("--quick", action="store_true",
                                   help="fewer sizes and models (a few minutes)")

@@ -1,5 +1,7 @@
 """The benchmark suite's own code: every peer computes a real optimizer step (the NumPy and
 torch peers compute the same Adam as numba_opt), and the report's ratios are right."""
+import time
+
 import numpy as np
 import pytest
 
@@ -104,3 +106,130 @@ def test_gpu_peers_run_under_the_simulator():
     for setup in (peers.numba_opt_cuda, peers.cuda_roof):
         step = setup([6, 3], np.dtype(np.float32))
         step()
+
+
+# ----------------------------------------------------------------------- training-loop suite
+from bench import training_loop as tl  # noqa: E402
+
+
+def tiny_models(dtype=np.float32):
+    return {"mlp": tl.MLP(layers=(6, 9, 7, 4), batch=5, dtype=dtype),
+            "transformer": tl.Transformer(blocks=2, d_model=4, tokens=6, dtype=dtype)}
+
+
+def training_contenders():
+    return [c for c in tl.CONTENDERS if c != "torch fused" or tl._torch_installed()]
+
+
+def test_training_loop_models_have_the_stated_shapes():
+    mlp = tl.MODELS["mlp 784-1024-1024-10"]
+    assert mlp is tl.MLP and sum(np.prod(s) for s in tl.MLP(batch=2).shapes.values()) == 1_863_690
+    shapes = tl.Transformer(blocks=18, d_model=128, tokens=1).shapes
+    assert len(shapes) == 216 and shapes["h.17.mlp.c_proj.weight"] == (512, 128)
+    assert shapes["h.0.attn.c_attn.weight"] == (128, 384) and shapes["h.0.ln_1.bias"] == (128,)
+
+
+def test_training_loop_cases_run_idle_before_busy_and_are_distinct():
+    todo = tl.cases()
+    assert len(todo) == len(set(todo)) == 2 * 2 * len(training_contenders()) * 3
+    loads = [load for _, load, _, _ in todo]
+    assert loads == sorted(loads, key=tl.LOADS.index)  # every idle one first
+    for model, load, contender, metric in todo:
+        assert tl.loops_for(model, load, contender, metric, quick=True) >= 1
+
+
+@pytest.mark.parametrize("contender", list(tl.CONTENDERS))
+def test_training_loop_contender_builds_and_every_metric_runs(contender):
+    if contender == "torch fused":
+        pytest.importorskip("torch")
+    for model in tiny_models().values():
+        trained = tl.CONTENDERS[contender](model)
+        grads = trained.compute()
+        trained.step(grads)
+        for metric, measure in tl.MEASURE.items():
+            assert measure(trained, 2, grads) > 0
+
+
+@pytest.mark.parametrize("model", ["mlp", "transformer"])
+def test_training_loop_contenders_optimize_the_same_thing(model):
+    """From the same params and data, a few fwd+bwd+step iterations of every contender give the
+    same params (a contender that skips its step, or steps on stale grads, fails)."""
+    trained = {}
+    for contender in training_contenders():
+        net = tiny_models(np.float64)[model]
+        trained[contender] = tl.CONTENDERS[contender](net)
+        for _ in range(4):
+            trained[contender].iteration()
+    start = tiny_models(np.float64)[model].init_params()
+    reference = trained["numpy"].params
+    for contender, result in trained.items():
+        for name, initial in start.items():
+            moved = np.abs(np.asarray(result.params[name]) - initial).max()
+            assert moved > 1e-4, (contender, name)  # four steps of lr=1e-3 moved every param
+            np.testing.assert_allclose(result.params[name], reference[name], rtol=1e-7,
+                                       atol=1e-12, err_msg=f"{contender} {name}")
+
+
+@pytest.mark.parametrize("model", ["mlp", "transformer"])
+def test_training_loop_backward_matches_finite_differences(model):
+    net = tiny_models(np.float64)[model]
+    params = net.init_params()
+    grads = net.forward_backward({n: p.copy() for n, p in params.items()})
+    out = {n: np.full_like(p, np.nan) for n, p in params.items()}  # the FlatParams path
+    net.forward_backward(params, out=out)
+    h = 1e-6
+    for name, p in params.items():
+        np.testing.assert_array_equal(out[name], grads[name])
+        numeric = np.empty_like(p)
+        for i in np.ndindex(p.shape):
+            saved = p[i]
+            p[i] = saved + h
+            up = net.loss(params)
+            p[i] = saved - h
+            down = net.loss(params)
+            p[i] = saved
+            numeric[i] = (up - down) / (2 * h)
+        np.testing.assert_allclose(grads[name], numeric, rtol=1e-5, atol=1e-8, err_msg=name)
+
+
+def test_training_loop_busy_load_is_killed_on_exceptions_and_not_counted_as_other_load():
+    load = tl.BusyLoad()
+    other = tl.OtherLoad(load)
+    with pytest.raises(KeyboardInterrupt):
+        with load:
+            process = load.process
+            assert process.poll() is None
+            other.start()
+            time.sleep(0.3)
+            busy_cores = other.stop()
+            assert load.cpu_seconds() > 0.1
+            raise KeyboardInterrupt
+    assert process.poll() is not None and load.process is None
+    if busy_cores is not None:  # Linux
+        assert 0 <= busy_cores < 3
+
+
+def test_training_loop_report_ratios_table_and_plot(tmp_path):
+    records = []
+    for contender, (loop, b2b, fb) in {"numba_opt list": (2e-3, 1e-3, 30e-3),
+                                       "torch fused": (4e-3, 4e-3, 33e-3),
+                                       "numpy": (10e-3, 10e-3, 20e-3)}.items():
+        for metric, seconds in zip(("step in loop", "step back-to-back", "fwd+bwd"),
+                                   (loop, b2b, fb)):
+            records.append(dict(suite=tl.SUITE, model="mlp", load="idle", contender=contender,
+                                metric=metric, seconds=seconds, stdev=0.0))
+    records[-1]["stdev"] = 2e-3  # numpy's fwd+bwd
+    records[-1]["other_load"], records[-2]["other_load"] = 0.5, 0.25
+    row = next(r for r in tl.rows(records) if r["contender"] == "numba_opt list")
+    assert row["vs_torch"] == pytest.approx(2.0) and row["loop_over_b2b"] == pytest.approx(2.0)
+    assert row["fb_over_numpy"] == pytest.approx(1.5) and row["iteration"] == pytest.approx(32e-3)
+    threads = tl.describe_threads({"variables": {"OMP_WAIT_POLICY": "passive"}, "pools": [],
+                                   "numba_threads": 2, "numba_layer": "omp"})
+    paths = tl.write(records, str(tmp_path), machine="test machine", threads=threads)
+    table = open(paths["markdown"]).read()
+    assert "| numba_opt list | 2 ms | 1 ms | 30 ms | 32 ms | 2.00x | 2.00x | 1.50x |  |" in table
+    assert "| numpy | 10 ms | 10 ms | 20 ms ±10% | 30 ms | 0.40x | 1.00x | 1.00x | 0.50 |" in \
+        table
+    assert "OMP_WAIT_POLICY=passive" in table
+    png = open(paths["plot"], "rb").read()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
