@@ -70,9 +70,9 @@ def cases(suite, quick):
             case, sizes = f"n={n:.0e}", [n]
             add("size", case, "Adam", "float32", "roof 4R/3W", sizes, peers.roof)
             add("size", case, "Adam", "float32", "numba_opt serial", sizes,
-                peers.numba_opt_list, serial_below=1 << 62)
+                peers.numba_opt_list, loops="serial")
             add("size", case, "Adam", "float32", "numba_opt parallel", sizes,
-                peers.numba_opt_list, serial_below=0)
+                peers.numba_opt_list, loops="parallel")
             add("size", case, "Adam", "float32", "numba_opt", sizes, peers.numba_opt_list)
             if has_torch:
                 for mode in ("loop", "foreach", "fused"):

@@ -16,7 +16,11 @@ NumPy params (grads assigned as torch.from_numpy views each step) and a textbook
 Metrics, each a pyperf benchmark timing only its part of the loop:
 - step in loop:      opt.step(grads) (for torch also the grad assignment) between fwd+bwd passes;
 - fwd+bwd:           the user's forward+backward in the same loop under that optimizer;
-- step back-to-back: steps with the same grads and nothing in between.
+- step back-to-back: steps with the same grads and nothing in between;
+- step cold cache:   the same, with a 64 MiB buffer written between steps (not timed): what the
+                     step costs when its arrays come from memory, as they do after a fwd+bwd;
+                     'loop / cold' near 1 means the loop's extra cost over back-to-back is the
+                     cache the model evicted, not threads fighting.
 Loads: idle, then busy (one CPU-bound background process, started and killed by the main process
 around the busy benchmarks).  Writes results.json, results.md and throughput.png under --out
 (bench/results/training-loop).
@@ -40,7 +44,7 @@ SUITE = "training-loop"
 LR = 1e-3
 BETAS = (0.9, 0.999)
 EPS = 1e-8
-METRICS = ("step in loop", "step back-to-back", "fwd+bwd")
+METRICS = ("step in loop", "step back-to-back", "step cold cache", "fwd+bwd")
 LOADS = ("idle", "busy")
 #: thread settings the workers inherit (pyperf passes workers only a few variables otherwise)
 THREAD_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "OMP_PROC_BIND",
@@ -248,8 +252,16 @@ def numpy_adam(model):
     return Contender(params, lambda: model.forward_backward(params), step)
 
 
+def numba_opt_list_serial(model):
+    """numba_opt over a list with the serial loops only: what a parallel step is held to."""
+    import numba_opt as nopt
+    nopt.threads.set_loops("serial")  # this worker process only
+    return numba_opt_list(model)
+
+
 CONTENDERS = {
     "numba_opt list": numba_opt_list,
+    "numba_opt list, serial loops": numba_opt_list_serial,
     "numba_opt dict": numba_opt_dict,
     "numba_opt FlatParams": numba_opt_flat,
     "torch fused": torch_fused,
@@ -285,8 +297,23 @@ def step_back_to_back(contender, loops, grads):
     return time.perf_counter() - start
 
 
+_FLUSH = []  # the cache-evicting buffer, made once per worker process
+
+
+def step_cold_cache(contender, loops, grads):
+    if not _FLUSH:
+        _FLUSH.append(np.empty(16 << 20, np.float32))  # 64 MiB: twice the L3 here
+    total = 0.0
+    for _ in range(loops):
+        _FLUSH[0].fill(1.0)
+        start = time.perf_counter()
+        contender.step(grads)
+        total += time.perf_counter() - start
+    return total
+
+
 MEASURE = {"step in loop": step_in_loop, "fwd+bwd": fwd_bwd_in_loop,
-           "step back-to-back": step_back_to_back}
+           "step back-to-back": step_back_to_back, "step cold cache": step_cold_cache}
 
 _BUILT = {}  # benchmark name -> (contender, grads), built once per worker process
 
@@ -331,7 +358,8 @@ _STEP = {("mlp", "idle", "numba_opt"): 0.005, ("mlp", "idle", "torch"): 0.005,
 def loops_for(model, load, contender, metric, quick):
     model = model.split()[0]
     step = _STEP[model, load, contender.split()[0]]
-    per_loop = step if metric == "step back-to-back" else step + _FWD_BWD[model, load]
+    per_loop = step if metric == "step back-to-back" else step + 0.008 \
+        if metric == "step cold cache" else step + _FWD_BWD[model, load]
     target = 0.1 if quick else 0.2
     return int(min(1000, max(1, round(target / per_loop))))
 
@@ -476,13 +504,17 @@ def rows(records):
                           for m in METRICS]
                 others = [o for o in others if o is not None]
                 loop, b2b, fb = t["step in loop"], t["step back-to-back"], t["fwd+bwd"]
+                cold = t["step cold cache"]
                 out.append(dict(
                     model=model, load=load, contender=contender, step_in_loop=loop,
-                    back_to_back=b2b, fwd_bwd=fb, stdev_step_in_loop=sd["step in loop"],
+                    back_to_back=b2b, cold_cache=cold, fwd_bwd=fb,
+                    stdev_step_in_loop=sd["step in loop"],
+                    stdev_cold_cache=sd["step cold cache"],
                     stdev_back_to_back=sd["step back-to-back"], stdev_fwd_bwd=sd["fwd+bwd"],
                     iteration=None if None in (loop, fb) else loop + fb,
                     vs_torch=None if None in (loop, torch_step) else torch_step / loop,
                     loop_over_b2b=None if None in (loop, b2b) else loop / b2b,
+                    loop_over_cold=None if None in (loop, cold) else loop / cold,
                     fb_over_numpy=None if None in (fb, numpy_fb) else fb / numpy_fb,
                     other_load=max(others) if others else None))
     return out
@@ -508,7 +540,8 @@ def markdown(records, machine="", threads=(), command=""):
     lines += ["", "Times are pyperf medians per step or per fwd+bwd (± the standard deviation "
               "of the values). 'vs torch fused': torch "
               "fused's step-in-loop time / this one (above 1 = faster). 'loop / b2b': step in "
-              "the loop over the same step back-to-back. 'fwd+bwd / numpy': this contender's "
+              "the loop over the same step back-to-back; 'loop / cold': over the step with a cold "
+              "cache (a 64 MiB buffer written between steps). 'fwd+bwd / numpy': this contender's "
               "fwd+bwd over the numpy contender's (the user's own code slowed down or not). "
               "'iteration' = fwd+bwd + step in loop. 'other load': the most cores that other "
               "processes on the machine kept busy during this row's three benchmarks (the busy "
@@ -519,14 +552,17 @@ def markdown(records, machine="", threads=(), command=""):
         if (row["model"], row["load"]) != current:
             current = row["model"], row["load"]
             lines += ["", f"### {row['model']}, {row['load']}", "",
-                      "| contender | step in loop | step back-to-back | fwd+bwd | iteration | "
-                      "vs torch fused | loop / b2b | fwd+bwd / numpy | other load |",
-                      "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                      "| contender | step in loop | step back-to-back | step cold cache | "
+                      "fwd+bwd | iteration | vs torch fused | loop / b2b | loop / cold | "
+                      "fwd+bwd / numpy | other load |",
+                      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         lines.append(f"| {row['contender']} | {_t(row['step_in_loop'], row['stdev_step_in_loop'])}"
                      f" | {_t(row['back_to_back'], row['stdev_back_to_back'])} | "
+                     f"{_t(row['cold_cache'], row['stdev_cold_cache'])} | "
                      f"{_t(row['fwd_bwd'], row['stdev_fwd_bwd'])} | "
                      f"{_t(row['iteration'])} | {_x(row['vs_torch'])} | "
-                     f"{_x(row['loop_over_b2b'])} | {_x(row['fb_over_numpy'])} | "
+                     f"{_x(row['loop_over_b2b'])} | {_x(row['loop_over_cold'])} | "
+                     f"{_x(row['fb_over_numpy'])} | "
                      f"{'' if row['other_load'] is None else format(row['other_load'], '.2f')} |")
     return "\n".join(lines) + "\n"
 

@@ -52,22 +52,22 @@ def roof(sizes, dtype, optimizer="Adam"):
 
 
 # -------------------------------------------------------------------------------- numba_opt
-def numba_opt_list(sizes, dtype, optimizer="Adam", serial_below=None):
-    """numba_opt on separate arrays (one kernel call per array)."""
+def numba_opt_list(sizes, dtype, optimizer="Adam", loops=None):
+    """numba_opt on separate arrays (one multi-tensor call per step, or a span call for one
+    array); ``loops``: 'serial' or 'parallel' fixes the loop for every size (this worker process
+    only), None keeps numba_opt's own choice."""
     from numba_opt import _cpu
-    if serial_below is not None:
-        _cpu.SERIAL_BELOW = serial_below  # this worker process only
+    if loops is not None:
+        _cpu.SERIAL_BELOW = 0 if loops == "parallel" else 1 << 62
+        _cpu.LOOPS = loops
     cls, kwargs = OPTIMIZERS[optimizer]
     params, grads = arrays(sizes, dtype), arrays(sizes, dtype, seed=1)
     opt = getattr(nopt, cls)(params, **kwargs)
     return lambda: opt.step(grads)
 
 
-def numba_opt_flat(sizes, dtype, optimizer="Adam", serial_below=None):
+def numba_opt_flat(sizes, dtype, optimizer="Adam"):
     """numba_opt on a FlatParams model: one kernel call per step."""
-    from numba_opt import _cpu
-    if serial_below is not None:
-        _cpu.SERIAL_BELOW = serial_below
     cls, kwargs = OPTIMIZERS[optimizer]
     flat = nopt.FlatParams(arrays(sizes, dtype))
     for view, grad in zip(flat.grads, arrays(sizes, dtype, seed=1)):

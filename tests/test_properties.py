@@ -91,6 +91,7 @@ def test_parallel_and_serial_loops_agree_bit_for_bit(example):
         params, grads = problem(dtype, shapes, scale, seed, steps)
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(_cpu, "SERIAL_BELOW", threshold)
+            patch.setattr(_cpu, "LOOPS", "parallel" if threshold == 0 else "serial")
             run(name, kwargs, params, grads)
         results.append(params)
     for a, b in zip(*results):
