@@ -112,6 +112,17 @@ def cases(suite, quick):
                     mode = "fused" if peers.torch_has_fused(optimizer) else "foreach"
                     add("optimizer", case, optimizer, dtype, f"torch {mode}", [n],
                         peers.torch_optim, mode=mode)
+    if suite in ("fresh-grads", "all"):
+        # the per-array cost of new grad arrays every step: same grads vs fresh ones
+        for count in (50, 216):
+            case, sizes = f"{count} tensors x 100", [100] * count
+            add("fresh-grads", case, "Adam", "float32", "numba_opt same grads", sizes,
+                peers.numba_opt_list)
+            add("fresh-grads", case, "Adam", "float32", "numba_opt fresh grads", sizes,
+                peers.numba_opt_fresh_grads)
+            if has_torch:
+                add("fresh-grads", case, "Adam", "float32", "torch fused", sizes,
+                    peers.torch_optim, mode="fused")
     if suite in ("clipping", "all"):
         shapes = {f"n={n:.0e}": [n] for n in ((1_000_000,) if quick else
                                                (100_000, 1_000_000, 10_000_000))}
@@ -176,8 +187,8 @@ def main():
     runner = pyperf.Runner(processes=1, values=3, warmups=1, min_time=0.05,
                            add_cmdline_args=forward_options)
     runner.argparser.add_argument("--suite",
-                                  choices=["size", "model", "optimizer", "clipping", "all",
-                                           "training-loop"],
+                                  choices=["size", "model", "optimizer", "clipping",
+                                           "fresh-grads", "all", "training-loop"],
                                   default="all")
     runner.argparser.add_argument("--quick", action="store_true",
                                   help="fewer sizes and models (a few minutes)")

@@ -316,23 +316,27 @@ MEASURE = {"step in loop": step_in_loop, "fwd+bwd": fwd_bwd_in_loop,
            "step back-to-back": step_back_to_back, "step cold cache": step_cold_cache}
 
 _BUILT = {}  # benchmark name -> (contender, grads), built once per worker process
+# Training iterations before anything is timed: a real loop runs thousands, and its first few
+# steps compile or load kernels, allocate state and (numba_opt) try both loops of each call site.
+BURN_IN = 12
 
 
 def timed(loops, name, model, contender, metric):
     built = _BUILT.get(name)
     if built is None:
         trained = CONTENDERS[contender](MODELS[model]())
-        grads = trained.compute()
-        trained.step(grads)  # compile or load the kernels, create the state
+        for _ in range(BURN_IN):
+            grads = trained.compute()
+            trained.step(grads)
         built = _BUILT[name] = (trained, grads)
     return MEASURE[metric](built[0], loops, built[1])
 
 
-def cases(contenders=None):
+def cases(contenders=None, loads=LOADS):
     """(model, load, contender, metric) for every benchmark: all idle ones, then all busy."""
     if contenders is None:
         contenders = [c for c in CONTENDERS if c != "torch fused" or _torch_installed()]
-    return [(model, load, contender, metric) for load in LOADS for model in MODELS
+    return [(model, load, contender, metric) for load in loads for model in MODELS
             for contender in contenders for metric in METRICS]
 
 
@@ -625,7 +629,8 @@ def write(records, directory, machine="", threads=(), command=""):
 def forward_options(command, args):
     """pyperf starts workers with its own options only: pass ours on, so they list the same
     benchmarks in the same order."""
-    command.extend(["--suite", SUITE, "--out", args.out] + ["--quick"] * args.quick)
+    command.extend(["--suite", SUITE, "--out", args.out, "--load", args.load]
+                   + ["--quick"] * args.quick)
 
 
 def _load_average():
@@ -643,7 +648,7 @@ def main():
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--quick", action="store_true")
     quick = pre.parse_known_args()[0].quick
-    # (the setup already ran one iteration: kernels compiled, state and BLAS buffers allocated)
+    # (the setup already ran BURN_IN iterations: kernels compiled, state and buffers allocated)
     runner = pyperf.Runner(processes=1 if quick else 2, values=2 if quick else 3,
                            warmups=0 if quick else 1, min_time=0.05,
                            add_cmdline_args=forward_options)
@@ -651,11 +656,13 @@ def main():
     runner.argparser.add_argument("--quick", action="store_true",
                                   help="one worker process, 2 values, no warmup, shorter values")
     runner.argparser.add_argument("--out", default=os.path.join("bench", "results", SUITE))
+    runner.argparser.add_argument("--load", choices=["idle", "busy", "both"], default="both",
+                                  help="run the idle or the busy half only")
     args = runner.parse_args()
     if not args.worker:
         args.inherit_environ = list(args.inherit_environ or []) + list(THREAD_ENV)
         signal.signal(signal.SIGTERM, _terminate)
-    todo = cases()
+    todo = cases(loads=LOADS if args.load == "both" else (args.load,))
     records, load, started = [], BusyLoad(), time.perf_counter()
     other = OtherLoad(load)
     load_averages = {"start": _load_average()}
@@ -689,7 +696,8 @@ def main():
     except (ImportError, TypeError):
         env = os.environ
     threads = describe_threads(thread_environment(env))
-    command = (f"python -m bench --suite {SUITE}{' --quick' * args.quick} -p {args.processes} "
+    command = (f"python -m bench --suite {SUITE}{' --quick' * args.quick} --load {args.load} "
+               f"-p {args.processes} "
                f"-n {args.values} -w {args.warmups}` (took {elapsed / 60:.1f} min; 1-minute "
                "load average at " + ", ".join(f"{k} {v}" for k, v in load_averages.items()) +
                ": this run's own worker counts about 1, the busy load 1 more)")

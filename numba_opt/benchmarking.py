@@ -66,6 +66,22 @@ def numba_opt_list(sizes, dtype, optimizer="Adam", loops=None):
     return lambda: opt.step(grads)
 
 
+def numba_opt_fresh_grads(sizes, dtype, optimizer="Adam", pool=64):
+    """numba_opt on separate arrays with NEW grad arrays every step, as a training loop makes
+    them: the step cycles through ``pool`` lists of copies (made in setup, so no copy is timed;
+    small enough to stay in cache), so no grad is the object of the previous step."""
+    cls, kwargs = OPTIMIZERS[optimizer]
+    params, grads = arrays(sizes, dtype), arrays(sizes, dtype, seed=1)
+    lists = [[g.copy() for g in grads] for _ in range(pool)]
+    opt = getattr(nopt, cls)(params, **kwargs)
+    turn = [0]
+
+    def step():
+        turn[0] = (turn[0] + 1) % pool
+        opt.step(lists[turn[0]])
+    return step
+
+
 def numba_opt_flat(sizes, dtype, optimizer="Adam"):
     """numba_opt on a FlatParams model: one kernel call per step."""
     cls, kwargs = OPTIMIZERS[optimizer]

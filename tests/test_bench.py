@@ -24,7 +24,7 @@ def test_every_benchmark_case_is_distinct_and_its_step_runs(monkeypatch):
     todo = cases("all", quick=True)
     names = [(c[0], c[1], c[2], c[3], c[4]) for c in todo]
     assert len(names) == len(set(names))
-    assert {c[0] for c in todo} == {"size", "model", "optimizer", "clipping"}
+    assert {c[0] for c in todo} == {"size", "model", "optimizer", "clipping", "fresh-grads"}
     seen_setups = set()
     for suite, case, optimizer, dtype, peer, sizes, setup, options in todo:
         assert loops_for(peer, sizes, optimizer, dtype) >= 1  # every peer has a cost estimate
