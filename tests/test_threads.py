@@ -153,3 +153,18 @@ def test_a_wait_policy_the_user_set_is_left_alone():
     if "OPENMP DISPLAY ENVIRONMENT" in result.stderr:
         assert "OMP_WAIT_POLICY = 'ACTIVE'" in result.stderr
     assert "here active child active" in result.stdout
+
+
+@pytest.mark.parametrize("value", ["serial", "fastest"])
+def test_the_loop_choice_comes_from_the_environment(value):
+    script = ("import numpy as np, numba_opt as nopt\n"
+              "nopt.Adam([np.zeros(3)]).step([np.ones(3)])\n"
+              "print('loops', nopt.threads.info()['loops'])\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env={**os.environ, "NUMBA_OPT_LOOPS": value}, timeout=600)
+    if value == "serial":
+        assert result.returncode == 0, result.stderr
+        assert "loops serial" in result.stdout
+    else:
+        assert result.returncode != 0
+        assert "NUMBA_OPT_LOOPS must be one of ('timed', 'parallel', 'serial')" in result.stderr

@@ -256,3 +256,18 @@ def test_functional_requires_the_state_its_options_need():
     with pytest.raises(ValueError, match=r"mu_product must be in \[0.0, 1.0\]"):
         F.nadam_step(p, g, np.zeros(3), np.zeros(3), step=2, mu_product=1.5)
     np.testing.assert_array_equal(p, 0.0)
+
+
+def test_grads_by_name_must_have_exactly_the_params_names():
+    """A grad under a name the optimizer does not have (a param added to the model later)
+    would never be trained: it is refused like a missing one, before anything changes."""
+    a, b = arrays()
+    opt = nopt.Adam({"W": a, "b": b})
+    opt.step(dict(zip("Wb", good_grads())))
+    before = snapshot(opt, [a, b])
+    for grads, message in (({"W": good_grads()[0]}, r"missing \['b'\], unknown \[\]"),
+                           ({**dict(zip("Wb", good_grads())), "W2": np.ones(2, np.float32)},
+                            r"missing \[\], unknown \['W2'\]")):
+        with pytest.raises(ValueError, match=message):
+            opt.step(grads)
+        assert_untouched(before, opt, [a, b])

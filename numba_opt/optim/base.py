@@ -306,9 +306,11 @@ class Optimizer:
                 raise TypeError("params were given by name, so grads must be a dict with the "
                                 f"same names, got {type(grads).__name__}")
             try:
-                return [grads[n] for n in self._names]
+                if len(grads) == len(self._names):  # all names found and none unknown
+                    return [grads[n] for n in self._names]
             except KeyError:
                 pass
+            # a name the optimizer does not have would never be trained: refuse it too
             missing = [n for n in self._names if n not in grads]
             extra = [n for n in grads if n not in set(self._names)]
             raise ValueError(f"grads names do not match params: missing {missing}, "
