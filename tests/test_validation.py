@@ -271,3 +271,37 @@ def test_grads_by_name_must_have_exactly_the_params_names():
         with pytest.raises(ValueError, match=message):
             opt.step(grads)
         assert_untouched(before, opt, [a, b])
+
+
+def test_a_list_hyper_parameter_edited_in_place_acts_like_a_reassignment():
+    """betas given as a list and edited in place: checked at the next step (nothing changes
+    when the edit is bad) and used whole by the kernels and the bias corrections alike; the
+    state_dict holds copies, not the live lists (issue 12, item 3)."""
+    def run(edit):
+        params = arrays()
+        opt = nopt.Adam(params, lr=0.01, betas=[0.9, 0.999])
+        opt.step(good_grads())
+        edit(opt.param_groups[0])
+        opt.step(good_grads())
+        return opt, params
+    in_place, p1 = run(lambda g: g["betas"].__setitem__(0, 0.5))
+    reassigned, p2 = run(lambda g: g.__setitem__("betas", [0.5, 0.999]))
+    for a, b in zip(p1, p2):
+        np.testing.assert_array_equal(a, b)
+    unchanged, p3 = run(lambda g: None)
+    assert not np.array_equal(p1[0], p3[0])  # the edit did reach the update
+    before = snapshot(in_place, p1)
+    in_place.param_groups[0]["betas"][0] = 5.0
+    with pytest.raises(ValueError, match=r"betas\[0\] must be in \[0.0, 1.0\)"):
+        in_place.step(good_grads())
+    params_before, state_before, _, count = before  # the edit itself is the user's
+    for a, b in zip(p1, params_before):
+        np.testing.assert_array_equal(a, b)
+    for now, then in zip(in_place.state, state_before):
+        for key in now:
+            np.testing.assert_array_equal(now[key], then[key])
+    assert in_place.step_count == count
+    in_place.param_groups[0]["betas"][0] = 0.5
+    saved = in_place.state_dict()
+    saved["param_groups"][0]["betas"][0] = 0.1  # editing the snapshot leaves the optimizer be
+    assert in_place.param_groups[0]["betas"] == [0.5, 0.999]

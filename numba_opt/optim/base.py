@@ -175,10 +175,12 @@ class Optimizer:
         if seen is None or len(seen[0]) != len(grads) or not all(
                 map(operator.is_, grads, seen[0])):
             seen = self._intake.adopt(grads)
-        # a group changed if an entry is a new object (tuple == compares by identity first)
+        # a group changed if an entry is a new object (tuple == compares by identity first), or
+        # a list entry was edited in place (betas[0] = ...): that counts as a reassignment
         stale = [gi for gi, (group, cached) in enumerate(zip(self.param_groups,
                                                              self._group_cache))
-                 if cached is None or tuple(group.values()) != cached[3]]
+                 if cached is None or tuple(group.values()) != cached[3]
+                 or (cached[4] and any(tuple(group[k]) != v for k, v in cached[4]))]
         for gi in stale:
             self._check_labelled(gi, self.param_groups[gi])
         norm = None
@@ -231,7 +233,7 @@ class Optimizer:
         """One step of a bucket whose params all step together.  ``grads``: their flat views;
         ``grad_span``: the same as one span, or None; ``grad_addresses``: every grad's address
         (for the multi-tensor table), or None."""
-        hyper, kernel, names, _ = self._group_cache[bucket.group_index]
+        hyper, kernel, names = self._group_cache[bucket.group_index][:3]
         if bucket.layout != (kernel, names):
             self._use_layout(bucket, hyper, kernel, names)
         started = bucket.started
@@ -274,7 +276,7 @@ class Optimizer:
 
     def _step_params(self, bucket, grads):
         """Param by param, each with its own step count (once some grads were None)."""
-        hyper, kernel, names, _ = self._group_cache[bucket.group_index]
+        hyper, kernel, names = self._group_cache[bucket.group_index][:3]
         if bucket.layout != (kernel, names):
             self._use_layout(bucket, hyper, kernel, names)
         if bucket.per_param is None:
@@ -324,10 +326,13 @@ class Optimizer:
 
     def _refresh_group(self, gi):
         group = self.param_groups[gi]
-        hyper = {k: v for k, v in group.items() if k != "params"}
+        # the kernels use a frozen copy: lists (betas=[...]) as the tuples they held when checked
+        hyper = {k: tuple(v) if isinstance(v, list) else v
+                 for k, v in group.items() if k != "params"}
         kernel_name, names = self._layout(hyper)
         kernel = getattr(self._backend, kernel_name)
-        self._group_cache[gi] = (hyper, kernel, names, tuple(group.values()))
+        lists = tuple((k, v) for k, v in hyper.items() if isinstance(group[k], list))
+        self._group_cache[gi] = (hyper, kernel, names, tuple(group.values()), lists)
         for bucket in self._buckets:
             if bucket.group_index == gi:
                 bucket.scalars = None
@@ -380,7 +385,8 @@ class Optimizer:
             "format": STATE_DICT_FORMAT,
             "optimizer": type(self).__name__,
             "step_count": self.step_count,
-            "param_groups": [{**{k: v for k, v in g.items() if k != "params"},
+            "param_groups": [{**{k: list(v) if isinstance(v, list) else v  # no shared lists
+                                 for k, v in g.items() if k != "params"},
                               "params": list(indices)}
                              for g, indices in zip(self.param_groups, self._group_indices)],
             "state": {i: {k: (to_host(v) if k in self.state_names else v) for k, v in st.items()}
@@ -422,7 +428,7 @@ class Optimizer:
             new_state[int(i)] = self._checked_state(i, saved)
         # everything checked: now apply
         for group, hyper in zip(self.param_groups, new_hyper):
-            group.update(hyper)
+            group.update({k: list(v) if isinstance(v, list) else v for k, v in hyper.items()})
         self._group_cache = [None] * len(self.param_groups)
         for bucket in self._buckets:
             self._load_bucket(bucket, new_state)
