@@ -24,7 +24,6 @@ import warnings
 import numpy as np
 import numba
 from numba import carray, njit, prange, types as nbtypes
-from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import _math, threads

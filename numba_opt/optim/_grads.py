@@ -51,8 +51,7 @@ class Intake:
         per_bucket = []
         for bucket in self.buckets:
             mine = flats if bucket.indices == self.every else [flats[i] for i in bucket.indices]
-            count = len(mine) - (sum(mine[j] is None for j in range(len(mine)))
-                                 if absent else 0)
+            count = len(mine) - sum(g is None for g in mine) if absent else len(mine)
             presence = "all" if count == len(mine) else "some" if count else "none"
             joined = presence == "all" and bucket.param_span is not None
             per_bucket.append((mine, presence,
