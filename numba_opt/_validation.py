@@ -56,6 +56,9 @@ def data_span(array):
 def _require_array(obj, name):
     if not is_array(obj):
         raise TypeError(f"{name} must be a NumPy array or a CUDA array, got {type(obj).__name__}")
+    if isinstance(obj, (np.matrix, np.ma.MaskedArray)):
+        raise TypeError(f"{name} is a {type(obj).__name__}, whose reshaping and masking rules "
+                        "differ from a plain ndarray's; pass np.asarray of it")
 
 
 def check_param(array, name):

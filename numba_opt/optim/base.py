@@ -24,19 +24,30 @@ How a step runs (the fast path is what makes small steps cheap and big models on
 - A ``None`` grad skips its param, whose step count then differs from the others': that bucket
   goes on param by param, with per-param step counts, as torch does.
 """
+import functools
 import itertools
 import math
 import operator
+import threading
 from collections.abc import Mapping
 
 import numpy as np
 
-from .. import _math, _validation as check, dispatch
+from .. import _fork, _math, _validation as check, dispatch
 from ..flat import FlatParams
 from ._grads import Intake
 
 STATE_DICT_FORMAT = 1
 _NO_CLIPPING = (1.0, math.inf)  # the grad_scale and clip_value fields of the scalars, when off
+
+
+def _locked(method):
+    """Run ``method`` holding the optimizer's lock (one step, snapshot or load at a time)."""
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return locked
 
 
 class _Bucket:
@@ -145,6 +156,10 @@ class Optimizer:
         self._step_indices = None
         self.step_count = 0
         self._scheduler_initial_lrs = None  # set by the first lr scheduler (lr_scheduler.py)
+        # One step, snapshot or load at a time: parallel kernels release the GIL, so without it
+        # a state_dict() taken from another thread mid-step mixes buffers from two steps.
+        self._lock = threading.RLock()
+        _fork.track(self)  # a fork waits for the step in progress (see _fork)
 
     # ------------------------------------------------------------------------------- stepping
     def step(self, grads, *, max_grad_norm=None, clip_value=None, skip_if_nonfinite=False,
@@ -166,6 +181,11 @@ class Optimizer:
         never rewritten (global-norm clipping adds one read pass to compute the norm).
         Returns the global grad norm before clipping when it was computed (with
         ``max_grad_norm`` or a non-finite option), else None."""
+        with self._lock:
+            return self._step(grads, max_grad_norm, clip_value, skip_if_nonfinite,
+                              error_if_nonfinite)
+
+    def _step(self, grads, max_grad_norm, clip_value, skip_if_nonfinite, error_if_nonfinite):
         clipping = None if (max_grad_norm is None and clip_value is None
                             and skip_if_nonfinite is False and error_if_nonfinite is False) \
             else _check_clipping(max_grad_norm, clip_value, skip_if_nonfinite,
@@ -175,12 +195,8 @@ class Optimizer:
         if seen is None or len(seen[0]) != len(grads) or not all(
                 map(operator.is_, grads, seen[0])):
             seen = self._intake.adopt(grads)
-        # a group changed if an entry is a new object (tuple == compares by identity first), or
-        # a list entry was edited in place (betas[0] = ...): that counts as a reassignment
-        stale = [gi for gi, (group, cached) in enumerate(zip(self.param_groups,
-                                                             self._group_cache))
-                 if cached is None or tuple(group.values()) != cached[3]
-                 or (cached[4] and any(tuple(group[k]) != v for k, v in cached[4]))]
+        self._intake.check_params_writeable()
+        stale = self._stale_groups()
         for gi in stale:
             self._check_labelled(gi, self.param_groups[gi])
         norm = None
@@ -194,19 +210,41 @@ class Optimizer:
                 if skip_if_nonfinite:
                     self._seen_grads = seen
                     return norm
-        # --- everything is valid: from here on, state changes
+        # --- everything is valid: what remains could fail only allocating new state buffers,
+        # which happens for every bucket before any kernel runs (a step is all or nothing)
         self._seen_grads = seen
         self._grad_fields = _NO_CLIPPING if clipping is None else (
             _clip_scale(max_grad_norm, norm), math.inf if clip_value is None else clip_value)
         for gi in stale:
             self._refresh_group(gi)
-        for bucket, (bucket_grads, presence, grad_span) in zip(self._buckets, seen[1]):
+        stepping = [(bucket, bucket_seen) for bucket, bucket_seen in zip(self._buckets, seen[1])
+                    if bucket_seen[1] != "none"]
+        for bucket, _ in stepping:
+            hyper, kernel, names = self._group_cache[bucket.group_index][:3]
+            if bucket.layout != (kernel, names):
+                self._use_layout(bucket, hyper, kernel, names)
+        # --- from here on, params and state change
+        for bucket, (bucket_grads, presence, grad_span) in stepping:
             if presence == "all" and bucket.per_param is None:
                 self._step_bucket(bucket, bucket_grads, grad_span, seen[2])
-            elif presence != "none":  # some grads are None, now or in an earlier step
+            else:  # some grads are None, now or in an earlier step
                 self._step_params(bucket, bucket_grads)
         self.step_count += 1
         return norm
+
+    def _stale_groups(self):
+        """The groups whose hyper-parameters changed since they were last checked: an entry is a
+        new object (tuple == compares by identity first), or a list entry was edited in place
+        (betas[0] = ...), which counts as a reassignment."""
+        stale = []
+        for gi, (group, cached) in enumerate(zip(self.param_groups, self._group_cache)):
+            try:
+                if (cached is None or tuple(group.values()) != cached[3]
+                        or (cached[4] and any(tuple(group[k]) != v for k, v in cached[4]))):
+                    stale.append(gi)
+            except (TypeError, ValueError):  # an entry that does not compare (lr=np.array([..]))
+                stale.append(gi)             # is stale: the check then names it
+        return stale
 
     def _grad_norm(self, seen):
         """The global L2 norm of all grads (float64 accumulation, one read pass)."""
@@ -234,8 +272,6 @@ class Optimizer:
         ``grad_span``: the same as one span, or None; ``grad_addresses``: every grad's address
         (for the multi-tensor table), or None."""
         hyper, kernel, names = self._group_cache[bucket.group_index][:3]
-        if bucket.layout != (kernel, names):
-            self._use_layout(bucket, hyper, kernel, names)
         started = bucket.started
         fresh = () if len(started) == len(names) else tuple(n for n in names if n not in started)
         step = bucket.step + 1
@@ -277,8 +313,6 @@ class Optimizer:
     def _step_params(self, bucket, grads):
         """Param by param, each with its own step count (once some grads were None)."""
         hyper, kernel, names = self._group_cache[bucket.group_index][:3]
-        if bucket.layout != (kernel, names):
-            self._use_layout(bucket, hyper, kernel, names)
         if bucket.per_param is None:
             bucket.per_param = [[bucket.step, set(bucket.started), bucket.host]
                                 for _ in bucket.params]
@@ -377,6 +411,7 @@ class Optimizer:
             states.append(entry)
         return states
 
+    @_locked
     def state_dict(self):
         """A checkpoint of the optimizer: hyper-parameters, step counters and host (NumPy) copies
         of every state buffer.  Params are referred to by position, as in torch."""
@@ -393,6 +428,7 @@ class Optimizer:
                       for i, st in enumerate(self.state) if st},
         }
 
+    @_locked
     def load_state_dict(self, state_dict):
         """Restore a ``state_dict()``: validated whole before anything changes, then copied in
         (onto this optimizer's device), so a resumed run repeats the uninterrupted one exactly."""
