@@ -194,8 +194,9 @@ class Optimizer:
         seen = self._seen_grads
         if seen is None or len(seen[0]) != len(grads) or not all(
                 map(operator.is_, grads, seen[0])):
-            seen = self._intake.adopt(grads)
-        self._intake.check_params_writeable()
+            seen = self._intake.adopt(grads)  # checks the params are still writeable too
+        else:
+            self._intake.check_params_writeable()
         stale = self._stale_groups()
         for gi in stale:
             self._check_labelled(gi, self.param_groups[gi])
