@@ -337,17 +337,23 @@ class Optimizer:
             if bucket.group_index == gi:
                 bucket.scalars = None
 
-    def _check_labelled(self, group_index, group):
+    def _check_labelled(self, group_index, group, where="param_groups"):
+        """Check one group's hyper-parameters: every known one present (a deleted ``eps``
+        would otherwise surface as a kernel-argument error), none unknown, each valid."""
+        label = f"{where}[{group_index}]"
         hyper = {k: v for k, v in group.items() if k != "params"}
-        unknown = sorted(set(hyper) - set(self.defaults))
+        unknown = sorted(set(hyper) - set(self.defaults), key=repr)
         if unknown:
-            raise ValueError(f"param_groups[{group_index}] has unknown hyper-parameter(s) "
-                             f"{unknown} for {type(self).__name__}; known: "
-                             f"{sorted(self.defaults)}")
+            raise ValueError(f"{label} has unknown hyper-parameter(s) {unknown} for "
+                             f"{type(self).__name__}; known: {sorted(self.defaults)}")
+        missing = sorted(set(self.defaults) - set(hyper))
+        if missing:
+            raise ValueError(f"{label} is missing hyper-parameter(s) {missing} of "
+                             f"{type(self).__name__}")
         try:
             self._check(hyper)
         except (TypeError, ValueError) as exc:
-            raise type(exc)(f"param_groups[{group_index}]: {exc}") from None
+            raise type(exc)(f"{label}: {exc}") from None
 
     def _check(self, hyper):
         from .. import functional
