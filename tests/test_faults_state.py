@@ -2,12 +2,170 @@
 saved optimizer states (missing buffers, step counts that disagree with the buffers, host
 scalars out of range, malformed containers), hyper-parameters, the functional layer's aliased
 arrays, and lr scheduler states and arguments."""
+import itertools
+
 import numpy as np
 import pytest
 
 import numba_opt as nopt
-from cases import optimizer
+from cases import CASES, case_id, make_grads, make_params, optimizer
 from test_validation import arrays, assert_untouched, good_grads, snapshot
+
+OPTIMIZERS = sorted({name for name, _ in CASES})
+
+# the hyper-parameters that switch a buffer on, with values that do
+SWITCHES = {"SGD": {"momentum": 0.9}, "Adam": {"amsgrad": True}, "AdamW": {"amsgrad": True},
+            "RMSprop": {"centered": True, "momentum": 0.9}}
+
+
+def small_params():
+    return make_params(np.float64, shapes=[(3,), (2, 2)])
+
+
+def stepped(name, kwargs, steps=2):
+    params = small_params()
+    opt = optimizer(name, params, **kwargs)
+    for step in range(1, steps + 1):
+        opt.step(make_grads(params, step))
+    return opt, params
+
+
+def refused(opt, params, state_dict, error, message):
+    """load_state_dict raises ``error`` matching ``message`` and changes nothing."""
+    before = snapshot(opt, params)
+    with pytest.raises(error, match=message):
+        opt.load_state_dict(state_dict)
+    assert_untouched(before, opt, params)
+
+
+# ------------------------------------------------------------------- buffers and step counts
+def layout_buffers(name):
+    """The buffer names of ``_layout`` for every combination of the defaults' flags, and of
+    zero and non-zero for each number: what the optimizer's steps can create."""
+    opt = optimizer(name, [np.zeros(2)])
+    choices = {k: (False, True) if isinstance(v, bool) else (0.0, 0.5) if isinstance(v, float)
+               else (v,) for k, v in opt.defaults.items()}
+    return [set(opt._layout(dict(zip(choices, values)))[1])
+            for values in itertools.product(*choices.values())]
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_switched_states_are_exactly_the_buffers_some_layout_lacks(name):
+    """The declared table load_state_dict relies on agrees with the kernels' layouts: every
+    buffer in every layout is required of a stepped param, the others may be absent."""
+    cls = getattr(nopt, name)
+    layouts = layout_buffers(name)
+    always, ever = set.intersection(*layouts), set.union(*layouts)
+    assert ever == set(cls.state_names)
+    assert set(cls.switched_states) == ever - always
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_a_stepped_param_missing_a_buffer_every_step_makes_is_refused(case):
+    name, kwargs = case
+    opt, params = stepped(name, kwargs)
+    required = [k for k in opt.state_names if k not in opt.switched_states]
+    assert required or name == "SGD"  # SGD's only buffer is switched on by momentum
+    for buffer in required:
+        saved = opt.state_dict()
+        del saved["state"][1][buffer]
+        refused(opt, params, saved, ValueError,
+                rf"state_dict\['state'\]\[1\] \(params\[1\]\) has stepped 2 times but lacks "
+                rf"\['{buffer}'\]")
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_a_state_saved_right_after_a_switch_loads_and_resumes_exactly(case):
+    """A buffer switched on mid-run starts at the next step; a state_dict saved in between
+    lacks it, and must still load (our own state_dict always loads back) and resume."""
+    name, kwargs = case
+    opt, params = stepped(name, kwargs)
+    switch = {k: v for k, v in SWITCHES.get(name, {}).items() if not opt.param_groups[0][k]}
+    opt.param_groups[0].update(switch)
+    saved, saved_params = opt.state_dict(), [p.copy() for p in params]
+    if switch:  # the case under test: a stepped param without a switched buffer
+        assert set(opt.switched_states) - set(saved["state"][0])
+    for step in range(3, 6):
+        opt.step(make_grads(params, step))
+
+    resumed_params = [p.copy() for p in saved_params]
+    resumed = optimizer(name, resumed_params, **kwargs)
+    resumed.load_state_dict(saved)
+    resumed.load_state_dict(resumed.state_dict())  # and what it saves loads back too
+    for key, value in switch.items():
+        assert resumed.param_groups[0][key] == value
+    for step in range(3, 6):
+        resumed.step(make_grads(resumed_params, step))
+    for a, b in zip(params, resumed_params):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_param_that_never_stepped_loads_beside_ones_that_did():
+    """A None grad leaves a param without state: its entry is absent, or step 0 and empty."""
+    opt, params = stepped("Adam", {})
+    opt.step([None, make_grads(params, 3)[1]])
+    saved = opt.state_dict()
+    fresh = optimizer("Adam", small_params())
+    fresh.step([make_grads(params, 1)[0], None])
+    fresh.load_state_dict({**saved, "state": {1: saved["state"][1], 0: {"step": 0}}})
+    assert fresh.state[0] == {} and fresh.state[1]["step"] == 3
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda entry: entry.update(step=0),
+     r"\[0\] \(params\[0\]\) has step 0 but holds \['exp_avg', 'exp_avg_sq'\]"),
+    (lambda entry: [entry.clear(), entry.update(step=0, exp_avg_sq=np.zeros(3))],
+     r"has step 0 but holds \['exp_avg_sq'\]"),
+    (lambda entry: [entry.pop("exp_avg"), entry.pop("exp_avg_sq")],
+     r"has stepped 2 times but lacks \['exp_avg', 'exp_avg_sq'\]"),
+], ids=["step 0 with buffers", "only a buffer", "stepped without buffers"])
+def test_step_count_and_buffers_must_agree(change, message):
+    opt, params = stepped("Adam", {})
+    saved = opt.state_dict()
+    change(saved["state"][0])
+    refused(opt, params, saved, ValueError, message)
+
+
+def test_a_never_stepped_nadam_param_keeps_its_initial_mu_product():
+    opt, params = stepped("NAdam", {})
+    saved = opt.state_dict()
+    saved["state"][0] = {"step": 0, "mu_product": 0.5}
+    refused(opt, params, saved, ValueError,
+            r"has step 0 but \['mu_product'\] differ from their initial values \[1.0\]")
+
+
+# -------------------------------------------------------------------- malformed containers
+def adam_state_dict(change):
+    opt, params = stepped("Adam", {"amsgrad": True})
+    saved = opt.state_dict()
+    change(saved)
+    return opt, params, saved
+
+
+def drop_eps(saved):
+    del saved["param_groups"][0]["eps"]
+
+
+@pytest.mark.parametrize("change, error, message", [
+    (lambda sd: sd.update(state=[sd["state"][0], sd["state"][1]]), TypeError,
+     r"state_dict\['state'\] must be a dict from param index to that param's state, got list"),
+    (lambda sd: sd.update(param_groups=sd["param_groups"][0]), TypeError,
+     r"state_dict\['param_groups'\] must be a list of dicts, got dict"),
+    (lambda sd: sd.update(param_groups=[list(sd["param_groups"][0].items())]), TypeError,
+     r"state_dict\['param_groups'\]\[0\] must be a dict, got list"),
+    (lambda sd: sd["state"].update({1: [("step", 2)]}), TypeError,
+     r"state_dict\['state'\]\[1\] \(params\[1\]'s state\) must be a dict, got list"),
+    (lambda sd: sd["param_groups"][0].update(params=5), ValueError,
+     r"state_dict\['param_groups'\]\[0\] holds params 5"),
+    (drop_eps, ValueError,
+     r"state_dict\['param_groups'\]\[0\] is missing hyper-parameter\(s\) \['eps'\] of Adam"),
+    (lambda sd: sd.update(state={0: sd["state"][0], True: sd["state"][1]}), ValueError,
+     "has an entry for param True"),
+], ids=["state a list", "groups a dict", "group not a dict", "entry not a dict",
+        "group params not a list", "group missing eps", "bool index"])
+def test_malformed_state_dicts_are_refused_by_name(change, error, message):
+    opt, params, saved = adam_state_dict(change)
+    refused(opt, params, saved, error, message)
 
 
 # ------------------------------------------------------------------------ hyper-parameters
