@@ -317,6 +317,9 @@ def nadam_scalars(*, step, mu_product, lr, betas, eps, weight_decay, momentum_de
         bias_correction2=bias_correction2, grad_coef=grad_coef, avg_coef=avg_coef)
 
 
+# mu_product is 1.0 before the first step, then a product of factors mu_t in [0, 1)
+NADAM_HOST_CHECKS = dict(mu_product=check.unit_interval)
+
 NADAM_HYPER = dict(lr=check.non_negative, betas=check.betas, eps=check.non_negative,
                    weight_decay=check.non_negative, momentum_decay=check.non_negative,
                    decoupled_weight_decay=check.flag, maximize=check.flag)
@@ -338,7 +341,7 @@ def nadam_step(param, grad, exp_avg, exp_avg_sq, *, step, mu_product=None, lr=2e
         mu_product = math.prod(nadam_momentum(k, betas[0], momentum_decay)
                                for k in range(1, step))
     else:
-        mu_product = check.unit_interval("mu_product", mu_product)
+        mu_product = NADAM_HOST_CHECKS["mu_product"]("mu_product", mu_product)
     mu_product = mu_product * nadam_momentum(step, betas[0], momentum_decay)
     kernel, names = nadam_layout()
     _run(kernel, device, param, grad, names, dict(exp_avg=exp_avg, exp_avg_sq=exp_avg_sq),

@@ -134,6 +134,33 @@ def test_a_never_stepped_nadam_param_keeps_its_initial_mu_product():
             r"has step 0 but \['mu_product'\] differ from their initial values \[1.0\]")
 
 
+# --------------------------------------------------------------------------- host scalars
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_every_host_scalar_has_a_check(name):
+    cls = getattr(nopt, name)
+    assert set(cls.host_checks) == set(cls.host_state)
+
+
+@pytest.mark.parametrize("value", [5.0, 1.0 + 1e-12, -0.1, -np.inf])
+def test_nadam_mu_product_outside_zero_one_is_refused(value):
+    """mu_product starts at 1.0 and is multiplied by factors in [0, 1) each step."""
+    opt, params = stepped("NAdam", {})
+    assert 0.0 < opt.state[0]["mu_product"] < 1.0
+    saved = opt.state_dict()
+    saved["state"][0]["mu_product"] = value
+    refused(opt, params, saved, ValueError,
+            r"state_dict\['state'\]\[0\]\['mu_product'\] must be (in \[0.0, 1.0\]|finite)")
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0])
+def test_nadam_mu_product_at_the_ends_of_its_range_loads(value):
+    opt, params = stepped("NAdam", {})
+    saved = opt.state_dict()
+    saved["state"][0]["mu_product"] = value
+    opt.load_state_dict(saved)
+    assert opt.state[0]["mu_product"] == value
+
+
 # -------------------------------------------------------------------- malformed containers
 def adam_state_dict(change):
     opt, params = stepped("Adam", {"amsgrad": True})

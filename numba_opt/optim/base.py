@@ -469,6 +469,8 @@ class Optimizer:
     #: the state buffers a hyper-parameter switches on (SGD's momentum_buffer with momentum > 0):
     #: absent, after a step, for a param that stepped before the switch (see load_state_dict)
     switched_states = ()
+    #: name -> check(name, value) for every host scalar in ``host_state`` (NAdam's mu_product)
+    host_checks = {}
 
     def _checked_state(self, i, saved):
         """One param's saved state, checked: keys, host scalars, buffers, and that its step
@@ -486,7 +488,7 @@ class Optimizer:
             if key == "step":
                 check.count(at, value)
             elif key in self.host_state:
-                check.real(at, value)
+                self.host_checks[key](at, value)
             elif key not in self.state_names:
                 raise ValueError(f"{at}: {type(self).__name__} has no state {key!r}")
             elif not isinstance(value, np.ndarray):
