@@ -74,6 +74,22 @@ def test_a_stepped_param_missing_a_buffer_every_step_makes_is_refused(case):
                 rf"\['{buffer}'\]")
 
 
+def test_a_checkpoint_file_missing_a_buffer_is_refused_by_load(tmp_path):
+    """nopt.load goes through load_state_dict: a file without a buffer changes nothing."""
+    opt, params = stepped("Adam", {})
+    path = tmp_path / "run.npz"
+    nopt.save(opt, path)
+    with np.load(path) as archive:
+        kept = {k: archive[k] for k in archive.files if k != "state/0/exp_avg_sq"}
+    np.savez(path, **kept)
+    opt.step(make_grads(params, 3))  # moved on, so a load would show
+    before = snapshot(opt, params)
+    with pytest.raises(ValueError, match=r"\[0\] \(params\[0\]\) has stepped 2 times but "
+                                         r"lacks \['exp_avg_sq'\]"):
+        nopt.load(opt, path)
+    assert_untouched(before, opt, params)
+
+
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_a_state_saved_right_after_a_switch_loads_and_resumes_exactly(case):
     """A buffer switched on mid-run starts at the next step; a state_dict saved in between
