@@ -10,7 +10,8 @@ For each optimizer this module holds:
 
 The optimizer classes (``numba_opt.optim``) use the same layout and scalars functions, so the host
 arithmetic exists once.  Each ``*_step`` works on one array; its state arrays must match the param
-in shape, dtype, memory order and device, and are updated in place.
+in shape, dtype, memory order and device, and are updated in place.  No two of param and state
+may share memory, nor the grad with either (the grad may be exactly the param, as in the classes).
 """
 import math
 
@@ -417,6 +418,23 @@ def _run(kernel_name, device, param, grad, state_names, given, h):
         check.check_like(state, param, name, "param", writeable=True)
     named = [("param", param), ("grad", grad), *zip(state_names, states)]
     backend = dispatch.backend(dispatch.resolve_device(device, named))
+    _reject_shared_memory(named)  # after resolve_device: the spans are in one address space
     flat = backend.flat
     getattr(backend, kernel_name)(flat(param), flat(grad), tuple(flat(s) for s in states),
                                   backend.scalars_argument(h, param.dtype))
+
+
+def _reject_shared_memory(named):
+    """The kernel reads and writes param and state element by element: two of them sharing
+    memory (the same array twice, or overlapping views) would each see the other's update.
+    As in the classes, the grad may be exactly its param's memory (p -= lr * p), nothing
+    else: no state, and no part of a param."""
+    spans = [(name, *check.data_span(array)) for name, array in named]
+    for k, (name, start, end) in enumerate(spans):
+        for other, other_start, other_end in spans[:k]:
+            overlap = start < other_end and other_start < end
+            grad_is_param = ({name, other} == {"param", "grad"}
+                             and (start, end) == (other_start, other_end))
+            if overlap and not grad_is_param:
+                raise ValueError(f"{name} shares memory with {other} (the same array, or "
+                                 "overlapping views); each must be its own array")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import numba_opt as nopt
+import numba_opt.functional as F
 from cases import CASES, case_id, make_grads, make_params, optimizer
 from test_validation import arrays, assert_untouched, good_grads, snapshot
 
@@ -234,7 +235,6 @@ def test_a_group_missing_a_hyper_parameter_is_refused_at_step(name, key):
 
 @pytest.mark.parametrize("huge", [10 ** 400, -10 ** 400])
 def test_an_int_too_large_for_a_float_is_a_value_error(huge):
-    import numba_opt.functional as F
     with pytest.raises(ValueError, match="lr must be finite, got a number too large"):
         nopt.Adam(arrays(), lr=huge)
     p = np.zeros(3)
@@ -250,3 +250,80 @@ def test_an_int_too_large_for_a_float_is_a_value_error(huge):
         opt.step(good_grads())
     opt.param_groups[0]["lr"] = before[2][0]["lr"]
     assert_untouched(before, opt, [a, b])
+
+
+# ----------------------------------------------------------------- functional layer aliasing
+# each step function, its state names in argument order, and keywords that need them all
+FUNCTIONS = [
+    (F.sgd_step, ["momentum_buffer"], dict(step=2, momentum=0.9)),
+    (F.rmsprop_step, ["square_avg", "grad_avg", "momentum_buffer"],
+     dict(centered=True, momentum=0.9)),
+    (F.adam_step, ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"], dict(step=2, amsgrad=True)),
+    (F.adamw_step, ["exp_avg", "exp_avg_sq"], dict(step=2)),
+    (F.adagrad_step, ["sum"], dict(step=2)),
+    (F.adamax_step, ["exp_avg", "exp_inf"], dict(step=2)),
+    (F.radam_step, ["exp_avg", "exp_avg_sq"], dict(step=2)),
+    (F.nadam_step, ["exp_avg", "exp_avg_sq"], dict(step=2)),
+    (F.adadelta_step, ["square_avg", "acc_delta"], {}),
+    (F.lion_step, ["exp_avg"], {}),
+]
+SIZE = 4
+
+
+def call_on_pool(fn, kwargs, offsets):
+    """Call ``fn`` on views of one pool: param, grad and each state start at ``offsets``;
+    returns the pool (every array's memory)."""
+    pool = np.random.default_rng(0).uniform(0.5, 1.0, 64)
+    fn(*(pool[o:o + SIZE] for o in offsets), **kwargs)
+    return pool
+
+
+def apart(names):
+    """Offsets at which param, grad and the states are separate (but adjacent) arrays."""
+    return [0, SIZE] + [SIZE * (2 + k) for k in range(len(names))]
+
+
+def aliasing_cases(names):
+    """(case id, offsets, the two names the error must give) for every kind of sharing."""
+    first, last = names[0], names[-1]
+    cases = [("state is param", {2: 0}, first, "param"),
+             ("state overlaps param", {2: SIZE - 1}, first, "param"),
+             ("grad is a state", {1: apart(names)[-1]}, last, "grad"),
+             ("grad overlaps param", {1: 1}, "grad", "param")]
+    if len(names) > 1:
+        cases += [("state is another state", {len(names) + 1: 2 * SIZE}, last, first),
+                  ("states overlap", {3: 2 * SIZE + 1}, names[1], first)]
+    for case_name, moved, culprit, other in cases:
+        offsets = apart(names)
+        for index, offset in moved.items():
+            offsets[index] = offset
+        yield case_name, offsets, culprit, other
+
+
+@pytest.mark.parametrize("fn, names, kwargs", FUNCTIONS, ids=[f[0].__name__ for f in FUNCTIONS])
+def test_functional_steps_refuse_arrays_that_share_memory(fn, names, kwargs):
+    expected = np.random.default_rng(0).uniform(0.5, 1.0, 64)
+    for case_name, offsets, culprit, other in aliasing_cases(names):
+        pool = expected.copy()
+        with pytest.raises(ValueError, match=rf"^{culprit} shares memory with {other} "):
+            fn(*(pool[o:o + SIZE] for o in offsets), **kwargs)
+        np.testing.assert_array_equal(pool, expected, err_msg=case_name)
+
+
+@pytest.mark.parametrize("fn, names, kwargs", FUNCTIONS, ids=[f[0].__name__ for f in FUNCTIONS])
+@pytest.mark.parametrize("grad_is_param", [False, True])
+def test_functional_steps_take_adjacent_views_and_a_grad_that_is_its_param(fn, names, kwargs,
+                                                                          grad_is_param):
+    """Views of one buffer that do not overlap are separate arrays; a param may be its own
+    grad, as in the classes (p -= lr * p).  Either computes what separate copies do."""
+    offsets = apart(names)
+    if grad_is_param:
+        offsets[1] = 0
+    pool = call_on_pool(fn, kwargs, offsets)
+    start = np.random.default_rng(0).uniform(0.5, 1.0, 64)
+    copies = [start[o:o + SIZE].copy() for o in offsets]
+    fn(*copies, **kwargs)
+    assert not np.array_equal(copies[0], start[:SIZE])  # the step did move the param
+    for k, (offset, array) in enumerate(zip(offsets, copies)):
+        if not (grad_is_param and k == 1):  # that grad was read, then updated as the param
+            np.testing.assert_array_equal(pool[offset:offset + SIZE], array)
