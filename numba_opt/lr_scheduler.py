@@ -19,13 +19,7 @@ class LRScheduler:
     """Base class: ``get_lr()`` gives the new lr of every group from the current ones."""
 
     def __init__(self, optimizer, last_epoch=-1):
-        from .optim import Optimizer
-        if not isinstance(optimizer, Optimizer):
-            raise TypeError(f"optimizer must be a numba_opt optimizer, got "
-                            f"{type(optimizer).__name__}")
-        if last_epoch != -1:
-            raise ValueError("last_epoch: resuming is done with load_state_dict(); "
-                             "pass last_epoch=-1")
+        _check_start(optimizer, last_epoch)
         self.optimizer = optimizer
         self.base_lrs = list(_initial_lrs(optimizer))
         self.last_epoch = -1
@@ -62,6 +56,21 @@ class LRScheduler:
         self.__dict__.update(state_dict)
 
 
+def _check_optimizer(optimizer):
+    from .optim import Optimizer
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"optimizer must be a numba_opt optimizer, got "
+                        f"{type(optimizer).__name__}")
+
+
+def _check_start(optimizer, last_epoch):
+    """A scheduler drives a numba_opt optimizer from its start."""
+    _check_optimizer(optimizer)
+    if last_epoch != -1:
+        raise ValueError("last_epoch: resuming is done with load_state_dict(); "
+                         "pass last_epoch=-1")
+
+
 def _initial_lrs(optimizer, lrs=None):
     """The lrs the optimizer's groups had when its first scheduler was made (torch keeps them
     as ``group["initial_lr"]``; here they sit beside the groups, which hold only
@@ -73,6 +82,22 @@ def _initial_lrs(optimizer, lrs=None):
 
 def _positive_int(name, value):
     return check.count(name, value, low=1)
+
+
+def _positive_real(name, value):
+    value = check.real(name, value)
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return value
+
+
+def _epochs(name, value):
+    """A list from an iterable of epochs (the ints are checked by the caller)."""
+    try:
+        return list(value)
+    except TypeError:
+        raise TypeError(f"{name} must be a list of epochs, got {type(value).__name__}") \
+            from None
 
 
 class StepLR(LRScheduler):
@@ -93,7 +118,7 @@ class MultiStepLR(LRScheduler):
     """lr * gamma at each epoch listed in ``milestones``."""
 
     def __init__(self, optimizer, milestones, gamma=0.1, last_epoch=-1):
-        milestones = [_positive_int("milestones[]", m) for m in milestones]
+        milestones = [_positive_int("milestones[]", m) for m in _epochs("milestones", milestones)]
         if milestones != sorted(milestones):
             raise ValueError(f"milestones must be increasing, got {milestones}")
         self.milestones = {m: milestones.count(m) for m in milestones}
@@ -164,6 +189,41 @@ class LinearLR(LRScheduler):
                 for lr in self._current()]
 
 
+def _momentum_check(use_beta1):
+    """Adam's beta1 must stay in [0, 1) (the optimizer would refuse it at its next step); a
+    momentum need only be >= 0."""
+    if use_beta1:
+        return lambda name, value: check.in_range(name, value, 0.0, 1.0)
+    return check.non_negative
+
+
+# the (lr from, lr to, momentum from, momentum to) of each OneCycleLR phase
+_TWO_PHASES = (("initial_lr", "max_lr", "max_momentum", "base_momentum"),
+               ("max_lr", "min_lr", "base_momentum", "max_momentum"))
+_THREE_PHASES = (("initial_lr", "max_lr", "max_momentum", "base_momentum"),
+                 ("max_lr", "initial_lr", "base_momentum", "max_momentum"),
+                 ("initial_lr", "min_lr", "max_momentum", "max_momentum"))
+
+
+def _phase_plan(pct, n, three_phase):
+    """OneCycleLR's phases: (the step it ends at, *its limits), as torch computes them."""
+    if three_phase:
+        return [(end, *names) for end, names in zip((pct * n - 1, 2 * pct * n - 2, n - 1),
+                                                     _THREE_PHASES)]
+    return [(end, *names) for end, names in zip((pct * n - 1, n - 1), _TWO_PHASES)]
+
+
+def _reject_empty_phase(phases, what):
+    """A phase that ends at the step it starts at divides by zero when a step lands in it
+    (torch's too: pct_start=1 fails at the last step, pct_start * total_steps = 1 at once)."""
+    start = 0
+    for k, phase in enumerate(phases):
+        if phase[0] == start:
+            raise ValueError(f"{what} gives phase {k} of the schedule no length (it starts and "
+                             f"ends at step {start}): its lr would divide by zero")
+        start = phase[0]
+
+
 class OneCycleLR(LRScheduler):
     """The 1cycle policy (torch's OneCycleLR): lr rises from max_lr/div_factor to ``max_lr``
     over ``pct_start`` of ``total_steps``, then anneals to max_lr/div_factor/final_div_factor
@@ -175,6 +235,7 @@ class OneCycleLR(LRScheduler):
                  pct_start=0.3, anneal_strategy="cos", cycle_momentum=True, base_momentum=0.85,
                  max_momentum=0.95, div_factor=25.0, final_div_factor=1e4, three_phase=False,
                  last_epoch=-1):
+        _check_start(optimizer, last_epoch)  # before the groups' momenta change
         groups = optimizer.param_groups
         if total_steps is None:
             if epochs is None or steps_per_epoch is None:
@@ -186,37 +247,36 @@ class OneCycleLR(LRScheduler):
         if anneal_strategy not in ("cos", "linear"):
             raise ValueError(f"anneal_strategy must be 'cos' or 'linear', got {anneal_strategy!r}")
         self.anneal_strategy = anneal_strategy
+        three_phase = check.flag("three_phase", three_phase)
+        div_factor = _positive_real("div_factor", div_factor)
+        final_div_factor = _positive_real("final_div_factor", final_div_factor)
         max_lrs = self._per_group("max_lr", max_lr, groups)
         self.limits = [{"initial_lr": m / div_factor, "max_lr": m,
                         "min_lr": m / div_factor / final_div_factor} for m in max_lrs]
-        n = self.total_steps
-        if three_phase:
-            self.phases = [(pct * n - 1, "initial_lr", "max_lr", "max_momentum", "base_momentum"),
-                           (2 * pct * n - 2, "max_lr", "initial_lr", "base_momentum",
-                            "max_momentum"),
-                           (n - 1, "initial_lr", "min_lr", "max_momentum", "max_momentum")]
-        else:
-            self.phases = [(pct * n - 1, "initial_lr", "max_lr", "max_momentum", "base_momentum"),
-                           (n - 1, "max_lr", "min_lr", "base_momentum", "max_momentum")]
+        self.phases = _phase_plan(pct, self.total_steps, three_phase)
+        _reject_empty_phase(self.phases, f"pct_start={pct} with total_steps={self.total_steps}")
         self.cycle_momentum = check.flag("cycle_momentum", cycle_momentum)
         if self.cycle_momentum:
             self.use_beta1 = "betas" in optimizer.defaults
             if not self.use_beta1 and "momentum" not in optimizer.defaults:
                 raise ValueError("cycle_momentum needs an optimizer with momentum or betas")
-            for limit, top, base in zip(self.limits,
-                                        self._per_group("max_momentum", max_momentum, groups),
-                                        self._per_group("base_momentum", base_momentum, groups)):
+            momentum = _momentum_check(self.use_beta1)
+            for limit, top, base in zip(
+                    self.limits, self._per_group("max_momentum", max_momentum, groups, momentum),
+                    self._per_group("base_momentum", base_momentum, groups, momentum)):
                 limit.update(max_momentum=top, base_momentum=base)
+        # everything checked: from here on the optimizer changes
+        if self.cycle_momentum:
             self._set_momenta([limit["max_momentum"] for limit in self.limits], groups)
         _initial_lrs(optimizer, [limit["initial_lr"] for limit in self.limits])
         super().__init__(optimizer, last_epoch)
 
     @staticmethod
-    def _per_group(name, value, groups):
+    def _per_group(name, value, groups, check_one=check.non_negative):
         values = list(value) if isinstance(value, (list, tuple)) else [value] * len(groups)
         if len(values) != len(groups):
             raise ValueError(f"{name} has {len(values)} entries for {len(groups)} param groups")
-        return [check.non_negative(name, v) for v in values]
+        return [check_one(name, v) for v in values]
 
     def _set_momenta(self, momenta, groups):
         for group, momentum in zip(groups, momenta):
@@ -257,6 +317,10 @@ class ChainedScheduler:
         schedulers = list(schedulers)
         if not schedulers:
             raise ValueError("schedulers is empty")
+        for k, scheduler in enumerate(schedulers):
+            if not hasattr(scheduler, "optimizer"):
+                raise TypeError(f"schedulers[{k}] must be a scheduler (StepLR, LinearLR, ...), "
+                                f"got {type(scheduler).__name__}")
         optimizer = schedulers[0].optimizer
         if any(s.optimizer is not optimizer for s in schedulers):
             raise ValueError("every chained scheduler must drive the same optimizer")
@@ -294,7 +358,7 @@ class SequentialLR:
                                 f"...), got {type(scheduler).__name__}")
             if scheduler.optimizer is not optimizer:
                 raise ValueError(f"schedulers[{k}] drives another optimizer")
-        milestones = [_positive_int("milestones[]", m) for m in milestones]
+        milestones = [_positive_int("milestones[]", m) for m in _epochs("milestones", milestones)]
         if len(milestones) != len(schedulers) - 1:
             raise ValueError(f"milestones has {len(milestones)} entries; {len(schedulers)} "
                              f"schedulers need {len(schedulers) - 1}")
@@ -343,6 +407,7 @@ class ReduceLROnPlateau:
 
     def __init__(self, optimizer, mode="min", factor=0.1, patience=10, threshold=1e-4,
                  threshold_mode="rel", cooldown=0, min_lr=0.0, eps=1e-8):
+        _check_optimizer(optimizer)
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         if threshold_mode not in ("rel", "abs"):

@@ -9,6 +9,7 @@ import pytest
 
 import numba_opt as nopt
 import numba_opt.functional as F
+from numba_opt import lr_scheduler as S
 from cases import CASES, case_id, make_grads, make_params, optimizer
 from test_validation import arrays, assert_untouched, good_grads, snapshot
 
@@ -327,3 +328,56 @@ def test_functional_steps_take_adjacent_views_and_a_grad_that_is_its_param(fn, n
     for k, (offset, array) in enumerate(zip(offsets, copies)):
         if not (grad_is_param and k == 1):  # that grad was read, then updated as the param
             np.testing.assert_array_equal(pool[offset:offset + SIZE], array)
+
+
+# ------------------------------------------------------------------- scheduler arguments
+def two_groups(name="SGD", **kwargs):
+    return optimizer(name, [{"params": [np.zeros(2)], "lr": 0.1},
+                            {"params": [np.zeros(3)], "lr": 0.05}], **kwargs)
+
+
+@pytest.mark.parametrize("make, error, message", [
+    (lambda o: S.OneCycleLR(o, max_lr=0.1, total_steps=10, div_factor=0), ValueError,
+     "div_factor must be > 0"),
+    (lambda o: S.OneCycleLR(o, max_lr=0.1, total_steps=10, final_div_factor=0), ValueError,
+     "final_div_factor must be > 0"),
+    (lambda o: S.OneCycleLR(o, max_lr=0.1, total_steps=10, div_factor=-25.0), ValueError,
+     "div_factor must be > 0"),
+    (lambda o: S.OneCycleLR(o, max_lr=0.1, total_steps=10, final_div_factor=float("inf")),
+     ValueError, "final_div_factor must be finite"),
+    # torch fails these with ZeroDivisionError: at the last step, or at once
+    (lambda o: S.OneCycleLR(o, max_lr=0.1, total_steps=10, pct_start=1.0), ValueError,
+     r"pct_start=1.0 with total_steps=10 gives phase 1 of the schedule no length"),
+    (lambda o: S.OneCycleLR(o, max_lr=0.1, total_steps=10, pct_start=0.1), ValueError,
+     "gives phase 0 of the schedule no length"),
+    (lambda o: S.OneCycleLR(o, max_lr=0.1, total_steps=4, pct_start=0.625, three_phase=True),
+     ValueError, "gives phase 2 of the schedule no length"),
+    (lambda o: S.OneCycleLR(o, max_lr=0.1, total_steps=10, pct_start=1.5), ValueError,
+     r"pct_start must be in \[0.0, 1.0\]"),
+    (lambda o: S.OneCycleLR(o, max_lr=0.1, total_steps=10, three_phase="yes"), TypeError,
+     "three_phase must be True or False"),
+    (lambda o: S.OneCycleLR(o, max_lr=0.1, total_steps=10, last_epoch=3), ValueError,
+     "last_epoch"),
+    (lambda o: S.OneCycleLR(object(), max_lr=0.1, total_steps=10), TypeError,
+     "optimizer must be a numba_opt optimizer, got object"),
+    (lambda o: S.ReduceLROnPlateau(object()), TypeError, "optimizer must be a numba_opt"),
+    (lambda o: S.MultiStepLR(o, milestones=3), TypeError,
+     "milestones must be a list of epochs, got int"),
+    (lambda o: S.ChainedScheduler([object()]), TypeError,
+     r"schedulers\[0\] must be a scheduler"),
+])
+def test_bad_scheduler_arguments_are_refused_and_change_nothing(make, error, message):
+    opt = two_groups(momentum=0.9)
+    before = ([dict(g) for g in opt.param_groups], opt._scheduler_initial_lrs)
+    with pytest.raises(error, match=message):
+        make(opt)
+    assert ([dict(g) for g in opt.param_groups], opt._scheduler_initial_lrs) == before
+
+
+def test_onecycle_beta1_must_stay_below_one_and_nothing_changes():
+    """OneCycleLR writes max_momentum into Adam's betas; 1.5 would fail the next step."""
+    opt = two_groups("Adam")
+    before = [dict(g) for g in opt.param_groups]
+    with pytest.raises(ValueError, match=r"max_momentum must be in \[0.0, 1.0\)"):
+        S.OneCycleLR(opt, max_lr=0.1, total_steps=10, max_momentum=1.5)
+    assert [dict(g) for g in opt.param_groups] == before and opt._scheduler_initial_lrs is None
