@@ -330,12 +330,204 @@ def test_functional_steps_take_adjacent_views_and_a_grad_that_is_its_param(fn, n
             np.testing.assert_array_equal(pool[offset:offset + SIZE], array)
 
 
-# ------------------------------------------------------------------- scheduler arguments
+# ----------------------------------------------------------------------- scheduler states
 def two_groups(name="SGD", **kwargs):
     return optimizer(name, [{"params": [np.zeros(2)], "lr": 0.1},
                             {"params": [np.zeros(3)], "lr": 0.05}], **kwargs)
 
 
+SCHEDULERS = {
+    "StepLR": lambda o: S.StepLR(o, step_size=3, gamma=0.5),
+    "MultiStepLR": lambda o: S.MultiStepLR(o, milestones=[2, 5, 5, 9], gamma=0.3),
+    "ExponentialLR": lambda o: S.ExponentialLR(o, gamma=0.9),
+    "CosineAnnealingLR": lambda o: S.CosineAnnealingLR(o, T_max=7, eta_min=1e-3),
+    "LinearLR": lambda o: S.LinearLR(o, start_factor=0.25, total_iters=4),
+    "OneCycleLR": lambda o: S.OneCycleLR(o, max_lr=[0.5, 0.2], total_steps=31),
+    "OneCycleLR-3phase-flat": lambda o: S.OneCycleLR(
+        o, max_lr=0.3, total_steps=32, three_phase=True, cycle_momentum=False),
+    "ChainedScheduler": lambda o: S.ChainedScheduler(
+        [S.LinearLR(o, start_factor=0.5, total_iters=3), S.ExponentialLR(o, gamma=0.95)]),
+    "SequentialLR": lambda o: S.SequentialLR(
+        o, [S.ExponentialLR(o, gamma=0.8), S.LinearLR(o, start_factor=0.2, total_iters=3),
+            S.MultiStepLR(o, milestones=[2, 4], gamma=0.5)], milestones=[3, 8]),
+    "ReduceLROnPlateau": lambda o: S.ReduceLROnPlateau(o, factor=0.5, patience=1, cooldown=2),
+}
+
+
+def advance(scheduler, epochs):
+    for epoch in range(epochs):
+        if isinstance(scheduler, S.ReduceLROnPlateau):
+            scheduler.step(1.0 + (epoch % 3 == 0))  # mostly no improvement: it reduces
+        else:
+            scheduler.step()
+
+
+def scheduler_snapshot(scheduler, opt):
+    return (repr(scheduler.state_dict()), [dict(g) for g in opt.param_groups],
+            opt._scheduler_initial_lrs)
+
+
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+@pytest.mark.parametrize("epochs", [0, 4, 9])
+@pytest.mark.parametrize("named", [True, False], ids=["with class name", "without"])
+def test_scheduler_states_load_back_and_resume_exactly(name, epochs, named):
+    """Our own state_dict always loads (without the class name too, as saved before it was
+    added) into a scheduler made alike, and both go on with the same lrs."""
+    opt = two_groups()
+    scheduler = SCHEDULERS[name](opt)
+    advance(scheduler, epochs)
+    saved, saved_opt = scheduler.state_dict(), opt.state_dict()
+    assert saved.pop("scheduler") == type(scheduler).__name__
+    if named:
+        saved["scheduler"] = type(scheduler).__name__
+    resumed_opt = two_groups()
+    resumed = SCHEDULERS[name](resumed_opt)
+    resumed_opt.load_state_dict(saved_opt)
+    resumed.load_state_dict(saved)
+    assert resumed.state_dict() == scheduler.state_dict()
+    advance(scheduler, 6)
+    advance(resumed, 6)
+    assert resumed.get_last_lr() == scheduler.get_last_lr()
+    assert [g["lr"] for g in resumed_opt.param_groups] == [g["lr"] for g in opt.param_groups]
+
+
+def scheduler_refuses(name, change, error, message, make=None):
+    opt = two_groups()
+    scheduler = SCHEDULERS[name](opt)
+    advance(scheduler, 4)
+    saved = scheduler.state_dict()
+    change(saved)  # in place
+    target = make(opt) if make else scheduler
+    before = scheduler_snapshot(target, opt)
+    with pytest.raises(error, match=message):
+        target.load_state_dict(saved)
+    assert scheduler_snapshot(target, opt) == before
+
+
+def without_name(state):
+    del state["scheduler"]
+
+
+def sub_state(k, **changes):
+    def change(state):
+        state["schedulers"][k].update(changes)
+    return change
+
+
+@pytest.mark.parametrize("source, target, message", [
+    ("StepLR", "CosineAnnealingLR", r"state_dict comes from 'StepLR', not CosineAnnealingLR"),
+    ("ChainedScheduler", "SequentialLR",
+     r"state_dict comes from 'ChainedScheduler', not SequentialLR"),
+    ("ExponentialLR", "StepLR", "comes from 'ExponentialLR', not StepLR"),
+])
+@pytest.mark.parametrize("named", [True, False], ids=["with class name", "without"])
+def test_another_schedulers_state_is_refused(source, target, message, named):
+    if not named:  # the keys tell them apart
+        message = rf"state_dict is not a {target} state: missing keys"
+    scheduler_refuses(source, lambda sd: None if named else without_name(sd), ValueError,
+                      message, make=SCHEDULERS[target])
+
+
+BAD_STATES = [
+    ("StepLR", lambda sd: sd.update(junk=1), ValueError, r"unknown keys \['junk'\]"),
+    ("StepLR", lambda sd: sd.pop("gamma"), ValueError, r"missing keys \['gamma'\]"),
+    ("StepLR", lambda sd: sd.update(last_epoch=-2), ValueError,
+     r"\['last_epoch'\] must be >= -1"),
+    ("StepLR", lambda sd: sd.update(last_epoch=2.0), TypeError,
+     r"\['last_epoch'\] must be an int"),
+    ("StepLR", lambda sd: sd.update(step_size=0), ValueError, r"\['step_size'\] must be >= 1"),
+    ("StepLR", lambda sd: sd.update(gamma=float("nan")), ValueError, "gamma'] must be finite"),
+    ("StepLR", lambda sd: sd.update(base_lrs=[0.1]), ValueError,
+     r"\['base_lrs'\] has 1 lrs for 2 param groups"),
+    ("StepLR", lambda sd: sd.update(base_lrs=0.1), TypeError, r"\['base_lrs'\] must be a list"),
+    ("StepLR", lambda sd: sd.update(_last_lr=[0.1, "0.05"]), TypeError,
+     r"\['_last_lr'\]\[1\] must be a real number"),
+    ("StepLR", lambda sd: sd.update(_last_lr=[0.1, -1.0]), ValueError, r"must be >= 0"),
+    ("MultiStepLR", lambda sd: sd.update(milestones=[2, 5]), TypeError,
+     "must be a dict from epoch to count"),
+    ("MultiStepLR", lambda sd: sd.update(milestones={2: 1, 0: 1}), ValueError,
+     r"\['milestones'\] key must be >= 1"),
+    ("CosineAnnealingLR", lambda sd: sd.update(T_max=0), ValueError, r"T_max'\] must be >= 1"),
+    ("LinearLR", lambda sd: sd.update(start_factor=0.0), ValueError, "start_factor'] must be > 0"),
+    ("LinearLR", lambda sd: sd.update(end_factor=2.0), ValueError, r"end_factor'\] must be in"),
+    ("OneCycleLR", lambda sd: sd.update(anneal_strategy="exp"), ValueError,
+     r"anneal_strategy'\] must be one of \['cos', 'linear'\]"),
+    ("OneCycleLR", lambda sd: sd.update(total_steps=40), ValueError,
+     r"\['phases'\] ends at step 30.0, but total_steps is 40: it must end at 39"),
+    ("OneCycleLR", lambda sd: sd.update(last_epoch=32), ValueError,
+     r"\['last_epoch'\] is 32, past total_steps \(31\)"),
+    ("OneCycleLR", lambda sd: sd["phases"].pop(), ValueError, r"\['phases'\] has 1 phases"),
+    ("OneCycleLR", lambda sd: sd["phases"].__setitem__(0, (0.0, *sd["phases"][0][1:])),
+     ValueError, r"\['phases'\] gives phase 0 of the schedule no length"),
+    ("OneCycleLR", lambda sd: sd["phases"].__setitem__(1, (30, "min_lr", "max_lr", "a", "b")),
+     ValueError, r"\['phases'\]\[1\] must be \(end step, max_lr, min_lr"),
+    ("OneCycleLR", lambda sd: sd["limits"][1].pop("max_momentum"), ValueError,
+     r"\['limits'\]\[1\] must have the keys"),
+    ("OneCycleLR", lambda sd: sd.update(use_beta1=True), ValueError,
+     r"\['use_beta1'\] is True, but SGD cycles momentum"),
+    ("OneCycleLR", lambda sd: sd.update(cycle_momentum=False), ValueError,
+     r"unknown keys \['use_beta1'\]"),
+    ("OneCycleLR-3phase-flat", lambda sd: sd.update(cycle_momentum=True), ValueError,
+     r"missing keys \['use_beta1'\]"),
+    ("ReduceLROnPlateau", lambda sd: sd.update(mode="up"), ValueError, "mode'] must be one of"),
+    ("ReduceLROnPlateau", lambda sd: sd.update(best=float("nan")), ValueError,
+     "best'] must be finite"),
+    ("ReduceLROnPlateau", lambda sd: sd.update(factor=1.0), ValueError,
+     r"factor'\] must be in \[0.0, 1.0\)"),
+    ("ReduceLROnPlateau", lambda sd: sd.update(cooldown_counter=3), ValueError,
+     r"cooldown_counter'\] is 3, more than its cooldown \(2\)"),
+    ("ReduceLROnPlateau", lambda sd: sd.update(min_lrs=[0.0]), ValueError, "has 1 lrs for 2"),
+    ("ChainedScheduler", lambda sd: sd["schedulers"].pop(), ValueError,
+     r"\['schedulers'\] has 1 scheduler states for 2 schedulers"),
+    # the first sub-state is fine: nothing of it may be applied before the second is checked
+    ("ChainedScheduler", sub_state(1, gamma=-1.0), ValueError,
+     r"state_dict\['schedulers'\]\[1\]\['gamma'\] must be >= 0"),
+    ("ChainedScheduler", sub_state(1, scheduler="StepLR"), ValueError,
+     r"state_dict\['schedulers'\]\[1\] comes from 'StepLR', not ExponentialLR"),
+    ("SequentialLR", sub_state(2, milestones={0: 1}), ValueError,
+     r"state_dict\['schedulers'\]\[2\]\['milestones'\] key must be >= 1"),
+    ("SequentialLR", lambda sd: sd.update(milestones=[8, 3]), ValueError,
+     r"\['milestones'\] must be strictly increasing"),
+    ("SequentialLR", lambda sd: sd.update(milestones=[3]), ValueError,
+     r"\['milestones'\] has 1 milestones; this SequentialLR's schedulers need 2"),
+    ("SequentialLR", lambda sd: sd.update(last_epoch=-1), ValueError,
+     r"\['last_epoch'\] must be >= 0"),
+]
+
+
+@pytest.mark.parametrize("name, change, error, message", BAD_STATES,
+                         ids=[f"{case[0]}-{k}" for k, case in enumerate(BAD_STATES)])
+def test_bad_scheduler_states_are_refused_whole(name, change, error, message):
+    scheduler_refuses(name, change, error, message)
+
+
+def test_a_scheduler_state_must_be_a_dict():
+    opt = two_groups()
+    scheduler = SCHEDULERS["StepLR"](opt)
+    before = scheduler_snapshot(scheduler, opt)
+    with pytest.raises(TypeError, match=r"state_dict must be a dict \(a StepLR state_dict\), "
+                                        "got list"):
+        scheduler.load_state_dict([1, 2])
+    assert scheduler_snapshot(scheduler, opt) == before
+
+
+def test_a_refused_sequential_state_leaves_every_sub_scheduler_alone():
+    """The state of the last sub-scheduler is bad: the earlier ones must not have loaded."""
+    opt = two_groups()
+    scheduler = SCHEDULERS["SequentialLR"](opt)
+    advance(scheduler, 9)
+    saved = scheduler.state_dict()
+    fresh_opt = two_groups()
+    fresh = SCHEDULERS["SequentialLR"](fresh_opt)
+    before = [s.state_dict() for s in fresh._schedulers]
+    saved["schedulers"][2]["gamma"] = -0.5
+    with pytest.raises(ValueError, match=r"\['schedulers'\]\[2\]\['gamma'\] must be >= 0"):
+        fresh.load_state_dict(saved)
+    assert [s.state_dict() for s in fresh._schedulers] == before
+    assert fresh.last_epoch == 0
+
+
+# ------------------------------------------------------------------- scheduler arguments
 @pytest.mark.parametrize("make, error, message", [
     (lambda o: S.OneCycleLR(o, max_lr=0.1, total_steps=10, div_factor=0), ValueError,
      "div_factor must be > 0"),
@@ -381,3 +573,46 @@ def test_onecycle_beta1_must_stay_below_one_and_nothing_changes():
     with pytest.raises(ValueError, match=r"max_momentum must be in \[0.0, 1.0\)"):
         S.OneCycleLR(opt, max_lr=0.1, total_steps=10, max_momentum=1.5)
     assert [dict(g) for g in opt.param_groups] == before and opt._scheduler_initial_lrs is None
+
+
+class HalvingLR(S.LRScheduler):
+    """A user's own schedule with an attribute of its own."""
+
+    def __init__(self, optimizer, every):
+        self.every = every
+        super().__init__(optimizer)
+
+    def get_lr(self):
+        halve = self.last_epoch and self.last_epoch % self.every == 0
+        return [lr / 2 if halve else lr for lr in self._current()]
+
+
+def test_a_users_scheduler_subclass_loads_its_own_attributes_back():
+    opt = two_groups()
+    scheduler = HalvingLR(opt, every=2)
+    advance(scheduler, 5)
+    saved = scheduler.state_dict()
+    resumed = HalvingLR(two_groups(), every=3)
+    resumed.load_state_dict(saved)
+    assert resumed.every == 2 and resumed.last_epoch == 5
+    saved["junk"] = 1  # the key set is still exactly the class's
+    with pytest.raises(ValueError, match=r"unknown keys \['junk'\]"):
+        resumed.load_state_dict(saved)
+
+
+class EveryOtherStepLR(S.StepLR):
+    def __init__(self, optimizer):
+        self.note = "mine"
+        super().__init__(optimizer, step_size=2)
+
+
+def test_a_users_subclass_of_a_builtin_scheduler_loads_back():
+    scheduler = EveryOtherStepLR(two_groups())
+    advance(scheduler, 3)
+    resumed = EveryOtherStepLR(two_groups())
+    resumed.load_state_dict(scheduler.state_dict())
+    assert resumed.state_dict() == scheduler.state_dict()
+    saved = scheduler.state_dict()
+    saved["gamma"] = -1.0  # the attributes it inherits are still checked
+    with pytest.raises(ValueError, match=r"\['gamma'\] must be >= 0"):
+        resumed.load_state_dict(saved)
