@@ -135,11 +135,14 @@ def betas(name, value):
 
 
 def count(name, value, low=0):
-    """An int >= low (bools refused)."""
+    """An int >= low and below 2**63 (bools refused): a count the float arithmetic of step
+    numbers (beta ** step) and int64 can hold."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < low:
         raise ValueError(f"{name} must be >= {low}, got {value}")
+    if value >= 2 ** 63:
+        raise ValueError(f"{name} must be < 2**63, got a larger int")
     return int(value)
 
 

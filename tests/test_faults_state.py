@@ -234,6 +234,19 @@ def test_a_group_missing_a_hyper_parameter_is_refused_at_step(name, key):
             np.testing.assert_array_equal(now[k], then[k])
 
 
+@pytest.mark.parametrize("name", ["Adam", "NAdam", "Adagrad"])
+def test_a_step_count_too_large_for_a_float_is_refused(name):
+    """It would load, then fail the next step with a bare OverflowError (beta ** step)."""
+    opt, params = stepped(name, {})
+    saved = opt.state_dict()
+    saved["state"][0]["step"] = 10 ** 400
+    refused(opt, params, saved, ValueError, r"\['step'\] must be < 2\*\*63")
+    p = np.zeros(3)
+    with pytest.raises(ValueError, match=r"step must be < 2\*\*63"):
+        F.adam_step(p, np.ones(3), np.zeros(3), np.zeros(3), step=2 ** 63)
+    np.testing.assert_array_equal(p, 0.0)
+
+
 @pytest.mark.parametrize("huge", [10 ** 400, -10 ** 400])
 def test_an_int_too_large_for_a_float_is_a_value_error(huge):
     with pytest.raises(ValueError, match="lr must be finite, got a number too large"):
