@@ -96,7 +96,11 @@ def real(name, value):
     """A finite real number (bools are refused: lr=True is a bug, not 1.0)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int (or Fraction) beyond the float range
+        raise ValueError(f"{name} must be finite, got a number too large for a float") \
+            from None
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
     return value
@@ -134,11 +138,14 @@ def betas(name, value):
 
 
 def count(name, value, low=0):
-    """An int >= low (bools refused)."""
+    """An int >= low and below 2**63 (bools refused): a count the float arithmetic of step
+    numbers (beta ** step) and int64 can hold."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < low:
         raise ValueError(f"{name} must be >= {low}, got {value}")
+    if value >= 2 ** 63:
+        raise ValueError(f"{name} must be < 2**63, got a larger int")
     return int(value)
 
 

@@ -10,7 +10,8 @@ For each optimizer this module holds:
 
 The optimizer classes (``numba_opt.optim``) use the same layout and scalars functions, so the host
 arithmetic exists once.  Each ``*_step`` works on one array; its state arrays must match the param
-in shape, dtype, memory order and device, and are updated in place.
+in shape, dtype, memory order and device, and are updated in place.  No two of param and state
+may share memory, nor the grad with either (the grad may be exactly the param, as in the classes).
 """
 import math
 
@@ -317,6 +318,9 @@ def nadam_scalars(*, step, mu_product, lr, betas, eps, weight_decay, momentum_de
         bias_correction2=bias_correction2, grad_coef=grad_coef, avg_coef=avg_coef)
 
 
+# mu_product is 1.0 before the first step, then a product of factors mu_t in [0, 1)
+NADAM_HOST_CHECKS = dict(mu_product=check.unit_interval)
+
 NADAM_HYPER = dict(lr=check.non_negative, betas=check.betas, eps=check.non_negative,
                    weight_decay=check.non_negative, momentum_decay=check.non_negative,
                    decoupled_weight_decay=check.flag, maximize=check.flag)
@@ -338,7 +342,7 @@ def nadam_step(param, grad, exp_avg, exp_avg_sq, *, step, mu_product=None, lr=2e
         mu_product = math.prod(nadam_momentum(k, betas[0], momentum_decay)
                                for k in range(1, step))
     else:
-        mu_product = check.unit_interval("mu_product", mu_product)
+        mu_product = NADAM_HOST_CHECKS["mu_product"]("mu_product", mu_product)
     mu_product = mu_product * nadam_momentum(step, betas[0], momentum_decay)
     kernel, names = nadam_layout()
     _run(kernel, device, param, grad, names, dict(exp_avg=exp_avg, exp_avg_sq=exp_avg_sq),
@@ -414,6 +418,23 @@ def _run(kernel_name, device, param, grad, state_names, given, h):
         check.check_like(state, param, name, "param", writeable=True)
     named = [("param", param), ("grad", grad), *zip(state_names, states)]
     backend = dispatch.backend(dispatch.resolve_device(device, named))
+    _reject_shared_memory(named)  # after resolve_device: the spans are in one address space
     flat = backend.flat
     getattr(backend, kernel_name)(flat(param), flat(grad), tuple(flat(s) for s in states),
                                   backend.scalars_argument(h, param.dtype))
+
+
+def _reject_shared_memory(named):
+    """The kernel reads and writes param and state element by element: two of them sharing
+    memory (the same array twice, or overlapping views) would each see the other's update.
+    As in the classes, the grad may be exactly its param's memory (p -= lr * p), nothing
+    else: no state, and no part of a param."""
+    spans = [(name, *check.data_span(array)) for name, array in named]
+    for k, (name, start, end) in enumerate(spans):
+        for other, other_start, other_end in spans[:k]:
+            overlap = start < other_end and other_start < end
+            grad_is_param = ({name, other} == {"param", "grad"}
+                             and (start, end) == (other_start, other_end))
+            if overlap and not grad_is_param:
+                raise ValueError(f"{name} shares memory with {other} (the same array, or "
+                                 "overlapping views); each must be its own array")

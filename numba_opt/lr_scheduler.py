@@ -7,25 +7,59 @@ learning rate, the formulas are torch's recursive ("chainable") forms, so schedu
 and ``SequentialLR`` runs one after another (warm-up, then cosine decay).  Every scheduler's
 ``base_lrs`` are the lrs the optimizer had when its first scheduler was made (torch's
 ``initial_lr``), whatever was made since.
-``state_dict()`` / ``load_state_dict()`` save and restore a scheduler's position.
+``state_dict()`` / ``load_state_dict()`` save and restore a scheduler's position.  A state_dict
+also names its scheduler's class (``"scheduler"``, a key torch's state_dicts lack), and
+``load_state_dict`` refuses another class's state; it takes exactly the keys its class saves,
+each value checked (types, ranges, one lr per param group), the whole state (every
+sub-scheduler's, for ``ChainedScheduler`` and ``SequentialLR``) before anything changes.  A
+state without the ``"scheduler"`` key (saved before it existed) loads when its keys match.  A
+scheduler subclass written elsewhere saves its own attributes too: they load as they are (the
+ones it inherits are checked).
 """
 import bisect
+import copy
 import math
+from collections.abc import Mapping
+
+import numpy as np
 
 from . import _validation as check
 
 
-class LRScheduler:
+class _StateDict:
+    """``state_dict()`` and ``load_state_dict()`` from a table of checks, one per saved key."""
+
+    def state_dict(self):
+        return _saved(self)
+
+    def load_state_dict(self, state_dict):
+        """Restore a ``state_dict()`` of this class: its exact keys, each value checked, all
+        before anything changes (see the module docstring)."""
+        self._apply(self._checked(state_dict))
+
+    def _state_checks(self, state):
+        """key -> check(where, value) returning the value to keep, for every saved key (some
+        schedulers' keys depend on a saved flag: ``state`` is the state being loaded)."""
+        raise NotImplementedError
+
+    def _check_together(self, values, where):
+        """Rules that tie checked values together (none unless overridden)."""
+
+    def _checked(self, state_dict, where="state_dict"):
+        """The values to load from ``state_dict``, all checked; nothing is changed."""
+        values = _checked_fields(self, state_dict, where)
+        self._check_together(values, where)
+        return values
+
+    def _apply(self, values):
+        self.__dict__.update(values)
+
+
+class LRScheduler(_StateDict):
     """Base class: ``get_lr()`` gives the new lr of every group from the current ones."""
 
     def __init__(self, optimizer, last_epoch=-1):
-        from .optim import Optimizer
-        if not isinstance(optimizer, Optimizer):
-            raise TypeError(f"optimizer must be a numba_opt optimizer, got "
-                            f"{type(optimizer).__name__}")
-        if last_epoch != -1:
-            raise ValueError("last_epoch: resuming is done with load_state_dict(); "
-                             "pass last_epoch=-1")
+        _check_start(optimizer, last_epoch)
         self.optimizer = optimizer
         self.base_lrs = list(_initial_lrs(optimizer))
         self.last_epoch = -1
@@ -55,11 +89,160 @@ class LRScheduler:
         self.last_epoch = -1
         self.step()
 
-    def state_dict(self):
-        return {k: v for k, v in vars(self).items() if k != "optimizer"}
+    def _state_checks(self, state):
+        lrs = _lrs(len(self.optimizer.param_groups))
+        # -1: a scheduler inside a SequentialLR waits there until its milestone
+        return {"base_lrs": lrs, "last_epoch": _at_least(-1), "_last_lr": lrs}
 
-    def load_state_dict(self, state_dict):
-        self.__dict__.update(state_dict)
+
+def _check_optimizer(optimizer):
+    from .optim import Optimizer
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"optimizer must be a numba_opt optimizer, got "
+                        f"{type(optimizer).__name__}")
+
+
+def _check_start(optimizer, last_epoch):
+    """A scheduler drives a numba_opt optimizer from its start."""
+    _check_optimizer(optimizer)
+    if last_epoch != -1:
+        raise ValueError("last_epoch: resuming is done with load_state_dict(); "
+                         "pass last_epoch=-1")
+
+
+def _saved(scheduler):
+    """A scheduler's state: its class name and a copy of its attributes but the optimizer."""
+    return {"scheduler": type(scheduler).__name__,
+            **copy.deepcopy({k: v for k, v in vars(scheduler).items() if k != "optimizer"})}
+
+
+def _checked_fields(scheduler, state, where):
+    """Each value of ``state`` checked by the scheduler's ``_state_checks``: exactly those
+    keys, and, if named, the scheduler's own class."""
+    name = type(scheduler).__name__
+    if not isinstance(state, Mapping):
+        raise TypeError(f"{where} must be a dict (a {name} state_dict), got "
+                        f"{type(state).__name__}")
+    if state.get("scheduler", name) != name:
+        raise ValueError(f"{where} comes from {state['scheduler']!r}, not {name}")
+    checks = scheduler._state_checks(state)
+    if type(scheduler).__module__ != __name__ and type(scheduler).state_dict is _StateDict.state_dict:
+        # a subclass written elsewhere saves its own attributes: they load as they are
+        checks = {**{k: _as_is for k in vars(scheduler) if k != "optimizer"}, **checks}
+    keys = set(state) - {"scheduler"}
+    missing, unknown = sorted(set(checks) - keys), sorted(keys - set(checks), key=repr)
+    if missing or unknown:
+        raise ValueError(f"{where} is not a {name} state: missing keys {missing}, unknown "
+                         f"keys {unknown}")
+    return {key: checks[key](f"{where}[{key!r}]", state[key]) for key in checks}
+
+
+def _checked_sub(scheduler, state, where):
+    """A sub-scheduler's checked state; a scheduler from elsewhere gets its state as it is,
+    for its own load_state_dict, called after every check here passed."""
+    return scheduler._checked(state, where) if isinstance(scheduler, _StateDict) else state
+
+
+def _apply_sub(scheduler, values):
+    if isinstance(scheduler, _StateDict):
+        scheduler._apply(values)
+    else:
+        scheduler.load_state_dict(values)
+
+
+# --- checks for saved values: check(where, value) -> the value to keep
+def _lrs(groups):
+    """A list of one lr per param group."""
+    def lrs(where, value):
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{where} must be a list of {groups} lrs, got "
+                            f"{type(value).__name__}")
+        if len(value) != groups:
+            raise ValueError(f"{where} has {len(value)} lrs for {groups} param groups")
+        return [check.non_negative(f"{where}[{k}]", v) for k, v in enumerate(value)]
+    return lrs
+
+
+def _as_is(where, value):
+    """An attribute of a scheduler subclass that declared no checks for it."""
+    return copy.deepcopy(value)
+
+
+def _at_least(low):
+    return lambda where, value: check.count(where, value, low)
+
+
+def _one_of(*options):
+    def one_of(where, value):
+        if not isinstance(value, str):
+            raise TypeError(f"{where} must be one of {list(options)}, got "
+                            f"{type(value).__name__}")
+        if value not in options:
+            raise ValueError(f"{where} must be one of {list(options)}, got {value!r}")
+        return value
+    return one_of
+
+
+def _real_or_infinite(where, value):
+    """A real number, infinities allowed (ReduceLROnPlateau's best starts at +-inf)."""
+    if isinstance(value, float) and math.isinf(value):
+        return float(value)
+    return check.real(where, value)
+
+
+def _positive_real(name, value):
+    value = check.real(name, value)
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return value
+
+
+def _start_factor(name, value):
+    value = check.in_range(name, value, 0.0, 1.0, high_inclusive=True)
+    if value == 0:
+        raise ValueError(f"{name} must be > 0")
+    return value
+
+
+def _unit_factor(name, value):
+    return check.in_range(name, value, 0.0, 1.0, high_inclusive=True)
+
+
+def _milestone_counts(where, value):
+    """MultiStepLR's milestones: epoch -> how many times gamma applies there."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{where} must be a dict from epoch to count, got "
+                        f"{type(value).__name__}")
+    return {_positive_int(f"{where} key", m): _positive_int(f"{where}[{m!r}]", n)
+            for m, n in value.items()}
+
+
+def _milestone_list(count):
+    def milestones(where, value):
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{where} must be a list of ints, got {type(value).__name__}")
+        if len(value) != count:
+            raise ValueError(f"{where} has {len(value)} milestones; this SequentialLR's "
+                             f"schedulers need {count}")
+        value = [_positive_int(f"{where}[{k}]", m) for k, m in enumerate(value)]
+        if any(b <= a for a, b in zip(value, value[1:])):
+            raise ValueError(f"{where} must be strictly increasing, got {value}")
+        return value
+    return milestones
+
+
+def _sub_states(schedulers):
+    """The checked states of ``schedulers`` from a saved list of them."""
+    def sub_states(where, value):
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{where} must be a list of scheduler states, got "
+                            f"{type(value).__name__}")
+        if len(value) != len(schedulers):
+            raise ValueError(f"{where} has {len(value)} scheduler states for "
+                             f"{len(schedulers)} schedulers")
+        return [_checked_sub(s, saved, f"{where}[{k}]")
+                for k, (s, saved) in enumerate(zip(schedulers, value))]
+    return sub_states
 
 
 def _initial_lrs(optimizer, lrs=None):
@@ -75,6 +258,15 @@ def _positive_int(name, value):
     return check.count(name, value, low=1)
 
 
+def _epochs(name, value):
+    """A list from an iterable of epochs (the ints are checked by the caller)."""
+    try:
+        return list(value)
+    except TypeError:
+        raise TypeError(f"{name} must be a list of epochs, got {type(value).__name__}") \
+            from None
+
+
 class StepLR(LRScheduler):
     """lr * gamma every ``step_size`` epochs."""
 
@@ -88,12 +280,16 @@ class StepLR(LRScheduler):
             return self._current()
         return [lr * self.gamma for lr in self._current()]
 
+    def _state_checks(self, state):
+        return {**super()._state_checks(state), "step_size": _positive_int,
+                "gamma": check.non_negative}
+
 
 class MultiStepLR(LRScheduler):
     """lr * gamma at each epoch listed in ``milestones``."""
 
     def __init__(self, optimizer, milestones, gamma=0.1, last_epoch=-1):
-        milestones = [_positive_int("milestones[]", m) for m in milestones]
+        milestones = [_positive_int("milestones[]", m) for m in _epochs("milestones", milestones)]
         if milestones != sorted(milestones):
             raise ValueError(f"milestones must be increasing, got {milestones}")
         self.milestones = {m: milestones.count(m) for m in milestones}
@@ -104,6 +300,10 @@ class MultiStepLR(LRScheduler):
         if self.last_epoch not in self.milestones:
             return self._current()
         return [lr * self.gamma ** self.milestones[self.last_epoch] for lr in self._current()]
+
+    def _state_checks(self, state):
+        return {**super()._state_checks(state), "milestones": _milestone_counts,
+                "gamma": check.non_negative}
 
 
 class ExponentialLR(LRScheduler):
@@ -117,6 +317,9 @@ class ExponentialLR(LRScheduler):
         if self.last_epoch == 0:
             return self._current()
         return [lr * self.gamma for lr in self._current()]
+
+    def _state_checks(self, state):
+        return {**super()._state_checks(state), "gamma": check.non_negative}
 
 
 class CosineAnnealingLR(LRScheduler):
@@ -137,6 +340,10 @@ class CosineAnnealingLR(LRScheduler):
         return [(1 + math.cos(math.pi * t / T)) / (1 + math.cos(math.pi * (t - 1) / T))
                 * (lr - self.eta_min) + self.eta_min for lr in self._current()]
 
+    def _state_checks(self, state):
+        return {**super()._state_checks(state), "T_max": _positive_int,
+                "eta_min": check.non_negative}
+
 
 class LinearLR(LRScheduler):
     """Linear warm-up (or -down): the lr factor goes from ``start_factor`` to ``end_factor``
@@ -144,12 +351,8 @@ class LinearLR(LRScheduler):
 
     def __init__(self, optimizer, start_factor=1.0 / 3, end_factor=1.0, total_iters=5,
                  last_epoch=-1):
-        self.start_factor = check.in_range("start_factor", start_factor, 0.0, 1.0,
-                                           high_inclusive=True)
-        if self.start_factor == 0:
-            raise ValueError("start_factor must be > 0")
-        self.end_factor = check.in_range("end_factor", end_factor, 0.0, 1.0,
-                                         high_inclusive=True)
+        self.start_factor = _start_factor("start_factor", start_factor)
+        self.end_factor = _unit_factor("end_factor", end_factor)
         self.total_iters = _positive_int("total_iters", total_iters)
         super().__init__(optimizer, last_epoch)
 
@@ -163,6 +366,61 @@ class LinearLR(LRScheduler):
         return [lr * (1.0 + change / (n * self.start_factor + (t - 1) * change))
                 for lr in self._current()]
 
+    def _state_checks(self, state):
+        return {**super()._state_checks(state), "start_factor": _start_factor,
+                "end_factor": _unit_factor, "total_iters": _positive_int}
+
+
+def _momentum_check(use_beta1):
+    """Adam's beta1 must stay in [0, 1) (the optimizer would refuse it at its next step); a
+    momentum need only be >= 0."""
+    if use_beta1:
+        return lambda name, value: check.in_range(name, value, 0.0, 1.0)
+    return check.non_negative
+
+
+# the (lr from, lr to, momentum from, momentum to) of each OneCycleLR phase
+_TWO_PHASES = (("initial_lr", "max_lr", "max_momentum", "base_momentum"),
+               ("max_lr", "min_lr", "base_momentum", "max_momentum"))
+_THREE_PHASES = (("initial_lr", "max_lr", "max_momentum", "base_momentum"),
+                 ("max_lr", "initial_lr", "base_momentum", "max_momentum"),
+                 ("initial_lr", "min_lr", "max_momentum", "max_momentum"))
+
+
+def _phase_plan(pct, n, three_phase):
+    """OneCycleLR's phases: (the step it ends at, *its limits), as torch computes them."""
+    if three_phase:
+        return [(end, *names) for end, names in zip((pct * n - 1, 2 * pct * n - 2, n - 1),
+                                                     _THREE_PHASES)]
+    return [(end, *names) for end, names in zip((pct * n - 1, n - 1), _TWO_PHASES)]
+
+
+def _reject_empty_phase(phases, what):
+    """A phase that ends at the step it starts at divides by zero when a step lands in it
+    (torch's too: pct_start=1 fails at the last step, pct_start * total_steps = 1 at once)."""
+    start = 0
+    for k, phase in enumerate(phases):
+        if phase[0] == start:
+            raise ValueError(f"{what} gives phase {k} of the schedule no length (it starts and "
+                             f"ends at step {start}): its lr would divide by zero")
+        start = phase[0]
+
+
+def _phase_list(where, value):
+    """Saved OneCycleLR phases: 2 or 3, each (a real end step, *the limits of its kind))."""
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"{where} must be a list of phases, got {type(value).__name__}")
+    kinds = {2: _TWO_PHASES, 3: _THREE_PHASES}.get(len(value))
+    if kinds is None:
+        raise ValueError(f"{where} has {len(value)} phases; a OneCycleLR has 2 or 3")
+    phases = []
+    for k, (phase, names) in enumerate(zip(value, kinds)):
+        if not isinstance(phase, (list, tuple)) or tuple(phase[1:]) != names:
+            raise ValueError(f"{where}[{k}] must be (end step, {', '.join(names)}), got "
+                             f"{phase!r}")
+        phases.append((check.real(f"{where}[{k}][0]", phase[0]), *names))
+    return phases
+
 
 class OneCycleLR(LRScheduler):
     """The 1cycle policy (torch's OneCycleLR): lr rises from max_lr/div_factor to ``max_lr``
@@ -175,6 +433,7 @@ class OneCycleLR(LRScheduler):
                  pct_start=0.3, anneal_strategy="cos", cycle_momentum=True, base_momentum=0.85,
                  max_momentum=0.95, div_factor=25.0, final_div_factor=1e4, three_phase=False,
                  last_epoch=-1):
+        _check_start(optimizer, last_epoch)  # before the groups' momenta change
         groups = optimizer.param_groups
         if total_steps is None:
             if epochs is None or steps_per_epoch is None:
@@ -186,37 +445,96 @@ class OneCycleLR(LRScheduler):
         if anneal_strategy not in ("cos", "linear"):
             raise ValueError(f"anneal_strategy must be 'cos' or 'linear', got {anneal_strategy!r}")
         self.anneal_strategy = anneal_strategy
+        three_phase = check.flag("three_phase", three_phase)
+        div_factor = _positive_real("div_factor", div_factor)
+        final_div_factor = _positive_real("final_div_factor", final_div_factor)
         max_lrs = self._per_group("max_lr", max_lr, groups)
         self.limits = [{"initial_lr": m / div_factor, "max_lr": m,
                         "min_lr": m / div_factor / final_div_factor} for m in max_lrs]
-        n = self.total_steps
-        if three_phase:
-            self.phases = [(pct * n - 1, "initial_lr", "max_lr", "max_momentum", "base_momentum"),
-                           (2 * pct * n - 2, "max_lr", "initial_lr", "base_momentum",
-                            "max_momentum"),
-                           (n - 1, "initial_lr", "min_lr", "max_momentum", "max_momentum")]
-        else:
-            self.phases = [(pct * n - 1, "initial_lr", "max_lr", "max_momentum", "base_momentum"),
-                           (n - 1, "max_lr", "min_lr", "base_momentum", "max_momentum")]
+        self.phases = _phase_plan(pct, self.total_steps, three_phase)
+        _reject_empty_phase(self.phases, f"pct_start={pct} with total_steps={self.total_steps}")
         self.cycle_momentum = check.flag("cycle_momentum", cycle_momentum)
         if self.cycle_momentum:
             self.use_beta1 = "betas" in optimizer.defaults
             if not self.use_beta1 and "momentum" not in optimizer.defaults:
                 raise ValueError("cycle_momentum needs an optimizer with momentum or betas")
-            for limit, top, base in zip(self.limits,
-                                        self._per_group("max_momentum", max_momentum, groups),
-                                        self._per_group("base_momentum", base_momentum, groups)):
+            momentum = _momentum_check(self.use_beta1)
+            for limit, top, base in zip(
+                    self.limits, self._per_group("max_momentum", max_momentum, groups, momentum),
+                    self._per_group("base_momentum", base_momentum, groups, momentum)):
                 limit.update(max_momentum=top, base_momentum=base)
+        # everything checked: from here on the optimizer changes
+        if self.cycle_momentum:
             self._set_momenta([limit["max_momentum"] for limit in self.limits], groups)
         _initial_lrs(optimizer, [limit["initial_lr"] for limit in self.limits])
         super().__init__(optimizer, last_epoch)
 
     @staticmethod
-    def _per_group(name, value, groups):
+    def _per_group(name, value, groups, check_one=check.non_negative):
         values = list(value) if isinstance(value, (list, tuple)) else [value] * len(groups)
         if len(values) != len(groups):
             raise ValueError(f"{name} has {len(values)} entries for {len(groups)} param groups")
-        return [check.non_negative(name, v) for v in values]
+        return [check_one(name, v) for v in values]
+
+    def _state_checks(self, state):
+        cycling = state.get("cycle_momentum")  # the key set depends on it; checked below
+        cycling = isinstance(cycling, (bool, np.bool_)) and bool(cycling)
+        checks = {**super()._state_checks(state), "total_steps": _positive_int,
+                  "anneal_strategy": _one_of("cos", "linear"),
+                  "limits": self._limits_check(cycling), "phases": _phase_list,
+                  "cycle_momentum": check.flag}
+        if cycling:
+            checks["use_beta1"] = self._use_beta1_check
+        return checks
+
+    def _limits_check(self, cycling):
+        """Per group: the lrs (and momenta, when cycling) the phases run between."""
+        keys = {"initial_lr", "max_lr", "min_lr"}
+        if cycling:
+            keys |= {"max_momentum", "base_momentum"}
+        groups = len(self.optimizer.param_groups)
+        momentum = _momentum_check("betas" in self.optimizer.defaults)
+
+        def limits(where, value):
+            if not isinstance(value, (list, tuple)):
+                raise TypeError(f"{where} must be a list of dicts, got {type(value).__name__}")
+            if len(value) != groups:
+                raise ValueError(f"{where} has {len(value)} entries for {groups} param groups")
+            checked = []
+            for k, limit in enumerate(value):
+                at = f"{where}[{k}]"
+                if not isinstance(limit, Mapping):
+                    raise TypeError(f"{at} must be a dict, got {type(limit).__name__}")
+                if set(limit) != keys:
+                    raise ValueError(f"{at} must have the keys {sorted(keys)}, has "
+                                     f"{sorted(limit, key=repr)}")
+                checked.append({name: (momentum if name.endswith("momentum")
+                                       else check.non_negative)(f"{at}[{name!r}]", v)
+                                for name, v in limit.items()})
+            return checked
+        return limits
+
+    def _use_beta1_check(self, where, value):
+        """Which momentum is cycled follows from the optimizer, as at construction."""
+        value = check.flag(where, value)
+        defaults = self.optimizer.defaults
+        if "betas" not in defaults and "momentum" not in defaults:
+            raise ValueError(f"{where}: cycle_momentum needs an optimizer with momentum or "
+                             f"betas, and {type(self.optimizer).__name__} has neither")
+        if value != ("betas" in defaults):
+            raise ValueError(f"{where} is {value}, but {type(self.optimizer).__name__} cycles "
+                             f"{'beta1' if 'betas' in defaults else 'momentum'}")
+        return value
+
+    def _check_together(self, values, where):
+        n, phases = values["total_steps"], values["phases"]
+        if phases[-1][0] != n - 1:
+            raise ValueError(f"{where}['phases'] ends at step {phases[-1][0]}, but "
+                             f"total_steps is {n}: it must end at {n - 1}")
+        _reject_empty_phase(phases, f"{where}['phases']")
+        if values["last_epoch"] > n:
+            raise ValueError(f"{where}['last_epoch'] is {values['last_epoch']}, past "
+                             f"total_steps ({n})")
 
     def _set_momenta(self, momenta, groups):
         for group, momentum in zip(groups, momenta):
@@ -250,13 +568,17 @@ class OneCycleLR(LRScheduler):
         return lrs
 
 
-class ChainedScheduler:
+class ChainedScheduler(_StateDict):
     """Several schedulers on one optimizer, stepped together (their factors multiply)."""
 
     def __init__(self, schedulers):
         schedulers = list(schedulers)
         if not schedulers:
             raise ValueError("schedulers is empty")
+        for k, scheduler in enumerate(schedulers):
+            if not hasattr(scheduler, "optimizer"):
+                raise TypeError(f"schedulers[{k}] must be a scheduler (StepLR, LinearLR, ...), "
+                                f"got {type(scheduler).__name__}")
         optimizer = schedulers[0].optimizer
         if any(s.optimizer is not optimizer for s in schedulers):
             raise ValueError("every chained scheduler must drive the same optimizer")
@@ -270,14 +592,18 @@ class ChainedScheduler:
         return self._schedulers[-1].get_last_lr()
 
     def state_dict(self):
-        return {"schedulers": [s.state_dict() for s in self._schedulers]}
+        return {"scheduler": type(self).__name__,
+                "schedulers": [s.state_dict() for s in self._schedulers]}
 
-    def load_state_dict(self, state_dict):
-        for scheduler, saved in zip(self._schedulers, state_dict["schedulers"]):
-            scheduler.load_state_dict(saved)
+    def _state_checks(self, state):
+        return {"schedulers": _sub_states(self._schedulers)}
+
+    def _apply(self, values):
+        for scheduler, saved in zip(self._schedulers, values["schedulers"]):
+            _apply_sub(scheduler, saved)
 
 
-class SequentialLR:
+class SequentialLR(_StateDict):
     """Schedulers one after another: ``schedulers[k]`` drives the lr from epoch
     ``milestones[k - 1]`` on, starting over from its epoch 0 there (torch's SequentialLR, e.g.
     ``SequentialLR(opt, [LinearLR(opt, 0.1, total_iters=5), CosineAnnealingLR(opt, 50)],
@@ -294,7 +620,7 @@ class SequentialLR:
                                 f"...), got {type(scheduler).__name__}")
             if scheduler.optimizer is not optimizer:
                 raise ValueError(f"schedulers[{k}] drives another optimizer")
-        milestones = [_positive_int("milestones[]", m) for m in milestones]
+        milestones = [_positive_int("milestones[]", m) for m in _epochs("milestones", milestones)]
         if len(milestones) != len(schedulers) - 1:
             raise ValueError(f"milestones has {len(milestones)} entries; {len(schedulers)} "
                              f"schedulers need {len(schedulers) - 1}")
@@ -326,28 +652,35 @@ class SequentialLR:
         return list(self._last_lr)
 
     def state_dict(self):
-        return {"last_epoch": self.last_epoch, "milestones": list(self.milestones),
-                "_last_lr": list(self._last_lr),
+        return {"scheduler": type(self).__name__, "last_epoch": self.last_epoch,
+                "milestones": list(self.milestones), "_last_lr": list(self._last_lr),
                 "schedulers": [s.state_dict() for s in self._schedulers]}
 
-    def load_state_dict(self, state_dict):
-        for scheduler, saved in zip(self._schedulers, state_dict["schedulers"]):
-            scheduler.load_state_dict(saved)
-        self.last_epoch, self._last_lr = state_dict["last_epoch"], list(state_dict["_last_lr"])
-        self.milestones = list(state_dict["milestones"])
+    def _state_checks(self, state):
+        return {"last_epoch": _at_least(0),
+                "milestones": _milestone_list(len(self._schedulers) - 1),
+                "_last_lr": _lrs(len(self.optimizer.param_groups)),
+                "schedulers": _sub_states(self._schedulers)}
+
+    def _apply(self, values):
+        for scheduler, saved in zip(self._schedulers, values["schedulers"]):
+            _apply_sub(scheduler, saved)
+        self.last_epoch, self._last_lr = values["last_epoch"], values["_last_lr"]
+        self.milestones = values["milestones"]
 
 
-class ReduceLROnPlateau:
+class ReduceLROnPlateau(_StateDict):
     """Divide the lr by 1/factor when ``metric`` (``step(metric)``) stops improving for
     ``patience`` epochs (torch's rules for mode, threshold, cooldown, min_lr, eps)."""
 
     def __init__(self, optimizer, mode="min", factor=0.1, patience=10, threshold=1e-4,
                  threshold_mode="rel", cooldown=0, min_lr=0.0, eps=1e-8):
+        _check_optimizer(optimizer)
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         if threshold_mode not in ("rel", "abs"):
             raise ValueError(f"threshold_mode must be 'rel' or 'abs', got {threshold_mode!r}")
-        self.factor = check.in_range("factor", factor, 0.0, 1.0)
+        self.factor = _factor("factor", factor)
         self.optimizer, self.mode, self.threshold_mode = optimizer, mode, threshold_mode
         self.patience = check.count("patience", patience)
         self.cooldown = check.count("cooldown", cooldown)
@@ -393,8 +726,21 @@ class ReduceLROnPlateau:
     def get_last_lr(self):
         return list(self._last_lr)
 
-    def state_dict(self):
-        return {k: v for k, v in vars(self).items() if k != "optimizer"}
+    def _state_checks(self, state):
+        lrs = _lrs(len(self.optimizer.param_groups))
+        return {"factor": _factor, "mode": _one_of("min", "max"),
+                "threshold_mode": _one_of("rel", "abs"), "patience": _at_least(0),
+                "cooldown": _at_least(0), "threshold": check.non_negative,
+                "eps": check.non_negative, "min_lrs": lrs, "best": _real_or_infinite,
+                "num_bad_epochs": _at_least(0), "cooldown_counter": _at_least(0),
+                "last_epoch": _at_least(0), "_last_lr": lrs}
 
-    def load_state_dict(self, state_dict):
-        self.__dict__.update(state_dict)
+    def _check_together(self, values, where):
+        if values["cooldown_counter"] > values["cooldown"]:
+            raise ValueError(f"{where}['cooldown_counter'] is {values['cooldown_counter']}, "
+                             f"more than its cooldown ({values['cooldown']})")
+
+
+def _factor(name, value):
+    """ReduceLROnPlateau's factor: the lr is multiplied by it, so it must be < 1."""
+    return check.in_range(name, value, 0.0, 1.0)

@@ -124,6 +124,21 @@ def test_functional_steps_work_on_device_arrays():
     np.testing.assert_allclose(d_param.copy_to_host(), expected, rtol=1e-12)
 
 
+
+@needs_cuda
+def test_functional_steps_refuse_device_arrays_that_share_memory():
+    import numba_opt.functional as F
+    d_param, d_grad, d_avg = to_device([np.ones(6), np.ones(6), np.zeros(6)])
+    with pytest.raises(ValueError, match="exp_avg_sq shares memory with param"):
+        F.adam_step(d_param, d_grad, d_avg, d_param, step=1)
+    pool = cuda.to_device(np.zeros(12))
+    with pytest.raises(ValueError, match="exp_avg_sq shares memory with exp_avg"):
+        F.adam_step(d_param, d_grad, pool[0:6], pool[3:9], step=1)
+    np.testing.assert_array_equal(d_param.copy_to_host(), 1.0)
+    np.testing.assert_array_equal(pool.copy_to_host(), 0.0)
+    F.adam_step(d_param, d_grad, pool[0:6], pool[6:12], step=1)  # adjacent, not overlapping
+    assert np.all(pool.copy_to_host() > 0)
+
 PTX_SCRIPT = textwrap.dedent("""
     import json, numpy as np
     from numba import cuda, typeof

@@ -10,6 +10,7 @@ class Adam(Optimizer):
     ``decoupled_weight_decay=True`` makes it AdamW.
     """
     state_names = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    switched_states = ("max_exp_avg_sq",)  # by amsgrad
     hyper_checks = F.ADAM_HYPER
     step_fields = F.ADAM_STEP_FIELDS
 

@@ -372,17 +372,23 @@ class Optimizer:
             if bucket.group_index == gi:
                 bucket.scalars = None
 
-    def _check_labelled(self, group_index, group):
+    def _check_labelled(self, group_index, group, where="param_groups"):
+        """Check one group's hyper-parameters: every known one present (a deleted ``eps``
+        would otherwise surface as a kernel-argument error), none unknown, each valid."""
+        label = f"{where}[{group_index}]"
         hyper = {k: v for k, v in group.items() if k != "params"}
-        unknown = sorted(set(hyper) - set(self.defaults))
+        unknown = sorted(set(hyper) - set(self.defaults), key=repr)
         if unknown:
-            raise ValueError(f"param_groups[{group_index}] has unknown hyper-parameter(s) "
-                             f"{unknown} for {type(self).__name__}; known: "
-                             f"{sorted(self.defaults)}")
+            raise ValueError(f"{label} has unknown hyper-parameter(s) {unknown} for "
+                             f"{type(self).__name__}; known: {sorted(self.defaults)}")
+        missing = sorted(set(self.defaults) - set(hyper))
+        if missing:
+            raise ValueError(f"{label} is missing hyper-parameter(s) {missing} of "
+                             f"{type(self).__name__}")
         try:
             self._check(hyper)
         except (TypeError, ValueError) as exc:
-            raise type(exc)(f"param_groups[{group_index}]: {exc}") from None
+            raise type(exc)(f"{label}: {exc}") from None
 
     def _check(self, hyper):
         from .. import functional
@@ -432,7 +438,18 @@ class Optimizer:
     @_locked
     def load_state_dict(self, state_dict):
         """Restore a ``state_dict()``: validated whole before anything changes, then copied in
-        (onto this optimizer's device), so a resumed run repeats the uninterrupted one exactly."""
+        (onto this optimizer's device), so a resumed run repeats the uninterrupted one exactly.
+
+        Each saved group must hold every hyper-parameter of this optimizer.  Each param's entry
+        in ``state`` must agree with its ``step``: a param that never stepped (no entry, or
+        ``step`` 0) holds no buffer; one that stepped holds every buffer all of its steps create
+        (Adam's exp_avg and exp_avg_sq: ``state_names`` less ``switched_states``), since
+        without it the run would silently restart that average from zero.  A buffer that a
+        hyper-parameter switches on (``switched_states``: SGD's momentum_buffer, amsgrad's
+        max_exp_avg_sq, ...) may be absent: switched on mid-run, it starts at the param's next
+        step, and a state_dict saved before then lacks it.  The limitation: such a buffer
+        deleted by hand cannot be told from that case, and starts afresh; nor can a whole
+        entry deleted for a param that did step (params with None grads never step)."""
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
         missing = {"format", "optimizer", "step_count", "param_groups", "state"} - set(state_dict)
@@ -445,24 +462,18 @@ class Optimizer:
             raise ValueError(f"state_dict comes from {state_dict['optimizer']}, not "
                              f"{type(self).__name__}")
         step_count = check.count("state_dict['step_count']", state_dict["step_count"])
-        groups = state_dict["param_groups"]
-        if len(groups) != len(self.param_groups):
-            raise ValueError(f"state_dict has {len(groups)} param groups, the optimizer has "
-                             f"{len(self.param_groups)}")
-        new_hyper = []
-        for gi, (saved, indices) in enumerate(zip(groups, self._group_indices)):
-            if list(saved.get("params", ())) != list(indices):
-                raise ValueError(f"state_dict param_groups[{gi}] holds params "
-                                 f"{saved.get('params')}, the optimizer's holds {list(indices)}")
-            hyper = {k: v for k, v in saved.items() if k != "params"}
-            self._check_labelled(gi, {**self.defaults, **hyper})
-            new_hyper.append(hyper)
+        new_hyper = self._checked_groups(state_dict["param_groups"])
+        saved_state = state_dict["state"]
+        if not isinstance(saved_state, Mapping):
+            raise TypeError("state_dict['state'] must be a dict from param index to that "
+                            f"param's state, got {type(saved_state).__name__}")
         new_state = {}
-        for i, saved in state_dict["state"].items():
-            if not (isinstance(i, (int, np.integer)) and 0 <= i < len(self._params)):
+        for i, saved in saved_state.items():
+            if not (isinstance(i, (int, np.integer)) and not isinstance(i, bool)
+                    and 0 <= i < len(self._params)):
                 raise ValueError(f"state_dict['state'] has an entry for param {i!r}, the "
                                  f"optimizer has {len(self._params)} params")
-            new_state[int(i)] = self._checked_state(i, saved)
+            new_state[int(i)] = self._checked_state(int(i), saved)
         # everything checked: now apply
         for group, hyper in zip(self.param_groups, new_hyper):
             group.update({k: list(v) if isinstance(v, list) else v for k, v in hyper.items()})
@@ -471,29 +482,81 @@ class Optimizer:
             self._load_bucket(bucket, new_state)
         self.step_count = step_count
 
+    def _checked_groups(self, groups):
+        """The saved groups' hyper-parameters (without 'params'), each group checked."""
+        if not isinstance(groups, (list, tuple)):
+            raise TypeError("state_dict['param_groups'] must be a list of dicts, got "
+                            f"{type(groups).__name__}")
+        if len(groups) != len(self.param_groups):
+            raise ValueError(f"state_dict has {len(groups)} param groups, the optimizer has "
+                             f"{len(self.param_groups)}")
+        new_hyper = []
+        for gi, (saved, indices) in enumerate(zip(groups, self._group_indices)):
+            if not isinstance(saved, Mapping):
+                raise TypeError(f"state_dict['param_groups'][{gi}] must be a dict, got "
+                                f"{type(saved).__name__}")
+            params = saved.get("params")
+            if not isinstance(params, (list, tuple)) or list(params) != list(indices):
+                raise ValueError(f"state_dict['param_groups'][{gi}] holds params {params!r}, "
+                                 f"the optimizer's holds {list(indices)}")
+            self._check_labelled(gi, saved, where="state_dict['param_groups']")
+            new_hyper.append({k: v for k, v in saved.items() if k != "params"})
+        return new_hyper
+
+    #: the state buffers a hyper-parameter switches on (SGD's momentum_buffer with momentum > 0):
+    #: absent, after a step, for a param that stepped before the switch (see load_state_dict)
+    switched_states = ()
+    #: name -> check(name, value) for every host scalar in ``host_state`` (NAdam's mu_product)
+    host_checks = {}
+
     def _checked_state(self, i, saved):
+        """One param's saved state, checked: keys, host scalars, buffers, and that its step
+        count and buffers agree (see load_state_dict)."""
         param, label = self._params[i], self._labels[i]
+        where = f"state_dict['state'][{i}]"
+        if not isinstance(saved, Mapping):
+            raise TypeError(f"{where} ({label}'s state) must be a dict, got "
+                            f"{type(saved).__name__}")
         for key in ("step", *self.host_state):
             if key not in saved:
-                raise ValueError(f"state_dict['state'][{i}] has no {key!r}")
+                raise ValueError(f"{where} has no {key!r}")
         for key, value in saved.items():
-            where = f"state_dict['state'][{i}][{key!r}]"
+            at = f"{where}[{key!r}]"
             if key == "step":
-                check.count(where, value)
-                continue
-            if key in self.host_state:
-                check.real(where, value)
-                continue
-            if key not in self.state_names:
-                raise ValueError(f"{where}: {type(self).__name__} has no state {key!r}")
-            if not isinstance(value, np.ndarray):
-                raise TypeError(f"{where} must be a NumPy array, got {type(value).__name__}")
-            if value.shape != tuple(param.shape):
-                raise ValueError(f"{where} has shape {value.shape}, {label} has "
+                check.count(at, value)
+            elif key in self.host_state:
+                self.host_checks[key](at, value)
+            elif key not in self.state_names:
+                raise ValueError(f"{at}: {type(self).__name__} has no state {key!r}")
+            elif not isinstance(value, np.ndarray):
+                raise TypeError(f"{at} must be a NumPy array, got {type(value).__name__}")
+            elif value.shape != tuple(param.shape):
+                raise ValueError(f"{at} has shape {value.shape}, {label} has "
                                  f"{tuple(param.shape)}")
-            if value.dtype != param.dtype:
-                raise TypeError(f"{where} has dtype {value.dtype}, {label} has {param.dtype}")
+            elif value.dtype != param.dtype:
+                raise TypeError(f"{at} has dtype {value.dtype}, {label} has {param.dtype}")
+        self._check_history(f"{where} ({label})", saved)
         return saved
+
+    def _check_history(self, where, saved):
+        """A param's step count and the buffers and host scalars it holds must agree."""
+        step = saved["step"]
+        held = [k for k in self.state_names if k in saved]
+        if step == 0:
+            if held:
+                raise ValueError(f"{where} has step 0 but holds {held}: a param that never "
+                                 "stepped has no state buffers")
+            moved = [k for k, initial in self.host_state.items() if saved[k] != initial]
+            if moved:
+                raise ValueError(f"{where} has step 0 but {moved} differ from their initial "
+                                 f"values {[self.host_state[k] for k in moved]}")
+            return
+        absent = [k for k in self.state_names
+                  if k not in saved and k not in self.switched_states]
+        if absent:
+            raise ValueError(f"{where} has stepped {step} times but lacks {absent}: every "
+                             f"{type(self).__name__} step updates it, and resuming without it "
+                             "would restart it from zero")
 
     def _load_bucket(self, bucket, new_state):
         hyper = {k: v for k, v in self.param_groups[bucket.group_index].items() if k != "params"}

@@ -15,6 +15,7 @@ class NAdam(Optimizer):
     hyper_checks = F.NADAM_HYPER
     step_fields = F.NADAM_STEP_FIELDS
     host_state = {"mu_product": 1.0}
+    host_checks = F.NADAM_HOST_CHECKS
 
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  momentum_decay=4e-3, decoupled_weight_decay=False, maximize=False,

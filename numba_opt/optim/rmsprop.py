@@ -9,6 +9,7 @@ class RMSprop(Optimizer):
     ``eps_inside_sqrt=True`` switches to the TF/Keras denominator sqrt(v + eps).
     """
     state_names = ("square_avg", "grad_avg", "momentum_buffer")
+    switched_states = ("grad_avg", "momentum_buffer")  # by centered, by momentum > 0
     hyper_checks = F.RMSPROP_HYPER
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,

@@ -9,6 +9,7 @@ class SGD(Optimizer):
     b <- momentum*b + (1 - dampening)*g; Nesterov uses g + momentum*b; then p <- p - lr*g.
     """
     state_names = ("momentum_buffer",)
+    switched_states = ("momentum_buffer",)  # by momentum > 0
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
                  nesterov=False, maximize=False, device="auto"):
