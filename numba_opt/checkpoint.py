@@ -33,16 +33,31 @@ def save(optimizer, path, *, params=True):
     complete new one."""
     _require_optimizer(optimizer)
     path = os.fspath(path)
+    state_dict, values = _snapshot(optimizer, params)
+    arrays = _members(state_dict, values, optimizer.state_names, params)
+    _write_atomically(path, arrays)
+
+
+def _snapshot(optimizer, params):
+    """(state_dict, host copies of the params): one consistent moment of the optimizer.  The
+    params are copied (to_host may hand back the array itself) so that a step running while the
+    file is written cannot change what is written."""
     state_dict = optimizer.state_dict()
+    to_host = optimizer._backend.to_host
+    values = [np.array(to_host(p), copy=True) for p in optimizer._params] if params else []
+    return state_dict, values
+
+
+def _members(state_dict, values, state_names, params):
+    """{member name: array} of the file, ``meta`` (the JSON of everything but arrays) included."""
     arrays, state_meta = {}, {}
     for i, entry in state_dict["state"].items():
-        state_meta[str(i)] = {k: v for k, v in entry.items() if k not in optimizer.state_names}
-        for name in optimizer.state_names:
+        state_meta[str(i)] = {k: v for k, v in entry.items() if k not in state_names}
+        for name in state_names:
             if name in entry:
                 arrays[f"state/{i}/{name}"] = entry[name]
-    if params:
-        for i, param in enumerate(optimizer._params):
-            arrays[f"params/{i}"] = optimizer._backend.to_host(param)
+    for i, value in enumerate(values):
+        arrays[f"params/{i}"] = value
     meta = {"checkpoint_format": CHECKPOINT_FORMAT, "params": bool(params),
             **{k: v for k, v in state_dict.items() if k != "state"}, "state": state_meta}
     try:
@@ -50,6 +65,10 @@ def save(optimizer, path, *, params=True):
     except TypeError as exc:
         raise TypeError(f"cannot save the hyper-parameters: {exc}") from None
     arrays[_META] = np.frombuffer(text.encode(), dtype=np.uint8)
+    return arrays
+
+
+def _write_atomically(path, arrays):
     directory = os.path.dirname(os.path.abspath(path))
     handle, temp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".",
                                     suffix=".tmp")
