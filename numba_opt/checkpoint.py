@@ -16,6 +16,7 @@ mid-write leaves the previous checkpoint intact.  ``load`` reads and checks the 
 CRCs, format, optimizer, shapes, dtypes) before changing anything; a corrupt or truncated file
 is a ``ValueError`` saying so.
 """
+import errno
 import json
 import os
 import tempfile
@@ -29,10 +30,12 @@ _META = "meta"
 
 def save(optimizer, path, *, params=True):
     """Write ``optimizer``'s state (and its params' values unless ``params=False``) to ``path``
-    (used as given: no ``.npz`` is appended).  Atomic: ``path`` holds either the old file or the
-    complete new one."""
+    (str, bytes or path-like, used as given: no ``.npz`` is appended).  Atomic: ``path`` holds
+    either the old file or the complete new one."""
     _require_optimizer(optimizer)
-    path = os.fspath(path)
+    path = _fspath(path)
+    if os.path.isdir(path):  # refuse now, not after writing the whole temp file
+        raise IsADirectoryError(errno.EISDIR, "cannot save a checkpoint over a directory", path)
     state_dict, values = _snapshot(optimizer, params)
     arrays = _members(state_dict, values, optimizer.state_names, params)
     _write_atomically(path, arrays)
@@ -90,7 +93,7 @@ def load(optimizer, path, *, params=True):
     unless ``params=False``).  Everything is read and checked first: on any error nothing is
     modified."""
     _require_optimizer(optimizer)
-    path = os.fspath(path)
+    path = _fspath(path)
     meta, arrays = _read(path)
     state_dict = _state_dict(meta, arrays, path)
     values = None
@@ -124,16 +127,27 @@ def _require_optimizer(optimizer):
         raise TypeError(f"optimizer must be a numba_opt optimizer, got {type(optimizer).__name__}")
 
 
+def _fspath(path):
+    """``path`` as a str (bytes are decoded as the OS does), or a TypeError naming it."""
+    try:
+        path = os.fsdecode(os.fspath(path))
+    except TypeError:
+        raise TypeError(f"path must be a str, bytes or os.PathLike, got "
+                        f"{type(path).__name__}") from None
+    if not path or "\0" in path:
+        raise ValueError(f"path {path!r} is empty or holds a NUL character")
+    return path
+
+
 def _read(path):
     """(meta dict, {name: array}) of a checkpoint file, every member read (CRC-checked)."""
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-        raise ValueError(f"{path} is not a readable checkpoint (corrupt or truncated?): "
-                         f"{exc}") from None
+    with open(path, "rb") as file:  # a missing or unreadable file raises as it is
+        try:
+            with np.load(file, allow_pickle=False) as archive:
+                arrays = {name: archive[name] for name in archive.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+            raise ValueError(f"{path} is not a readable checkpoint (corrupt or truncated?): "
+                             f"{exc}") from None
     if _META not in arrays or arrays[_META].dtype != np.uint8:
         raise ValueError(f"{path} is not a numba_opt checkpoint (no '{_META}' entry)")
     try:

@@ -1,6 +1,10 @@
 """Fault injection for numba_opt.save / numba_opt.load: crafted and damaged files, odd paths,
 and writers killed mid-save.  The rule: a bad file is a ValueError naming the path and what is
 wrong, and a failed load changes nothing."""
+import builtins
+import errno
+import os
+import re
 
 import numpy as np
 import pytest
@@ -40,6 +44,79 @@ def saved(tmp_path):
     in_file = state_of(opt, params)
     opt.step(make_grads(params, 2))
     return opt, params, path, in_file
+
+
+# ------------------------------------------------------------------------------------ paths
+def test_a_bytes_path_saves_and_loads(saved):
+    opt, params, path, _ = saved
+    after = state_of(opt, params)
+    nopt.save(opt, os.fsencode(path))
+    opt.step(make_grads(params, 3))
+    nopt.load(opt, os.fsencode(path))
+    assert_state(opt, params, after)
+
+
+@pytest.mark.parametrize("bad", [3, None, ["c.npz"]])
+def test_a_path_of_another_type_is_a_type_error_naming_path(saved, bad):
+    opt, params, _, _ = saved
+    for call in (nopt.save, nopt.load):
+        with pytest.raises(TypeError, match=f"path must be a str, bytes or os.PathLike, got "
+                                            f"{type(bad).__name__}"):
+            call(opt, bad)
+
+
+@pytest.mark.parametrize("bad", ["", "c\0.npz", b"c\0.npz"])
+def test_an_empty_path_or_one_holding_nul_is_a_value_error(saved, bad):
+    opt, _, _, _ = saved
+    for call in (nopt.save, nopt.load):
+        with pytest.raises(ValueError, match="is empty or holds a NUL character"):
+            call(opt, bad)
+
+
+def test_a_directory_is_a_clear_error(saved, tmp_path):
+    opt, params, path, _ = saved
+    listing = sorted(os.listdir(tmp_path))
+    with pytest.raises(IsADirectoryError, match=re.escape(str(tmp_path))):
+        nopt.save(opt, tmp_path)
+    assert sorted(os.listdir(tmp_path)) == listing  # nothing written beside it
+    before = state_of(opt, params)
+    with pytest.raises(IsADirectoryError, match=re.escape(str(tmp_path))):
+        nopt.load(opt, tmp_path)
+    assert_state(opt, params, before)
+
+
+def test_permission_denied_on_load_is_not_reported_as_corrupt(saved, monkeypatch):
+    opt, params, path, _ = saved
+    real_open = builtins.open
+
+    def denied(file, *args, **kwargs):  # a chmod would not stop root, who runs some CI
+        if file == str(path):
+            raise PermissionError(errno.EACCES, "Permission denied", file)
+        return real_open(file, *args, **kwargs)
+    monkeypatch.setattr(builtins, "open", denied)
+    with pytest.raises(PermissionError, match=re.escape(str(path))):
+        nopt.load(opt, path)
+
+
+def test_permission_denied_on_save_surfaces_and_leaves_no_temp(saved, monkeypatch, tmp_path):
+    opt, params, path, _ = saved
+    good = path.read_bytes()
+
+    def denied(source, target):
+        raise PermissionError(errno.EACCES, "Permission denied", target)
+    monkeypatch.setattr(os, "replace", denied)
+    with pytest.raises(PermissionError, match=re.escape(str(path))):
+        nopt.save(opt, path)
+    assert path.read_bytes() == good
+    assert os.listdir(tmp_path) == ["c.npz"]
+
+
+def test_a_missing_directory_stays_file_not_found(saved, tmp_path):
+    opt, _, _, _ = saved
+    with pytest.raises(FileNotFoundError):
+        nopt.save(opt, tmp_path / "nowhere" / "c.npz")
+    with pytest.raises(FileNotFoundError):
+        nopt.load(opt, tmp_path / "nowhere" / "c.npz")
 
 
 # ------------------------------------------------------------------------------- snapshots
