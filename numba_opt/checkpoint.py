@@ -12,13 +12,17 @@ where it was saved:
 What is stored: ``meta`` (UTF-8 JSON: the checkpoint format, the optimizer's name, hyper-parameters,
 step counts and host scalars), ``state/<i>/<name>`` (each state buffer, host copy) and
 ``params/<i>`` (each param).  ``save`` never leaves a half-written file under ``path``: a crash
-mid-write leaves the previous checkpoint intact.  ``load`` reads and checks the whole file (zip
-CRCs, format, optimizer, shapes, dtypes) before changing anything; a corrupt or truncated file
-is a ``ValueError`` saying so.
+mid-write leaves the previous checkpoint intact, and its temp file
+(``<name>.<writer pid>.<random>.tmp``) is removed by the next ``save`` or ``load`` of that path
+once its writer is dead.  ``load`` reads and checks the whole file (zip CRCs, format, optimizer,
+shapes, dtypes) before changing anything; a corrupt or truncated file is a ``ValueError``
+saying so.
 """
+import contextlib
 import errno
 import json
 import os
+import re
 import tempfile
 import zipfile
 
@@ -38,6 +42,7 @@ def save(optimizer, path, *, params=True):
         raise IsADirectoryError(errno.EISDIR, "cannot save a checkpoint over a directory", path)
     state_dict, values = _snapshot(optimizer, params)
     arrays = _members(state_dict, values, optimizer.state_names, params)
+    _remove_dead_temps(path)
     _write_atomically(path, arrays)
 
 
@@ -72,8 +77,9 @@ def _members(state_dict, values, state_names, params):
 
 
 def _write_atomically(path, arrays):
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".",
+    directory, base = os.path.split(os.path.abspath(path))
+    # the writer's pid in the name lets a later save or load tell a dead writer's leftover
+    handle, temp = tempfile.mkstemp(dir=directory, prefix=f"{base}.{os.getpid()}.",
                                     suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as f:
@@ -94,6 +100,7 @@ def load(optimizer, path, *, params=True):
     modified."""
     _require_optimizer(optimizer)
     path = _fspath(path)
+    _remove_dead_temps(path)
     meta, arrays = _read(path)
     state_dict = _state_dict(meta, arrays, path)
     values = None
@@ -137,6 +144,49 @@ def _fspath(path):
     if not path or "\0" in path:
         raise ValueError(f"path {path!r} is empty or holds a NUL character")
     return path
+
+
+# --------------------------------------------------------------------------- orphan temp files
+_TEMP_TAIL = re.compile(r"\.([1-9][0-9]{0,9})\.[^.]+\.tmp")  # after the basename: .pid.random.tmp
+
+
+def _remove_dead_temps(path):
+    """Remove the temp files of saves to ``path`` whose writer died (kill -9, power loss).
+    Best effort: a listing or removal that fails is left for next time.  A live writer's temp is
+    never touched, nor this process's own (a save to ``path`` may be running in another
+    thread)."""
+    if os.name != "posix":  # elsewhere os.kill(pid, 0) is no liveness probe: it kills
+        return
+    directory, base = os.path.split(os.path.abspath(path))
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        pid = _temp_writer(name, base)
+        if pid is None or pid == os.getpid() or _alive(pid):
+            continue
+        with contextlib.suppress(OSError):  # e.g. another process removed it first
+            os.unlink(os.path.join(directory, name))
+
+
+def _temp_writer(name, base):
+    """The writer pid of ``name`` if it is a temp file of a save to ``base``, else None.  The
+    random part has no dots, so a temp of ``base + ".x"`` never parses as one of ``base``."""
+    if not name.startswith(base + "."):
+        return None
+    match = _TEMP_TAIL.fullmatch(name, len(base))
+    return int(match.group(1)) if match else None
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # someone else's process; not a pid: leave it
+        return True
+    return True
 
 
 def _read(path):

@@ -5,6 +5,10 @@ import builtins
 import errno
 import os
 import re
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -152,3 +156,94 @@ class _SharingBackend:
     @staticmethod
     def to_host(array):
         return array
+
+
+# ------------------------------------------------------------------------ orphan temp files
+def dead_pid():
+    child = subprocess.Popen([sys.executable, "-c", ""])
+    child.wait()  # reaped: a zombie would still count as alive
+    return child.pid
+
+
+def test_save_and_load_remove_dead_writers_temps_only(saved, tmp_path):
+    opt, params, path, _ = saved
+    dead, me, alive = dead_pid(), os.getpid(), os.getppid()
+    kept = [f"c.npz.{alive}.k2j4_9ab.tmp",       # a live writer in another process
+            f"c.npz.{me}.k2j4_9ab.tmp",          # this process: a save may be running
+            f"c.npz.5.{dead}.k2j4_9ab.tmp",      # a temp of c.npz.5, not of c.npz
+            f"d.npz.{dead}.k2j4_9ab.tmp",        # another path
+            "c.npz.k2j4_9ab.tmp",                # no pid (an older numba_opt): unknown
+            f"c.npz.{dead}.tmp"]                 # not the pattern
+    for name in kept:
+        (tmp_path / name).write_bytes(b"x")
+    for call in (nopt.save, nopt.load):
+        orphan = tmp_path / f"c.npz.{dead}.a8_3kq0z.tmp"
+        orphan.write_bytes(b"half a zip")
+        call(opt, path)
+        assert not orphan.exists()
+        assert sorted(os.listdir(tmp_path)) == sorted(kept + ["c.npz"])
+
+
+CHILD = """
+import os, sys, time
+import numpy as np
+import numba_opt as nopt
+path, mode = sys.argv[1], sys.argv[2]
+param = np.zeros((512, 512), np.float32)
+opt = nopt.Adam([param])
+nopt.load(opt, path)
+if mode == "stuck":  # hang inside the write, the temp file written and not yet renamed
+    def stuck(fd):
+        print("writing", flush=True)
+        time.sleep(60)
+    os.fsync = stuck
+print("ready", flush=True)
+k = 0
+while True:  # each save holds params all equal to k
+    k += 1
+    param[...] = k
+    nopt.save(opt, path)
+"""
+
+
+def test_kill_9_mid_save_keeps_the_checkpoint_and_its_temp_is_cleaned(tmp_path):
+    """A writer saving a 3 MB checkpoint in a loop is SIGKILLed at varying moments, or while
+    its temp file is certainly there: the checkpoint always loads whole, and the next load
+    removes the dead writer's temp file."""
+    path = tmp_path / "run.npz"
+    param = np.full((512, 512), -1.0, np.float32)
+    opt = nopt.Adam([param])
+    state = opt.state_dict()  # state without compiling a step: set it directly
+    state["state"] = {0: {"step": 3, "exp_avg": np.full_like(param, 0.5),
+                          "exp_avg_sq": np.full_like(param, 0.25)}}
+    opt.load_state_dict(state)
+    nopt.save(opt, path)
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join([str(Path(nopt.__file__).parents[1]),
+                                          os.environ.get("PYTHONPATH", "")])}
+    for attempt in range(12):
+        mode = "stuck" if attempt % 3 == 0 else "loop"
+        child = subprocess.Popen([sys.executable, "-c", CHILD, str(path), mode],
+                                 stdout=subprocess.PIPE, env=env)
+        try:
+            assert child.stdout.readline() == b"ready\n"
+            if mode == "stuck":
+                assert child.stdout.readline() == b"writing\n"
+            else:
+                time.sleep(0.01 * attempt)
+        finally:
+            child.kill()
+            child.wait()
+            child.stdout.close()
+        temps = [n for n in os.listdir(tmp_path) if n != "run.npz"]
+        assert all(re.fullmatch(rf"run\.npz\.{child.pid}\.[^.]+\.tmp", n) for n in temps)
+        if mode == "stuck":
+            assert len(temps) == 1
+        param[...] = np.nan
+        nopt.load(opt, path)  # whole: one value throughout, and the state as saved
+        assert param[0, 0] == -1 or param[0, 0] >= 1
+        assert np.all(param == param[0, 0])
+        assert opt.state[0]["step"] == 3 and np.all(opt.state[0]["exp_avg_sq"] == 0.25)
+        assert os.listdir(tmp_path) == ["run.npz"]  # the dead writer's temp is gone
+        nopt.save(opt, path)
+        assert os.listdir(tmp_path) == ["run.npz"]
