@@ -3,11 +3,19 @@ and writers killed mid-save.  The rule: a bad file is a ValueError naming the pa
 wrong, and a failed load changes nothing."""
 import builtins
 import errno
+import io
+import json
 import os
+import random
 import re
+import struct
 import subprocess
 import sys
 import time
+import tracemalloc
+import warnings
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +56,293 @@ def saved(tmp_path):
     in_file = state_of(opt, params)
     opt.step(make_grads(params, 2))
     return opt, params, path, in_file
+
+
+def refused(opt, params, path, match):
+    """load raises a ValueError matching ``match`` and naming the path; nothing changes."""
+    before = state_of(opt, params)
+    with pytest.raises(ValueError, match=match) as info:
+        nopt.load(opt, path)
+    assert str(path) in str(info.value)
+    assert_state(opt, params, before)
+
+
+# ------------------------------------------------------------------------ building zip files
+def npy(array):
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def npy_header(shape, descr):
+    """The bytes of an .npy header alone: what a crafted member declares."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False,
+                                              "shape": shape})
+    return buf.getvalue()
+
+
+def members(path):
+    """{member name: raw .npy bytes} of a checkpoint."""
+    with zipfile.ZipFile(path) as archive:
+        return {info.filename: archive.read(info) for info in archive.infolist()}
+
+
+def write(path, entries):
+    """A stored zip of {name: bytes}, duplicates allowed (a list of pairs)."""
+    pairs = entries.items() if isinstance(entries, dict) else entries
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about duplicate names
+        with zipfile.ZipFile(path, "w") as archive:
+            for name, data in pairs:
+                archive.writestr(name, data)
+
+
+def with_meta(path, change):
+    """Rewrite the checkpoint's meta JSON text with ``change(dict or text)``."""
+    entries = members(path)
+    meta = json.loads(np.load(io.BytesIO(entries["meta.npy"])).tobytes())
+    text = change(meta)
+    if not isinstance(text, (str, bytes)):
+        text = json.dumps(meta)
+    data = text.encode() if isinstance(text, str) else text
+    entries["meta.npy"] = npy(np.frombuffer(data, np.uint8))
+    write(path, entries)
+
+
+def set_compression(path, name, method):
+    """Patch the compression method of ``name`` in its local and its central header."""
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        offset = archive.getinfo(name).header_offset
+    struct.pack_into("<H", data, offset + 8, method)
+    encoded = name.encode()
+    for found in re.finditer(re.escape(b"PK\x01\x02"), bytes(data)):
+        start = found.start()
+        if data[start + 46:start + 46 + len(encoded)] == encoded:
+            struct.pack_into("<H", data, start + 10, method)
+    path.write_bytes(bytes(data))
+
+
+def zip_by_hand(path, entries):
+    """A zip of (name, method, raw bytes, crc, uncompressed size): sizes and CRCs as given,
+    so that a member can be a pre-built deflate stream."""
+    central, offset = [], 0
+    with open(path, "wb") as f:
+        for name, method, raw, crc, size in entries:
+            encoded = name.encode()
+            fields = (method, 0, 0x21, crc, len(raw), size, len(encoded), 0)
+            f.write(struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, *fields) + encoded + raw)
+            central.append(struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, *fields,
+                                       0, 0, 0, 0, offset) + encoded)
+            offset += 30 + len(encoded) + len(raw)
+        directory = b"".join(central)
+        f.write(directory + struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(entries),
+                                        len(entries), len(directory), offset, 0))
+
+
+def deflated_zeros(head, count, chunk=1 << 20):
+    """(raw deflate stream, crc) of ``head`` then ``count`` MiB of zeros, ~1 KB per MiB: after
+    a full flush every block is independent, so one compressed MiB is repeated."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    zeros = bytes(chunk)
+    first = compressor.compress(head + zeros) + compressor.flush(zlib.Z_FULL_FLUSH)
+    block = compressor.compress(zeros) + compressor.flush(zlib.Z_FULL_FLUSH)
+    crc = zlib.crc32(head + zeros)
+    for _ in range(count - 1):
+        crc = zlib.crc32(zeros, crc)
+    return first + block * (count - 1) + compressor.flush(), crc
+
+
+# ------------------------------------------------------------------------- crafted members
+def test_an_unsupported_compression_method_is_a_value_error(saved):
+    opt, params, path, _ = saved
+    set_compression(path, "params/1.npy", 99)
+    refused(opt, params, path, "compression method 99")
+
+
+def test_deeply_nested_json_is_a_value_error(saved):
+    opt, params, path, _ = saved
+    with_meta(path, lambda meta: "[" * 100_000)
+    refused(opt, params, path, "'meta' entry is corrupt")
+
+
+def test_a_member_declaring_a_giant_shape_is_refused_unread(saved):
+    opt, params, path, _ = saved
+    entries = members(path)
+    entries["params/0.npy"] = npy_header((2 ** 40,), "<f8")  # 8 TiB, and no data at all
+    write(path, entries)
+    refused(opt, params, path, r"params\[0\] has shape \(1099511627776,\)")
+
+
+def test_a_meta_member_declaring_a_giant_size_is_refused_unread(saved):
+    opt, params, path, _ = saved
+    entries = members(path)
+    entries["meta.npy"] = npy_header((2 ** 40,), "|u1")
+    write(path, entries)
+    refused(opt, params, path, "not JSON bytes")
+
+
+def test_a_member_larger_than_its_header_says_is_refused(saved):
+    opt, params, path, _ = saved
+    entries = members(path)
+    size = len(entries["params/1.npy"])
+    entries["params/1.npy"] += bytes(64)  # right header, then more data than it declares
+    write(path, entries)
+    refused(opt, params, path, f"holds {size + 64} bytes, its header declares {size}")
+
+
+def test_an_object_array_is_refused_never_unpickled(saved):
+    opt, params, path, _ = saved
+    entries = members(path)
+    entries["params/1.npy"] = npy_header((5,), "|O") + b"\x80\x04N." * 5
+    write(path, entries)
+    refused(opt, params, path, "has dtype object, not numbers")
+
+
+@pytest.mark.parametrize("declared", [(2 ** 27,), None], ids=["giant shape", "right shape"])
+def test_a_zip_bomb_is_refused_before_it_is_inflated(saved, declared):
+    """1 GiB of deflated zeros in a 1 MB file: its header (a giant shape, or the param's own
+    shape with far more data than it) is refused before the member is inflated."""
+    opt, params, path, _ = saved
+    head = npy_header(declared or (5,), "<f8" if declared else "<f4")
+    raw, crc = deflated_zeros(head, 1024)
+    size = len(head) + (1 << 30)
+    entries = [(name, zipfile.ZIP_STORED, data, zlib.crc32(data), len(data))
+               for name, data in members(path).items() if name != "params/1.npy"]
+    zip_by_hand(path, entries + [("params/1.npy", zipfile.ZIP_DEFLATED, raw, crc, size)])
+    assert path.stat().st_size < 2 << 20
+    with zipfile.ZipFile(path) as archive:  # a real bomb: zipfile inflates it
+        assert archive.getinfo("params/1.npy").file_size == size
+        start = archive.open("params/1.npy").read(1 << 20)
+    assert start == head + bytes((1 << 20) - len(head))
+    tracemalloc.start()
+    try:
+        refused(opt, params, path, "has shape" if declared else "its header declares")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 << 20
+
+
+def test_unknown_and_duplicate_members_are_refused(saved, tmp_path):
+    opt, params, path, _ = saved
+    entries = members(path)
+    write(path, {**entries, "state/0/momentum_buffer.npy": entries["state/0/exp_avg.npy"]})
+    refused(opt, params, path, "unexpected entry 'state/0/momentum_buffer'")
+    write(path, {**entries, "state/00/exp_avg.npy": entries["state/0/exp_avg.npy"]})
+    refused(opt, params, path, "unexpected entry 'state/00/exp_avg'")
+    write(path, [*entries.items(), ("params/2.npy", entries["params/2.npy"])])
+    refused(opt, params, path, "holds the entry 'params/2' twice")
+
+
+def test_an_encrypted_member_is_refused(saved):
+    opt, params, path, _ = saved
+    data = bytearray(path.read_bytes())
+    for found in re.finditer(re.escape(b"PK\x01\x02"), bytes(data)):
+        data[found.start() + 8] |= 1  # the central directory's "encrypted" flag bit
+    path.write_bytes(bytes(data))
+    refused(opt, params, path, "is encrypted")
+
+
+def test_a_float64_file_for_float32_params_stays_a_type_error(saved):
+    """A dtype mismatch in an intact file is the optimizer's TypeError (checked once the CRC
+    vouched for the header), whatever the member."""
+    opt, params, path, _ = saved
+    entries = members(path)
+    entries["state/2/exp_avg.npy"] = npy(np.zeros((3, 4, 2), np.float64))
+    write(path, entries)
+    before = state_of(opt, params)
+    with pytest.raises(TypeError, match=r"'exp_avg' of params\[2\] has dtype float64"):
+        nopt.load(opt, path)
+    assert_state(opt, params, before)
+
+
+def test_fortran_ordered_members_load_by_value(saved):
+    opt, params, path, in_file = saved
+    entries = members(path)
+    array = np.load(io.BytesIO(entries["params/2.npy"]))
+    entries["params/2.npy"] = npy(np.asfortranarray(array))
+    assert entries["params/2.npy"] != npy(array)  # the header says fortran_order: True
+    write(path, entries)
+    nopt.load(opt, path)
+    assert_state(opt, params, in_file)
+
+
+ODD_META = [
+    ("state is a list", lambda m: m.update(state=[]), "state is a list, not a dict"),
+    ("state entry a list", lambda m: m["state"].update({"0": [1]}), "not a dict of numbers"),
+    ("state key not decimal", lambda m: m["state"].update({"²": {}}), "bad state entry '²'"),
+    ("state key with zero", lambda m: m["state"].update({"01": m["state"]["0"]}),
+     "bad state entry '01'"),
+    ("buffer in the meta", lambda m: m["state"]["0"].update(exp_avg=1.0),
+     "holds a state buffer in its metadata"),
+    ("no state for a buffer", lambda m: m["state"].pop("1"), "param 1 has no state"),
+    ("groups a dict", lambda m: m.update(param_groups={"0": {}}), "not a list of dicts"),
+    ("groups of numbers", lambda m: m.update(param_groups=[1, 2]), "not a list of dicts"),
+    ("group params a string", lambda m: m["param_groups"][0].update(params="0123"),
+     r"\['params'\] is not a list of indices"),
+    ("group params bools", lambda m: m["param_groups"][0].update(params=[True]),
+     "not a list of indices"),
+    ("nested hyper", lambda m: m["param_groups"][0].update(betas=[[0.9], [0.99]]),
+     r"\['betas'\] is not a number"),
+    ("hyper a string", lambda m: m["param_groups"][0].update(lr="fast"),
+     "lr must be a real number, got str"),
+    ("hyper a huge int", lambda m: m["param_groups"][0].update(lr=10 ** 400),
+     "too large to convert"),
+    ("step a float", lambda m: m["state"]["0"].update(step=1.5), "must be an int, got float"),
+    ("step count a list", lambda m: m.update(step_count=[1]), "must be an int, got list"),
+    ("optimizer a list", lambda m: m.update(optimizer=["Adam"]), "optimizer or format"),
+    ("format a string", lambda m: m.update(format="1"), "optimizer or format"),
+    ("format missing", lambda m: m.pop("format"), r"lacks \['format'\]"),
+    ("checkpoint format true", lambda m: m.update(checkpoint_format=True),
+     "checkpoint format True"),
+    ("meta a list", lambda m: "[1, 2]", "no checkpoint_format"),
+    ("meta not UTF-8", lambda m: b"\xff\xfe{}", "'meta' entry is corrupt"),
+    ("meta a huge int", lambda m: "9" * 5000, "'meta' entry is corrupt"),
+]
+
+
+@pytest.mark.parametrize("change, message", [c[1:] for c in ODD_META],
+                         ids=[c[0] for c in ODD_META])
+def test_odd_metadata_is_a_value_error(saved, change, message):
+    opt, params, path, _ = saved
+    with_meta(path, change)
+    refused(opt, params, path, message)
+
+
+# ---------------------------------------------------------------------------- damaged bytes
+def test_truncated_at_any_offset_is_a_value_error(saved):
+    opt, params, path, _ = saved
+    good = path.read_bytes()
+    with zipfile.ZipFile(path) as archive:
+        edges = [i.header_offset + d for i in archive.infolist() for d in (0, 1, 30, 60, 200)]
+    for size in sorted(set(range(0, len(good), 37)) | set(edges) | {len(good) - 1}):
+        path.write_bytes(good[:size])
+        refused(opt, params, path, "not a readable checkpoint|not a numba_opt checkpoint")
+
+
+def test_flipped_bytes_load_identically_or_are_a_value_error(saved):
+    """A few hundred seeded random byte changes: each either loads exactly what was saved (it
+    hit a byte nothing reads, such as a timestamp) or is a ValueError changing nothing."""
+    opt, params, path, in_file = saved
+    good = path.read_bytes()
+    rng = random.Random(12)
+    outcomes = {"loaded": 0, "refused": 0}
+    for _ in range(300):
+        data = bytearray(good)
+        data[rng.randrange(len(data))] ^= rng.randrange(1, 256)
+        path.write_bytes(bytes(data))
+        before = state_of(opt, params)
+        try:
+            nopt.load(opt, path)
+        except ValueError:
+            assert_state(opt, params, before)
+            outcomes["refused"] += 1
+        else:
+            assert_state(opt, params, in_file)
+            outcomes["loaded"] += 1
+    assert outcomes["refused"] > 200  # nearly every byte is covered by a CRC or a check
 
 
 # ------------------------------------------------------------------------------------ paths
