@@ -65,9 +65,10 @@ def _snapshot(optimizer, params):
     """(state_dict, host copies of the params): one consistent moment of the optimizer.  The
     params are copied (to_host may hand back the array itself) so that a step running while the
     file is written cannot change what is written."""
-    state_dict = optimizer.state_dict()
-    to_host = optimizer._backend.to_host
-    values = [np.array(to_host(p), copy=True) for p in optimizer._params] if params else []
+    with optimizer._lock:  # no step between the state and the params (one from another thread)
+        state_dict = optimizer.state_dict()
+        to_host = optimizer._backend.to_host
+        values = [np.array(to_host(p), copy=True) for p in optimizer._params] if params else []
     return state_dict, values
 
 
@@ -120,14 +121,15 @@ def load(optimizer, path, *, params=True):
     meta, arrays = _read(path, expected)
     state_dict = _state_dict(meta, arrays, path, optimizer.state_names)
     values = _param_values(meta, arrays, path, len(optimizer._params)) if params else None
-    try:
-        optimizer.load_state_dict(state_dict)  # validates all of it before changing anything
-    except (TypeError, ValueError, OverflowError) as exc:  # a bad value in the file: a bad file
-        raise ValueError(f"{path}: {_clip(str(exc))}") from exc
-    if values is not None:
-        backend = optimizer._backend
-        for value, param in zip(values, optimizer._params):
-            backend.upload(backend.flat(param), value, param)
+    with optimizer._lock:  # state and params restored together, between two steps
+        try:
+            optimizer.load_state_dict(state_dict)  # validates all of it before changing anything
+        except (TypeError, ValueError, OverflowError) as exc:  # a bad value in the file
+            raise ValueError(f"{path}: {_clip(str(exc))}") from exc
+        if values is not None:
+            backend = optimizer._backend
+            for value, param in zip(values, optimizer._params):
+                backend.upload(backend.flat(param), value, param)
 
 
 def _require_optimizer(optimizer):

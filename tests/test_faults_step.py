@@ -251,6 +251,55 @@ def test_steps_and_snapshots_from_several_threads_are_some_sequential_order():
         assert digest(s) == expected[s["step_count"]], f"torn snapshot at {s['step_count']}"
 
 
+def test_checkpoints_saved_from_another_thread_hold_one_whole_step(tmp_path):
+    """nopt.save while another thread steps: each file holds the params and the state after the
+    same whole number of steps (the snapshot and the params' copy are taken together)."""
+    rng = np.random.default_rng(4)
+    sizes = (400_000, 100)
+    params = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    grads = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    steps = 30
+    reference = [p.copy() for p in params]
+    ref_opt = nopt.Adam(reference, lr=1e-3)
+    expected = {0: [p.copy() for p in reference]}
+    for _ in range(steps):
+        ref_opt.step(grads)
+        expected[ref_opt.step_count] = (digest(ref_opt.state_dict()),
+                                        [p.copy() for p in reference])
+
+    opt = nopt.Adam(params, lr=1e-3)
+    done = threading.Event()
+    paths = []
+
+    def saver():
+        k = 0
+        while not done.is_set():
+            path = tmp_path / f"c{k}.npz"
+            nopt.save(opt, path)
+            paths.append(path)
+            k += 1
+
+    watcher = threading.Thread(target=saver)
+    watcher.start()
+    for _ in range(steps):
+        opt.step(grads)
+    done.set()
+    watcher.join()
+    checked = 0
+    for path in paths:
+        restored = [np.zeros_like(p) for p in params]
+        fresh = nopt.Adam(restored, lr=1e-3)
+        nopt.load(fresh, path)
+        if fresh.step_count == 0:
+            continue
+        state_digest, values = expected[fresh.step_count]
+        assert digest(fresh.state_dict()) == state_digest, f"torn state in {path.name}"
+        for got, want in zip(restored, values):
+            np.testing.assert_array_equal(got, want, err_msg=f"params of {path.name}")
+        checked += 1
+    assert checked, "no checkpoint was written while the optimizer stepped"
+
+
 FORK_MID_STEP = textwrap.dedent("""
     import os, sys, threading, time, faulthandler
     import numpy as np
