@@ -289,7 +289,7 @@ ODD_META = [
     ("hyper a string", lambda m: m["param_groups"][0].update(lr="fast"),
      "lr must be a real number, got str"),
     ("hyper a huge int", lambda m: m["param_groups"][0].update(lr=10 ** 400),
-     "too large to convert"),
+     "lr must be finite, got a number too large"),
     ("step a float", lambda m: m["state"]["0"].update(step=1.5), "must be an int, got float"),
     ("step count a list", lambda m: m.update(step_count=[1]), "must be an int, got list"),
     ("optimizer a list", lambda m: m.update(optimizer=["Adam"]), "optimizer or format"),
