@@ -216,6 +216,7 @@ def numba_opt_cuda(sizes, dtype, optimizer="Adam"):
     def step():
         opt.step(flat.grads)
         cuda.synchronize()
+    step.flat = flat  # what it updates, for checks
     return step
 
 
@@ -233,6 +234,7 @@ def cuda_roof(sizes, dtype, optimizer="Adam"):
     def step():
         roof_kernel[blocks, 256](a, b, c, d)
         cuda.synchronize()
+    step.arrays = (a, b, c, d)  # what it updates, for checks
     return step
 
 

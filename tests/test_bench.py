@@ -110,9 +110,26 @@ def test_gpu_peers_run_under_the_simulator():
     from numba import config
     if not config.ENABLE_CUDASIM:
         pytest.skip("needs NUMBA_ENABLE_CUDASIM=1 (make test sets it) or a GPU")
-    for setup in (peers.numba_opt_cuda, peers.cuda_roof):
-        step = setup([6, 3], np.dtype(np.float32))
-        step()
+    dtype = np.dtype(np.float32)
+    step = peers.numba_opt_cuda([6, 3], dtype)
+    start = np.concatenate(peers.arrays([6, 3], dtype))
+    grad = np.concatenate(peers.arrays([6, 3], dtype, seed=1)).astype(np.float64)
+    step()
+    step()
+    # two Adam steps (lr 1e-3) from zero state with the same grad, from the equations
+    m, v, expected = np.zeros(9), np.zeros(9), start.astype(np.float64)
+    for t in (1, 2):
+        m, v = 0.9 * m + 0.1 * grad, 0.999 * v + 0.001 * grad ** 2
+        expected -= 1e-3 * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
+    np.testing.assert_allclose(step.flat.data.copy_to_host(), expected, rtol=1e-5)
+
+    step = peers.cuda_roof([6, 3], dtype)
+    a, b, c, d = (x.copy_to_host() for x in step.arrays)
+    step()
+    total = a + b + c + d
+    for got in (step.arrays[0], step.arrays[2], step.arrays[3]):
+        np.testing.assert_array_equal(got.copy_to_host(), total)
+    np.testing.assert_array_equal(step.arrays[1].copy_to_host(), b)
 
 
 # ----------------------------------------------------------------------- training-loop suite

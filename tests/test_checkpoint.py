@@ -155,6 +155,10 @@ BAD_FILES = [
      "comes from SGD"),
     ("state shape", rewrite(lambda m: m.update({"state/0/exp_avg": np.zeros(3, np.float32)})),
      ValueError, "has shape"),
+    # the same number of elements in another shape must not load silently (a (7, 5) param
+    # saved, a (5, 7) one restored)
+    ("param shape", rewrite(lambda m: m.update({"params/0": m["params/0"].reshape(5, 7)})),
+     ValueError, "shape"),
     ("param dtype", rewrite(lambda m: m.update({"params/1": m["params/1"].astype(np.float64)})),
      TypeError, "has dtype float64"),
     ("param missing", rewrite(lambda m: m.pop("params/4")), ValueError, "holds 4 params"),
