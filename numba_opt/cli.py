@@ -6,6 +6,7 @@
            (the rigorous pyperf suite is ``python -m bench`` in a source checkout)
 """
 import argparse
+import importlib
 import os
 import sys
 import time
@@ -78,9 +79,30 @@ def build_parser():
     return parser
 
 
+# what each subcommand imports beyond numba_opt's own dependencies, and the extra that brings it
+_NEEDS = {"demo": (("sklearn", "scikit-learn"), ("matplotlib", "matplotlib"), ("tqdm", "tqdm")),
+          "plot": (("matplotlib", "matplotlib"),)}
+
+
+def _missing(modules):
+    """The package names of the modules in ``(module, package)`` pairs that cannot be imported."""
+    missing = []
+    for module, package in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(package)
+    return missing
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    missing = _missing(_NEEDS.get(args.command, ()))
+    if missing:
+        parser.exit(2, f"numba-opt {args.command}: needs {' and '.join(missing)}, which "
+                       f"{'is' if len(missing) == 1 else 'are'} not installed: "
+                       "pip install 'numba-opt[demo]'\n")
     os.makedirs(args.out, exist_ok=True)
     if args.command == "demo":
         from .examples import mlp
@@ -171,6 +193,11 @@ def run_bench(parser, args):
     for size, label, seconds, gbs in rows:
         shown = f"{seconds * 1e6:.1f} us" if seconds < 1e-3 else f"{seconds * 1e3:.2f} ms"
         print(f"{size:>12,} {label:<18} {shown:>12} {gbs:>8.2f}")
+    if not has_torch:
+        print("(no torch rows: torch is not installed; pip install 'numba-opt[bench]' adds them)")
+    if _missing([("matplotlib", "matplotlib")]):
+        print("(no plot: matplotlib is not installed; pip install 'numba-opt[bench]' adds it)")
+        return 0
     png = os.path.join(args.out, "bench.png")
     _plot_bench(rows, f"One {args.optimizer} step, {args.dtype} (CPU {cpu}; GPU {gpu or 'none'})",
                 png)

@@ -111,3 +111,34 @@ def test_adam_bias_correction_curves_start_where_the_equations_say():
     assert curves["corrected_m"][0] == pytest.approx(g1)           # divided by 1 - beta1
     assert curves["with_correction"][0] == pytest.approx(1.0, rel=1e-6)  # first step = lr
     assert curves["without_correction"][0] == pytest.approx(0.1 / np.sqrt(0.001), rel=1e-6)
+
+
+# ------------------------------------------------------------------ without the optional extras
+@pytest.mark.parametrize("command, hidden, named", [
+    (["demo", "--epochs", "1"], ["sklearn"], "scikit-learn"),
+    (["demo", "--epochs", "1"], ["tqdm", "matplotlib"], "matplotlib and tqdm"),
+    (["plot", "--steps", "3"], ["matplotlib"], "matplotlib"),
+])
+def test_a_subcommand_without_its_extra_says_what_to_install(command, hidden, named, tmp_path,
+                                                             monkeypatch, capsys):
+    for module in hidden:  # None in sys.modules: importing it raises ImportError
+        monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*command, "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"needs {named}" in err and "pip install 'numba-opt[demo]'" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists(), "nothing is written before the refusal"
+
+
+def test_bench_without_torch_and_matplotlib_prints_its_table_and_says_why(tmp_path, monkeypatch,
+                                                                          capsys):
+    for module in ("torch", "matplotlib"):
+        monkeypatch.setitem(sys.modules, module, None)
+    assert cli.main(["bench", "--size", "1000", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "numba_opt CPU" in out and "torch: not installed" in out
+    assert "torch fused" not in out and "torch foreach" not in out
+    assert "no torch rows" in out and "no plot: matplotlib is not installed" in out
+    assert not (tmp_path / "bench.png").exists()
