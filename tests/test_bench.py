@@ -224,7 +224,10 @@ def test_training_loop_busy_load_is_killed_on_exceptions_and_not_counted_as_othe
             process = load.process
             assert process.poll() is None
             other.start()
-            time.sleep(0.3)
+            # the spinner gets CPU time (on a loaded machine it may take longer than usual)
+            deadline = time.monotonic() + 30
+            while load.cpu_seconds() <= 0.1 and time.monotonic() < deadline:
+                time.sleep(0.1)
             busy_cores = other.stop()
             assert load.cpu_seconds() > 0.1
             raise KeyboardInterrupt
