@@ -18,6 +18,7 @@ CASES = [
     ("RMSprop", {"alpha": 0.9, "eps": 1e-6, "maximize": True}),
     ("RMSprop", {"eps_inside_sqrt": True, "eps": 1e-7}),
     ("RMSprop", {"eps_inside_sqrt": True, "centered": True, "momentum": 0.9}),
+    ("RMSprop", {"initial_square_avg": 1.0, "alpha": 0.9}),  # autograd's rmsprop
     ("Adam", {}),
     ("Adam", {"lr": 1e-2, "betas": (0.8, 0.99), "eps": 1e-6}),
     ("Adam", {"amsgrad": True}),
@@ -45,8 +46,9 @@ CASES = [
     ("Lion", {"lr": 1e-3, "betas": (0.95, 0.98), "weight_decay": 0.1, "maximize": True}),
 ]
 
-# torch.optim has every option above except the TF/Keras denominator, and has no Lion
-TORCH_UNSUPPORTED = {"eps_inside_sqrt"}
+# torch.optim has every option above except the TF/Keras denominator and the initial square
+# average, and has no Lion
+TORCH_UNSUPPORTED = {"eps_inside_sqrt", "initial_square_avg"}
 NOT_IN_TORCH = {"Lion"}
 
 # Small shapes (serial kernels), a 0-d param, and one above SERIAL_BELOW (parallel kernels).

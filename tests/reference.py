@@ -22,11 +22,12 @@ def sgd(param, grad, state, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0
 
 
 def rmsprop(param, grad, state, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
-            centered=False, maximize=False, eps_inside_sqrt=False):
+            centered=False, maximize=False, eps_inside_sqrt=False, initial_square_avg=0.0):
     g = -grad if maximize else grad.copy()
     if weight_decay:
         g = g + weight_decay * param
-    v = state["square_avg"] = alpha * state.get("square_avg", 0.0) + (1 - alpha) * g * g
+    v = state["square_avg"] = (alpha * state.get("square_avg", initial_square_avg)
+                               + (1 - alpha) * g * g)
     if centered:
         gbar = state["grad_avg"] = alpha * state.get("grad_avg", 0.0) + (1 - alpha) * g
         v = v - gbar * gbar

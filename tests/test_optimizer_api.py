@@ -208,3 +208,24 @@ def test_fortran_ordered_params_are_updated_in_place():
 def test_repr_names_the_groups():
     opt = nopt.AdamW([np.zeros(3, np.float32)])
     assert "AdamW(device='cpu', params=1" in repr(opt) and "weight_decay=0.01" in repr(opt)
+
+
+def test_a_state_dict_from_before_initial_square_avg_loads_with_the_old_behaviour():
+    """RMSprop's initial_square_avg came later: a saved group without it means 0.0 (what every
+    earlier version did), and the resumed run equals the uninterrupted one."""
+    params = [np.linspace(-1, 1, 12).reshape(3, 4)]
+    opt = nopt.RMSprop(params, lr=0.01)
+    opt.step([np.ones((3, 4))])
+    saved = opt.state_dict()
+    for group in saved["param_groups"]:
+        del group["initial_square_avg"]
+    resumed = [params[0].copy()]
+    other = nopt.RMSprop(resumed, lr=0.01, initial_square_avg=1.0)
+    other.load_state_dict(saved)
+    assert other.param_groups[0]["initial_square_avg"] == 0.0
+    for grad in (np.full((3, 4), 0.5), np.full((3, 4), -2.0)):
+        opt.step([grad])
+        other.step([grad])
+    np.testing.assert_array_equal(resumed[0], params[0])
+    with pytest.raises(ValueError, match="initial_square_avg must be >= 0"):
+        nopt.RMSprop(params, initial_square_avg=-1.0)

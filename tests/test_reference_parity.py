@@ -58,10 +58,12 @@ def test_functional_matches_class(case):
         grads = make_grads(params, step)
         opt.step(grads)
         for p, g, st in zip(mine, grads, states):
-            if not st:
-                fill = kwargs.get("initial_accumulator_value", 0.0)
-                st.update({k: np.full_like(p, fill) for k in opt.state_names})
-            call = {k: v for k, v in kwargs.items() if k != "initial_accumulator_value"}
+            if not st:  # the functions take the state as given: start it as the class does
+                fill = {"sum": kwargs.get("initial_accumulator_value", 0.0),
+                        "square_avg": kwargs.get("initial_square_avg", 0.0)}
+                st.update({k: np.full_like(p, fill.get(k, 0.0)) for k in opt.state_names})
+            call = {k: v for k, v in kwargs.items()
+                    if k not in ("initial_accumulator_value", "initial_square_avg")}
             if name not in ("RMSprop", "Adadelta", "Lion"):
                 call["step"] = step
             fn(p, g, *st.values(), **call)

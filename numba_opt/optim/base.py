@@ -499,9 +499,14 @@ class Optimizer:
             if not isinstance(params, (list, tuple)) or list(params) != list(indices):
                 raise ValueError(f"state_dict['param_groups'][{gi}] holds params {params!r}, "
                                  f"the optimizer's holds {list(indices)}")
+            saved = {**self.hyper_added_later, **saved}  # a state_dict from before they were
             self._check_labelled(gi, saved, where="state_dict['param_groups']")
             new_hyper.append({k: v for k, v in saved.items() if k != "params"})
         return new_hyper
+
+    #: hyper-parameters added after a release, with the value that reproduces the older
+    #: behaviour: a saved group without one loads with that value
+    hyper_added_later = {}
 
     #: the state buffers a hyper-parameter switches on (SGD's momentum_buffer with momentum > 0):
     #: absent, after a step, for a param that stepped before the switch (see load_state_dict)
