@@ -93,7 +93,10 @@ def check_like(array, param, name, param_name, writeable=False):
 
 
 def real(name, value):
-    """A finite real number (bools are refused: lr=True is a bug, not 1.0)."""
+    """A finite real number (bools are refused: lr=True is a bug, not 1.0).  A 0-d NumPy array
+    of a real dtype counts as its number (where torch takes a tensor lr)."""
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "fiu":
+        value = value.item()
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     try:

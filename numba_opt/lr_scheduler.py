@@ -250,7 +250,10 @@ def _initial_lrs(optimizer, lrs=None):
     as ``group["initial_lr"]``; here they sit beside the groups, which hold only
     hyper-parameters).  ``lrs`` replaces them (OneCycleLR does, as in torch)."""
     if lrs is not None or optimizer._scheduler_initial_lrs is None:
-        optimizer._scheduler_initial_lrs = lrs or [g["lr"] for g in optimizer.param_groups]
+        # numbers, not the groups' objects: a 0-d array lr edited in place must not move them
+        optimizer._scheduler_initial_lrs = lrs or [
+            check.real(f"param_groups[{i}]['lr']", g["lr"])
+            for i, g in enumerate(optimizer.param_groups)]
     return optimizer._scheduler_initial_lrs
 
 

@@ -229,3 +229,55 @@ def test_a_state_dict_from_before_initial_square_avg_loads_with_the_old_behaviou
     np.testing.assert_array_equal(resumed[0], params[0])
     with pytest.raises(ValueError, match="initial_square_avg must be >= 0"):
         nopt.RMSprop(params, initial_square_avg=-1.0)
+
+
+def test_a_0d_array_or_numpy_scalar_works_as_a_hyper_parameter_like_a_torch_tensor():
+    """lr=np.array(0.1) acts as torch's tensor lr: its value is read every step (an in-place
+    edit takes effect), and state_dict stores the number, sharing nothing with the group."""
+    params = [np.ones(6)]
+    lr = np.array(0.1)
+    opt = nopt.SGD(params, lr=lr, momentum=np.float32(0.5))
+    opt.step([np.ones(6)])
+    np.testing.assert_allclose(params[0], 1 - 0.1)
+    lr[...] = 0.5  # in place, as one would fill_() a tensor
+    opt.step([np.ones(6)])
+    np.testing.assert_allclose(params[0], 0.9 - 0.5 * (0.5 * 1 + 1))
+    saved = opt.state_dict()["param_groups"][0]
+    assert saved["lr"] == 0.5 and type(saved["lr"]) is float
+    lr[...] = -1.0  # an invalid in-place value is caught at the next step, naming lr
+    before = params[0].copy()
+    with pytest.raises(ValueError, match=r"param_groups\[0\]: lr must be >= 0"):
+        opt.step([np.ones(6)])
+    np.testing.assert_array_equal(params[0], before)
+    adam = nopt.Adam([np.ones(3)], betas=[np.array(0.8), np.array(0.9)])
+    adam.step([np.ones(3)])
+    adam.param_groups[0]["betas"][0][...] = 0.5  # an array inside a list, edited in place
+    assert adam._stale_groups() == [0]
+    with pytest.raises(TypeError, match="lr must be a real number, got ndarray"):
+        nopt.SGD([np.ones(2)], lr=np.array([0.1, 0.2]))
+    with pytest.raises(TypeError, match="lr must be a real number"):
+        nopt.SGD([np.ones(2)], lr=np.array(True))
+
+
+def test_a_scheduler_keeps_the_number_of_a_0d_array_lr():
+    lr = np.array(0.2)
+    opt = nopt.SGD([np.ones(2)], lr=lr)
+    scheduler = nopt.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    lr[...] = 7.0
+    assert scheduler.base_lrs == [0.2]
+    scheduler.step()  # torch's chainable form scales the group's current lr, as edited
+    assert opt.param_groups[0]["lr"] == pytest.approx(3.5)
+
+
+def test_state_is_readable_by_param_name_when_params_were_named():
+    params = {"W": np.ones((3, 2)), "b": np.zeros(2)}
+    opt = nopt.Adam(params, lr=0.1)
+    opt.step({"W": np.ones((3, 2)), "b": np.ones(2)})
+    state = opt.state
+    assert state["W"] is not None and state["b"]["step"] == 1
+    np.testing.assert_array_equal(state["W"]["exp_avg"], state[0]["exp_avg"])
+    assert state["b"]["exp_avg"].shape == (2,) and state[1]["exp_avg"].shape == (2,)
+    with pytest.raises(KeyError, match="no param named 'w'"):
+        state["w"]
+    with pytest.raises(TypeError):  # a list of positions when params had no names
+        nopt.Adam([np.ones(2)]).state["W"]

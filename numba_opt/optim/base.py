@@ -50,6 +50,23 @@ def _locked(method):
     return locked
 
 
+class _States(list):
+    """The per-param states: a list, also indexable by param name when params had names."""
+
+    def __init__(self, names=None):
+        super().__init__()
+        self._positions = None if names is None else {n: i for i, n in enumerate(names)}
+
+    def __getitem__(self, key):
+        if isinstance(key, str) and self._positions is not None:
+            try:
+                key = self._positions[key]
+            except KeyError:
+                raise KeyError(f"no param named {key!r}; the names are "
+                               f"{list(self._positions)}") from None
+        return super().__getitem__(key)
+
+
 class _Bucket:
     """The params of one group that share a dtype, and their flat state."""
 
@@ -241,7 +258,7 @@ class Optimizer:
         for gi, (group, cached) in enumerate(zip(self.param_groups, self._group_cache)):
             try:
                 if (cached is None or tuple(group.values()) != cached[3]
-                        or (cached[4] and any(tuple(group[k]) != v for k, v in cached[4]))):
+                        or (cached[4] and any(_frozen(group[k]) != v for k, v in cached[4]))):
                     stale.append(gi)
             except (TypeError, ValueError):  # an entry that does not compare (lr=np.array([..]))
                 stale.append(gi)             # is stale: the check then names it
@@ -361,13 +378,14 @@ class Optimizer:
 
     def _refresh_group(self, gi):
         group = self.param_groups[gi]
-        # the kernels use a frozen copy: lists (betas=[...]) as the tuples they held when checked
-        hyper = {k: tuple(v) if isinstance(v, list) else v
-                 for k, v in group.items() if k != "params"}
+        # the kernels use a frozen copy: lists (betas=[...]) as the tuples they held when checked,
+        # 0-d arrays (lr=np.array(0.1)) as their numbers
+        hyper = {k: _frozen(v) for k, v in group.items() if k != "params"}
         kernel_name, names = self._layout(hyper)
         kernel = getattr(self._backend, kernel_name)
-        lists = tuple((k, v) for k, v in hyper.items() if isinstance(group[k], list))
-        self._group_cache[gi] = (hyper, kernel, names, tuple(group.values()), lists)
+        # the entries that can change in place, and their frozen values: compared every step
+        mutable = tuple((k, v) for k, v in hyper.items() if _mutable(group[k]))
+        self._group_cache[gi] = (hyper, kernel, names, tuple(group.values()), mutable)
         for bucket in self._buckets:
             if bucket.group_index == gi:
                 bucket.scalars = None
@@ -404,10 +422,11 @@ class Optimizer:
     # ------------------------------------------------------------------------------ the state
     @property
     def state(self):
-        """Per param (in param order): {} before its first step, else its ``step`` count, its
-        host scalars (NAdam's ``mu_product``) and a view of each state buffer shaped like the
-        param (writing to a view changes the state)."""
-        states = []
+        """Per param (a list in param order): {} before its first step, else its ``step`` count,
+        its host scalars (NAdam's ``mu_product``) and a view of each state buffer shaped like
+        the param (writing to a view changes the state).  When params were given as a dict, the
+        list is indexable by their names too: ``opt.state["W"]``."""
+        states = _States() if self._names is None else _States(self._names)
         for i, param in enumerate(self._params):
             bucket, j = self._bucket_of[i]
             step, started, host = bucket.history(j)
@@ -427,7 +446,7 @@ class Optimizer:
             "format": STATE_DICT_FORMAT,
             "optimizer": type(self).__name__,
             "step_count": self.step_count,
-            "param_groups": [{**{k: list(v) if isinstance(v, list) else v  # no shared lists
+            "param_groups": [{**{k: _frozen(v, None)  # lists stay lists, copied
                                  for k, v in g.items() if k != "params"},
                               "params": list(indices)}
                              for g, indices in zip(self.param_groups, self._group_indices)],
@@ -588,6 +607,22 @@ class Optimizer:
             hyper = ", ".join(f"{k}={v!r}" for k, v in group.items() if k != "params")
             lines.append(f"  group {gi} ({len(group['params'])} params): {hyper}")
         return "\n".join(lines)
+
+
+def _frozen(value, sequence=tuple):
+    """A hyper-parameter with nothing that can change in place: 0-d arrays as their numbers,
+    lists and tuples as ``sequence`` (tuples for the kernels), recursively."""
+    if isinstance(value, (list, tuple)):
+        return (sequence or type(value))(_frozen(v, sequence) for v in value)
+    if isinstance(value, np.ndarray):
+        return value.item()
+    return value
+
+
+def _mutable(value):
+    """Whether a hyper-parameter can change in place (a list, an array, or a tuple of them)."""
+    return isinstance(value, (list, np.ndarray)) or (
+        isinstance(value, tuple) and any(_mutable(v) for v in value))
 
 
 def _check_clipping(max_grad_norm, clip_value, skip_if_nonfinite, error_if_nonfinite):
