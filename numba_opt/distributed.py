@@ -111,13 +111,13 @@ def _labels(names, count, prefix="params"):
 
 
 def _agree(comm, local):
-    """``local()`` on every rank; if it raised a TypeError or ValueError anywhere, every rank
-    raises (the failing ranks their own error, the others its type, naming the rank), so no rank
-    goes on to a collective the others never reach.  One allgather."""
+    """``local()`` on every rank; if it raised anywhere, every rank raises (the failing ranks
+    their own error, the others one of its type naming the rank), so no rank goes on to a
+    collective the others never reach.  One allgather."""
     error = None
     try:
         result = local()
-    except (TypeError, ValueError) as exc:
+    except Exception as exc:  # any error: the other ranks must not be left waiting
         error, result = exc, None
     reports = comm.allgather(None if error is None else (type(error).__name__, str(error)))
     _raise_reported(error, reports)
@@ -131,7 +131,8 @@ def _raise_reported(error, reports):
     if failed:
         rank, (kind, message) = failed[0]
         others = f" (ranks {[r for r, _ in failed]} failed)" if len(failed) > 1 else ""
-        raise _ERROR_TYPES.get(kind, ValueError)(f"on rank {rank}: {message}{others}")
+        raise _ERROR_TYPES.get(kind, RuntimeError)(f"on rank {rank}: {kind}: {message}"
+                                                   f"{others}")
 
 
 def _same_on_every_rank(comm, items, what):
@@ -229,7 +230,8 @@ def broadcast_params(params, comm=None, root=0):
         return arrays, labels, names, device
 
     arrays, labels, names, device = _agree(comm, local)
-    _same_on_every_rank(comm, _arrays_items(arrays, labels, names), "broadcast_params's params")
+    _same_on_every_rank(comm, [("root", root)] + _arrays_items(arrays, labels, names),
+                        "broadcast_params's root and params")
     backend = dispatch.backend(device)
     flats = [backend.flat(a) for a in arrays]
     is_root = comm.Get_rank() == root
@@ -461,7 +463,7 @@ class ZeroRedundancyOptimizer:
             grads = self._grad_list(grads)
             spans = self._checked_grads(grads)
             changed = self._changed_groups()
-        except (TypeError, ValueError) as exc:
+        except Exception as exc:  # agreed below: every rank raises, none waits
             error = exc
         self._agree_step(error, options, changed)
         # --- every rank's grads and options are valid and the same: from here on all step
@@ -563,7 +565,8 @@ class ZeroRedundancyOptimizer:
         _same_on_every_rank(self.comm, [("step's options", _options_text(options))] + [
             (f"param_groups[{gi}]'s hyper-parameters", _canonical(dict(_snapshot(g))))
             for gi, g in enumerate(self.param_groups)], "what each step is given")
-        raise AssertionError("the ranks' step codes differ but nothing else did")
+        raise RuntimeError("the ranks' step options or hyper-parameters differ (their "
+                           "checksums do), but not in their text")
 
     def _commit_groups(self, changed):
         """Pass edited hyper-parameters on to the local optimizer's groups (it checks them
@@ -715,7 +718,12 @@ class ZeroRedundancyOptimizer:
         if state_dict["optimizer"] != name:
             raise ValueError(f"state_dict comes from {state_dict['optimizer']}, not {name}")
         step_count = check.count("state_dict['step_count']", state_dict["step_count"])
-        groups = state_dict["param_groups"]
+        groups, entries = state_dict["param_groups"], state_dict["state"]
+        if not (isinstance(groups, (list, tuple)) and all(isinstance(g, Mapping)
+                                                          for g in groups)):
+            raise TypeError("state_dict['param_groups'] must be a list of dicts")
+        if not isinstance(entries, Mapping):
+            raise TypeError(f"state_dict['state'] must be a dict, got {type(entries).__name__}")
         if len(groups) != len(self.param_groups):
             raise ValueError(f"state_dict has {len(groups)} param groups, the optimizer has "
                              f"{len(self.param_groups)}")
@@ -728,7 +736,7 @@ class ZeroRedundancyOptimizer:
             self._template._check_labelled(gi, {**self.defaults, **values})
             hyper.append(values)
         state = {}
-        for i, saved in state_dict["state"].items():
+        for i, saved in entries.items():
             if not (isinstance(i, (int, np.integer)) and 0 <= i < len(self._params)):
                 raise ValueError(f"state_dict['state'] has an entry for param {i!r}, the "
                                  f"optimizer has {len(self._params)} params")

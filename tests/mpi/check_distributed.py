@@ -316,6 +316,42 @@ def check_resume_on_any_number_of_ranks():
         assert_close(onto, ref, f"{name}: plain -> {SIZE} ranks")
 
 
+def check_load_state_dict_errors_on_every_rank():
+    """A state_dict that one rank finds bad (another optimizer's, a wrong shape, a bad lr, not a
+    dict) makes every rank raise, naming the rank, and changes nothing anywhere."""
+    last = SIZE - 1
+    start = mixed_groups(9)
+    mine, ref = [p.copy(order="K") for p in start], [p.copy(order="K") for p in start]
+    zero = dist.ZeroRedundancyOptimizer(groups_of(mine), nopt.Adam, comm=COMM, lr=1e-2)
+    plain = nopt.Adam(groups_of(ref), lr=1e-2)
+    run_pair(zero, mine, plain, ref, 3)
+    saved = zero.state_dict()
+    run_pair(zero, mine, plain, ref, 2, first=3)
+
+    def on_last(change):
+        """The saved state_dict, changed on the last rank only."""
+        if RANK != last:
+            return saved
+        bad = {**saved, "state": {i: dict(e) for i, e in saved["state"].items()},
+               "param_groups": [dict(g) for g in saved["param_groups"]]}
+        change(bad)
+        return bad
+
+    elsewhere = [] if RANK == last else [f"on rank {last}"]
+    expect_error(ValueError, ["state_dict['state'][4]['exp_avg']", "shape"] + elsewhere,
+                 lambda: zero.load_state_dict(on_last(
+                     lambda sd: sd["state"][4].update(exp_avg=np.zeros((3, 3))))))
+    expect_error(ValueError, ["comes from SGD"] + elsewhere, lambda: zero.load_state_dict(
+        on_last(lambda sd: sd.update(optimizer="SGD"))))
+    expect_error(ValueError, ["param_groups[1]", "lr"] + elsewhere, lambda: zero.load_state_dict(
+        on_last(lambda sd: sd["param_groups"][1].update(lr=-1.0))))
+    expect_error(TypeError, ["state_dict['state']"] + elsewhere, lambda: zero.load_state_dict(
+        on_last(lambda sd: sd.update(state=[1, 2]))))
+    assert zero.step_count == 5 and zero.param_groups[1]["lr"] == 3e-3
+    run_pair(zero, mine, plain, ref, 3, first=5)  # nothing changed: still on plain's trajectory
+    assert_close(mine, ref, "after refused loads")
+
+
 def check_hyper_parameter_edits():
     """param_groups edits between steps (an lr schedule, a betas list edited in place) take
     effect at the next step on every rank, as on the plain optimizer."""
@@ -358,6 +394,8 @@ def check_construction_errors_on_every_rank():
                          params(), nopt.SGD, comm=COMM, lr=0.1 if RANK == last else 0.2))
         expect_error(ValueError, ["broadcast_params", "params[1]", f"rank {last}"],
                      lambda: dist.broadcast_params(params((6,)), COMM))
+        expect_error(ValueError, ["broadcast_params", "root", f"rank {last}"],
+                     lambda: dist.broadcast_params(params(), COMM, root=int(RANK == last)))
     # one rank's params fail its own checks: it raises its error, the others name it
     bad = params()
     if RANK == last:
