@@ -332,10 +332,11 @@ class ZeroRedundancyOptimizer:
         self._shard()
         self.step_count = 0
         self._scheduler_initial_lrs = None  # as Optimizer's (set by the first lr scheduler)
-        self._snapshots = [_snapshot(g) for g in self.param_groups]
-        self._groups_code = _code(self._snapshots)
+        self._remember_groups()
+        self._options = self._options_code = None  # the last step's options and their CRC
         self._seen = None  # the last step's grads and their spans, checked
-        self._flags = np.zeros(3, np.int64)  # the step's agreement: failed, code, -code
+        # the step's agreement: failed, the groups' and the options' CRC, each also negated
+        self._flags = np.zeros(5, np.int64)
         self._norm = np.zeros(1)
         self._lock = threading.RLock()
         _fork.track(self)
@@ -531,33 +532,48 @@ class ZeroRedundancyOptimizer:
         self._seen = (tuple(grads), spans)
         return spans
 
+    def _remember_groups(self):
+        """What the next steps compare the groups with: each group's values (compared by
+        identity first, as Optimizer does), its lists' contents, snapshots and their CRC."""
+        self._group_values = [tuple(g.values()) for g in self.param_groups]
+        self._group_lists = [[(k, tuple(v)) for k, v in g.items()
+                              if k != "params" and isinstance(v, list)]
+                             for g in self.param_groups]
+        self._snapshots = [_snapshot(g) for g in self.param_groups]
+        self._groups_code = _code(self._snapshots)
+
     def _changed_groups(self):
         """(group index, snapshot) of each group edited since the last step, checked."""
         changed = []
-        for gi, (group, snapshot) in enumerate(zip(self.param_groups, self._snapshots)):
+        for gi, group in enumerate(self.param_groups):
+            if tuple(group.values()) == self._group_values[gi] and all(
+                    tuple(group[k]) == v for k, v in self._group_lists[gi]):
+                continue  # untouched (the usual case: no snapshot made)
             now = _snapshot(group)
-            if now != snapshot:
+            if now != self._snapshots[gi]:
                 self._template._check_labelled(gi, group)
                 changed.append((gi, now))
         return changed
 
     def _agree_step(self, error, options, changed):
         """One Allreduce: did any rank fail its checks, and do all ranks step with the same
-        options and hyper-parameters (a CRC of them)?  If not, every rank raises."""
-        groups_code, code = self._groups_code, 0
+        options and hyper-parameters (CRCs of them)?  If not, every rank raises."""
+        groups_code = options_code = 0
         if error is None:  # the options and groups passed their checks: they are numbers
+            groups_code = self._groups_code
             if changed:
                 snapshots = list(self._snapshots)
                 for gi, snapshot in changed:
                     snapshots[gi] = snapshot
                 groups_code = _code(snapshots)
-            code = _code(options, groups_code)
+            if options != self._options:
+                self._options, self._options_code = options, _code(options)
+            options_code = self._options_code
         flags = self._flags
-        flags[0], flags[1], flags[2] = error is not None, code, -code
+        flags[0], flags[1], flags[2] = error is not None, groups_code, -groups_code
+        flags[3], flags[4] = options_code, -options_code
         self.comm.Allreduce(MPI.IN_PLACE, flags, op=MPI.MAX)
-        if flags[0] == 0 and flags[1] == -flags[2]:
-            if changed:
-                self._groups_code = groups_code
+        if flags[0] == 0 and flags[1] == -flags[2] and flags[3] == -flags[4]:
             return
         # the slow path, on every rank alike: find out what went wrong
         _raise_reported(error, self.comm.allgather(
@@ -572,10 +588,11 @@ class ZeroRedundancyOptimizer:
         """Pass edited hyper-parameters on to the local optimizer's groups (it checks them
         again and recomputes its scalars)."""
         for gi, snapshot in changed:
-            self._snapshots[gi] = snapshot
             inner = self._inner_group[gi]
             if inner is not None:
                 self.local_optimizer.param_groups[inner].update(dict(snapshot))
+        if changed:
+            self._remember_groups()
 
     def _reduce_scatter(self, grads, spans):
         """This rank's shard of the sum of the ranks' grads, per dtype."""
@@ -699,8 +716,7 @@ class ZeroRedundancyOptimizer:
             if self.local_optimizer is not None:
                 self.local_optimizer.load_state_dict(self._local_state_dict(
                     state_dict["format"], step_count, state))
-            self._snapshots = [_snapshot(g) for g in self.param_groups]
-            self._groups_code = _code(self._snapshots)
+            self._remember_groups()
             self.step_count = step_count
 
     def _checked_load(self, state_dict):
