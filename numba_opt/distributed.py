@@ -41,6 +41,7 @@ import math
 import operator
 import threading
 import zlib
+from collections import namedtuple
 from collections.abc import Mapping
 
 import numpy as np
@@ -154,6 +155,11 @@ def _arrays_items(arrays, labels, names):
     return items
 
 
+# One param's part of a rank's shard: elements [start, stop) of the flat param, at ``offset`` in
+# the shard of its dtype's vector.
+_Piece = namedtuple("_Piece", "index start stop offset vector")
+
+
 class _Vector:
     """The arrays of one dtype laid end to end, in order: a virtual vector (one real buffer only
     where the arrays lie back to back, as a FlatParams's do), cut into one element range per
@@ -179,14 +185,15 @@ class _Vector:
                     len(self.bounds) - 2)
 
     def pieces_of(self, rank):
-        """(param index, start, stop within the flat param, offset in this rank's shard) of each
-        array this rank holds a part of; an empty array goes to ``owner``."""
+        """The _Piece of each array this rank holds a part of (an empty array goes to its
+        ``owner``)."""
         lo, hi = self.bounds[rank], self.bounds[rank + 1]
         pieces = []
         for k, (i, start, n) in enumerate(zip(self.indices, self.starts, self.sizes)):
             first, last = max(lo, start), min(hi, start + n)
             if first < last or (n == 0 and self.owner(k) == rank):
-                pieces.append((i, first - start, max(first, last) - start, first - lo))
+                pieces.append(_Piece(i, first - start, max(first, last) - start, first - lo,
+                                     self))
         return pieces
 
 
@@ -400,22 +407,25 @@ class ZeroRedundancyOptimizer:
             vector.grad = backend.full(vector.hi - vector.lo, vector.dtype, 0.0)
             vector.scratch = None  # full-size, for arrays that do not lie back to back
             vector.param_span = backend.span([self._params[i] for i in vector.indices])
-            vector.pieces = [(*piece, vector) for piece in vector.pieces_of(self.rank)]
+            vector.pieces = vector.pieces_of(self.rank)
             pieces += vector.pieces
         # the local optimizer's params are in param order, so each of its (group, dtype)
         # buckets is a run of one vector's shard: one kernel call
-        self._pieces = sorted(pieces, key=operator.itemgetter(0))
-        self._slices = [self._flats[i][a:b] for i, a, b, _, _ in self._pieces]
-        self._local_grads = [v.grad[o:o + b - a] for _, a, b, o, v in self._pieces]
+        self._pieces = sorted(pieces, key=operator.attrgetter("index"))
+        self._slices = [self._flats[p.index][p.start:p.stop] for p in self._pieces]
+        self._local_grads = [p.vector.grad[p.offset:p.offset + p.stop - p.start]
+                             for p in self._pieces]
+        group_of = [gi for gi, indices in enumerate(self._group_indices) for _ in indices]
+        # per group: the positions of its pieces among the local optimizer's params
+        self._inner_indices = [[] for _ in self.param_groups]
+        for k, piece in enumerate(self._pieces):
+            self._inner_indices[group_of[piece.index]].append(k)
         inner_groups, self._inner_group = [], []
-        for group, indices in zip(self.param_groups, self._group_indices):
-            mine = [k for k, piece in enumerate(self._pieces) if piece[0] in indices]
+        for group, mine in zip(self.param_groups, self._inner_indices):
             self._inner_group.append(len(inner_groups) if mine else None)
             if mine:
                 inner_groups.append({**dict(_snapshot(group)),
                                      "params": [self._slices[k] for k in mine]})
-        self._inner_indices = [[k for k, piece in enumerate(self._pieces)
-                                if piece[0] in indices] for indices in self._group_indices]
         # None where this rank's shard is empty (S < N): it still joins every collective
         self.local_optimizer = (self._optimizer_class(inner_groups, **self._defaults)
                                 if inner_groups else None)
@@ -625,9 +635,10 @@ class ZeroRedundancyOptimizer:
     def _raise_nonfinite(self, norm):
         """Every rank names the same param: the first whose mean grad is not finite."""
         first = len(self._params)
-        for (i, a, b, o, vector) in self._pieces:
-            if not math.isfinite(self._backend.sum_squares(vector.grad[o:o + b - a])):
-                first = i
+        for piece in self._pieces:
+            grad = piece.vector.grad[piece.offset:piece.offset + piece.stop - piece.start]
+            if not math.isfinite(self._backend.sum_squares(grad)):
+                first = piece.index
                 break
         found = np.array([first], np.int64)
         self.comm.Allreduce(MPI.IN_PLACE, found, op=MPI.MIN)
@@ -648,9 +659,10 @@ class ZeroRedundancyOptimizer:
                                                     (vector.counts, vector.displs)))
                 continue
             buffer = self._scratch(vector)
-            for i, a, b, o, _ in vector.pieces:
-                start = vector.lo + o
-                self._backend.copy_into(buffer[start:start + b - a], self._flats[i][a:b])
+            for piece in vector.pieces:
+                start = vector.lo + piece.offset
+                self._backend.copy_into(buffer[start:start + piece.stop - piece.start],
+                                        self._flats[piece.index][piece.start:piece.stop])
             _synchronize(self.device)
             self.comm.Allgatherv(MPI.IN_PLACE, (_buffer(buffer), (vector.counts, vector.displs)))
             _unpack(self._backend, buffer, vector, self._flats)
@@ -666,10 +678,10 @@ class ZeroRedundancyOptimizer:
             # holding the param's first element; the buffers from every rank
             heads = {}
             for piece, entry in zip(self._pieces, local):
-                if piece[1] == 0 and entry:
-                    heads[piece[0]] = ({k: v for k, v in entry.items()
-                                        if k not in self.state_names},
-                                       [k for k in entry if k in self.state_names])
+                if piece.start == 0 and entry:
+                    heads[piece.index] = ({k: v for k, v in entry.items()
+                                           if k not in self.state_names},
+                                          [k for k in entry if k in self.state_names])
             for part in self.comm.allgather(heads):
                 heads.update(part)
             state = {i: dict(heads[i][0]) for i in sorted(heads)}
@@ -693,9 +705,9 @@ class ZeroRedundancyOptimizer:
         """One state buffer of one dtype, whole on every rank (host), cut back into params."""
         whole = np.zeros(vector.total, vector.dtype)
         for piece, entry in zip(self._pieces, local):
-            i, a, b, o, owner = piece
-            if owner is vector and name in entry:
-                whole[vector.lo + o:vector.lo + o + b - a] = self._backend.to_host(entry[name])
+            if piece.vector is vector and name in entry:
+                start = vector.lo + piece.offset
+                whole[start:start + piece.stop - piece.start] = self._backend.to_host(entry[name])
         self.comm.Allgatherv(MPI.IN_PLACE, (whole, (vector.counts, vector.displs)))
         for i, start, n in zip(vector.indices, vector.starts, vector.sizes):
             if i in heads and name in heads[i][1]:
@@ -794,12 +806,12 @@ class ZeroRedundancyOptimizer:
                 groups.append({**{k: v for k, v in self.param_groups[gi].items()
                                   if k != "params"}, "params": self._inner_indices[gi]})
         local = {}
-        for k, (i, a, b, _, _) in enumerate(self._pieces):
-            if i in state:
-                order = "F" if _fortran(self._params[i]) else "C"
-                local[k] = {key: (np.ravel(value, order=order)[a:b]
+        for k, piece in enumerate(self._pieces):
+            if piece.index in state:
+                order = "F" if _fortran(self._params[piece.index]) else "C"
+                local[k] = {key: (np.ravel(value, order=order)[piece.start:piece.stop]
                                   if key in self.state_names else value)
-                            for key, value in state[i].items()}
+                            for key, value in state[piece.index].items()}
         return {"format": state_format, "optimizer": self._optimizer_class.__name__,
                 "step_count": step_count, "param_groups": groups, "state": local}
 
