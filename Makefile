@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,demo,bench]'
+	$(PY) -m pip install --quiet -e '.[test,demo,bench,mpi]'
 	touch $(STAMP)
 
 # the main job: train the digits MLP with each optimizer, draw the optimizer paths

@@ -506,3 +506,9 @@ def copy_into(view, source):
 
 def fill(buffer, value):
     buffer.fill(value)
+
+
+def scale(buffer, factor):
+    """Multiply a 1-D buffer by ``factor`` in place (cast to its dtype: no float64 promotion);
+    the distributed step's mean over ranks and its clipping factor."""
+    np.multiply(buffer, buffer.dtype.type(factor), out=buffer)

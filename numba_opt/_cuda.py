@@ -142,6 +142,18 @@ def _fill(out, value):
         out[i] = value
 
 
+@cuda.jit
+def _scale(out, factor):
+    for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        out[i] = out[i] * factor
+
+
+def scale(buffer, factor):
+    """Multiply a 1-D device buffer by ``factor`` in place (cast to its dtype)."""
+    if buffer.size:
+        _scale[_launch_config(buffer.size)](buffer, np.dtype(buffer.dtype).type(factor))
+
+
 def _as_numba(array):
     """A numba device-array view of ``array``: numba's own (or simulated) arrays as they are,
     anything else with ``__cuda_array_interface__`` wrapped without a copy."""
