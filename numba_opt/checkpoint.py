@@ -53,12 +53,27 @@ def save(optimizer, path, *, params=True):
     either the old file or the complete new one."""
     _require_optimizer(optimizer)
     path = _fspath(path)
+    _on_ranks(optimizer, lambda: _refuse_directory(path))
+    state_dict, values = _snapshot(optimizer, params)  # collective for a sharded optimizer
+
+    def write():
+        arrays = _members(state_dict, values, optimizer.state_names, params)
+        _remove_dead_temps(path)
+        _write_atomically(path, arrays)
+    _on_ranks(optimizer, write, every_rank=False)
+
+
+def _refuse_directory(path):
     if os.path.isdir(path):  # refuse now, not after writing the whole temp file
         raise IsADirectoryError(errno.EISDIR, "cannot save a checkpoint over a directory", path)
-    state_dict, values = _snapshot(optimizer, params)
-    arrays = _members(state_dict, values, optimizer.state_names, params)
-    _remove_dead_temps(path)
-    _write_atomically(path, arrays)
+
+
+def _on_ranks(optimizer, action, every_rank=True):
+    """``action()``.  A sharded optimizer (``numba_opt.distributed``) runs it on every rank, or
+    on its writing rank only, and raises on every rank if it failed on any, so that no rank is
+    left waiting in the next collective."""
+    collective = getattr(optimizer, "_checkpoint_collective", None)
+    return action() if collective is None else collective(action, every_rank)
 
 
 def _snapshot(optimizer, params):
@@ -116,11 +131,14 @@ def load(optimizer, path, *, params=True):
     modified."""
     _require_optimizer(optimizer)
     path = _fspath(path)
-    _remove_dead_temps(path)
-    expected = _expected(optimizer._params, optimizer.state_names, optimizer._labels, params)
-    meta, arrays = _read(path, expected)
-    state_dict = _state_dict(meta, arrays, path, optimizer.state_names)
-    values = _param_values(meta, arrays, path, len(optimizer._params)) if params else None
+    _on_ranks(optimizer, lambda: _remove_dead_temps(path), every_rank=False)
+
+    def read():  # on every rank of a sharded optimizer: each takes its shard from the file
+        expected = _expected(optimizer._params, optimizer.state_names, optimizer._labels, params)
+        meta, arrays = _read(path, expected)
+        return (_state_dict(meta, arrays, path, optimizer.state_names),
+                _param_values(meta, arrays, path, len(optimizer._params)) if params else None)
+    state_dict, values = _on_ranks(optimizer, read)
     with optimizer._lock:  # state and params restored together, between two steps
         try:
             optimizer.load_state_dict(state_dict)  # validates all of it before changing anything
@@ -134,7 +152,8 @@ def load(optimizer, path, *, params=True):
 
 def _require_optimizer(optimizer):
     from .optim import Optimizer
-    if not isinstance(optimizer, Optimizer):
+    # numba_opt.distributed's ZeroRedundancyOptimizer wraps an Optimizer and takes part
+    if not (isinstance(optimizer, Optimizer) or hasattr(optimizer, "_checkpoint_collective")):
         raise TypeError(f"optimizer must be a numba_opt optimizer, got {type(optimizer).__name__}")
 
 

@@ -668,6 +668,12 @@ class ZeroRedundancyOptimizer:
             _unpack(self._backend, buffer, vector, self._flats)
 
     # ------------------------------------------------------------------------------ the state
+    def _checkpoint_collective(self, action, every_rank):
+        """``nopt.save`` / ``nopt.load``'s hook: ``action()`` on every rank (reading the file:
+        each rank takes its shard) or on rank 0 only (writing it); an error on any rank is
+        raised on every rank."""
+        return _agree(self.comm, action if every_rank or self.rank == 0 else lambda: None)
+
     def state_dict(self):
         """Collective: the full state_dict, as ``optimizer_class`` over the whole params would
         return it, on every rank (host copies).  It loads into a plain optimizer or into a

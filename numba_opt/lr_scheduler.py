@@ -97,7 +97,8 @@ class LRScheduler(_StateDict):
 
 def _check_optimizer(optimizer):
     from .optim import Optimizer
-    if not isinstance(optimizer, Optimizer):
+    # numba_opt.distributed's ZeroRedundancyOptimizer has param_groups and the initial lrs too
+    if not (isinstance(optimizer, Optimizer) or hasattr(optimizer, "_scheduler_initial_lrs")):
         raise TypeError(f"optimizer must be a numba_opt optimizer, got "
                         f"{type(optimizer).__name__}")
 

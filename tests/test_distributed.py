@@ -97,9 +97,9 @@ def test_launch_exits_cleanly(ranks):
 
 @needs_mpi
 def test_a_run_saved_on_three_ranks_resumes_on_two(tmp_path):
-    """The N -> M hand-off across launches: a full state_dict pickled by a 3-rank run continues
+    """The N -> M hand-off across launches: a checkpoint saved (nopt.save) by a 3-rank run continues
     on 2 ranks on the uninterrupted plain trajectory."""
-    path = str(tmp_path / "run.pkl")
+    path = str(tmp_path / "run.npz")
     status, output = launch(3, "--save", path)
     assert status == 0 and output.count("RESULT save rank") == 3, output[-4000:]
     status, output = launch(2, "--resume", path)

@@ -2,8 +2,8 @@
 
     mpiexec -n 3 python tests/mpi/check_distributed.py            # every check
     mpiexec -n 2 python tests/mpi/check_distributed.py check_clipping ...
-    mpiexec -n 3 python tests/mpi/check_distributed.py --save run.pkl    # the two halves of a
-    mpiexec -n 2 python tests/mpi/check_distributed.py --resume run.pkl  # resume across launches
+    mpiexec -n 3 python tests/mpi/check_distributed.py --save run.npz    # the two halves of a
+    mpiexec -n 2 python tests/mpi/check_distributed.py --resume run.npz  # resume across launches
 
 Each rank prints ``RESULT <check> rank <r> ok`` per check (tests/test_distributed.py reads these
 lines); a failing check prints ``RESULT <check> rank <r> FAIL <error>`` and aborts the launch (the
@@ -15,7 +15,6 @@ The oracle is the plain single-process optimizer stepped with the mean of every 
 """
 import math
 import os
-import pickle
 import sys
 import time
 import traceback
@@ -571,35 +570,93 @@ def check_cuda_simulator():
 
 
 # ---------------------------------------------------------------------- resume across launches
+def shared_directory():
+    """A fresh directory every rank sees (made by rank 0; one machine here)."""
+    import tempfile
+    return COMM.bcast(tempfile.mkdtemp(prefix="nopt-mpi-") if RANK == 0 else None, root=0)
+
+
+def check_checkpoints_and_schedulers():
+    """nopt.save / nopt.load on a sharded optimizer are collective: the file (written by rank
+    0, no temp left) loads into a plain optimizer and back onto the ranks, and a scheduler
+    drives the sharded optimizer's lrs as it drives the plain one's; the run continues on the
+    uninterrupted plain trajectory.  An error on some ranks is raised on every rank."""
+    import glob
+    directory = shared_directory()
+    path = os.path.join(directory, "run.npz")
+    start = mixed_groups(7)
+    mine, ref = [p.copy(order="K") for p in start], [p.copy(order="K") for p in start]
+    zero = dist.ZeroRedundancyOptimizer(groups_of(mine), nopt.Adam, comm=COMM, lr=1e-2)
+    plain = nopt.Adam(groups_of(ref), lr=1e-2)
+    schedulers = [nopt.lr_scheduler.StepLR(o, step_size=2, gamma=0.5) for o in (zero, plain)]
+    for t in range(5):
+        run_pair(zero, mine, plain, ref, 1, first=t)
+        for scheduler in schedulers:
+            scheduler.step()
+    assert [g["lr"] for g in zero.param_groups] == [g["lr"] for g in plain.param_groups]
+    nopt.save(zero, path)
+    COMM.Barrier()
+    assert os.path.exists(path) and not glob.glob(path + ".*.tmp"), os.listdir(directory)
+    # into a plain optimizer: the same state and params as the plain run's
+    into_plain = [np.zeros_like(p, order="K") for p in start]
+    loaded = nopt.Adam(groups_of(into_plain), lr=0.5)
+    nopt.load(loaded, path)
+    assert_same_state_dict(loaded.state_dict(), plain.state_dict(), "checkpoint -> plain")
+    assert_close(into_plain, ref, "checkpoint -> plain params")
+    # back onto the ranks, with the scheduler's position, and on
+    again = [np.zeros_like(p, order="K") for p in start]
+    resumed = dist.ZeroRedundancyOptimizer(groups_of(again), nopt.Adam, comm=COMM, lr=0.5)
+    nopt.load(resumed, path)
+    scheduler = nopt.lr_scheduler.StepLR(resumed, step_size=2, gamma=0.5)
+    scheduler.load_state_dict(schedulers[0].state_dict())
+    for t in range(5, 9):
+        run_pair(resumed, again, plain, ref, 1, first=t)
+        scheduler.step()
+        schedulers[1].step()
+    assert_close(again, ref, "checkpoint -> ranks, resumed")
+    assert_same_state_dict(resumed.state_dict(), plain.state_dict(), "checkpoint -> ranks")
+    # errors: a file only some ranks can read, and saving over a directory
+    before = resumed.state_dict()
+    broken = os.path.join(directory, f"broken-{RANK}.npz")
+    with open(broken, "wb") as f:
+        f.write(b"not a checkpoint")
+    # the last rank reads a broken file, the others the good one: every rank raises
+    expect_error(ValueError, [] if RANK == SIZE - 1 else [f"on rank {SIZE - 1}"],
+                 lambda: nopt.load(resumed, broken if RANK == SIZE - 1 else path))
+    assert_same_state_dict(resumed.state_dict(), before, "after a refused load")
+    expect_error(OSError, ["directory"], lambda: nopt.save(resumed, directory))
+    COMM.Barrier()
+
+
 def save_run(path):
     """First half of a run on this many ranks: 6 steps, then the full state_dict and the params
-    to ``path`` (pickle; rank 0 writes)."""
+    to ``path`` with nopt.save (collective; rank 0 writes)."""
     start = mixed_groups(40)
     mine = [p.copy(order="K") for p in start]
     zero = dist.ZeroRedundancyOptimizer(groups_of(mine), nopt.NAdam, comm=COMM, lr=1e-2)
     for t in range(6):
         zero.step(rank_grads(mine, RANK, t))
-    state = zero.state_dict()
+    nopt.save(zero, path)  # collective: rank 0 writes
     if RANK == 0:
-        with open(path, "wb") as f:
-            pickle.dump({"ranks": SIZE, "state_dict": state, "params": mine}, f)
+        with open(path + ".ranks", "w") as f:
+            f.write(str(SIZE))
     print(f"RESULT save rank {RANK} ok", flush=True)
 
 
 def resume_run(path):
     """Second half on this many ranks; compared with one uninterrupted plain run whose first
     6 steps used the saving launch's number of ranks."""
-    with open(path, "rb") as f:
-        saved = pickle.load(f)
+    with open(path + ".ranks") as f:
+        saved = {"ranks": int(f.read())}
     start = mixed_groups(40)
     ref = [p.copy(order="K") for p in start]
     plain = nopt.NAdam(groups_of(ref), lr=1e-2)
     for t in range(6):
         plain.step(mean_grads(ref, t, ranks=saved["ranks"]))
-    assert_close(saved["params"], ref, "the saved params")
-    mine = [p.copy(order="K") for p in saved["params"]]
+    mine = [np.zeros_like(p, order="K") for p in start]
     zero = dist.ZeroRedundancyOptimizer(groups_of(mine), nopt.NAdam, comm=COMM, lr=0.5)
-    zero.load_state_dict(saved["state_dict"])
+    nopt.load(zero, path)  # collective: every rank reads its shard and the params
+    assert_close(mine, ref, "the saved params")
     assert zero.param_groups[0]["lr"] == 1e-2  # the saved hyper-parameters win
     for t in range(6, 12):
         zero.step(rank_grads(mine, RANK, t))
