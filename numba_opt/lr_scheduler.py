@@ -70,7 +70,14 @@ class LRScheduler(_StateDict):
 
     def step(self):
         self.last_epoch += 1
-        lrs = self.get_lr()
+        try:
+            lrs = self.get_lr()
+        except BaseException:
+            self.last_epoch -= 1  # a refused step (a user's lr_lambda, say) moves nothing
+            raise
+        self._set_lrs(lrs)
+
+    def _set_lrs(self, lrs):
         for group, lr in zip(self.optimizer.param_groups, lrs):
             group["lr"] = lr
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
@@ -382,6 +389,38 @@ def _momentum_check(use_beta1):
     return check.non_negative
 
 
+def _per_group(name, value, groups, check_one=check.non_negative):
+    """One checked value per param group: ``value`` for each, or a list of one per group."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value] * len(groups)
+    if len(values) != len(groups):
+        raise ValueError(f"{name} has {len(values)} entries for {len(groups)} param groups")
+    return [check_one(name, v) for v in values]
+
+
+def _set_momenta(groups, momenta, use_beta1):
+    """The cycled momentum lives in group["betas"][0] (Adam family) or group["momentum"]."""
+    for group, momentum in zip(groups, momenta):
+        if use_beta1:
+            group["betas"] = (momentum, *group["betas"][1:])
+        else:
+            group["momentum"] = momentum
+
+
+def _use_beta1_check(optimizer):
+    """A saved use_beta1: which momentum is cycled follows from the optimizer, as when made."""
+    def use_beta1(where, value):
+        value = check.flag(where, value)
+        defaults = optimizer.defaults
+        if "betas" not in defaults and "momentum" not in defaults:
+            raise ValueError(f"{where}: cycle_momentum needs an optimizer with momentum or "
+                             f"betas, and {type(optimizer).__name__} has neither")
+        if value != ("betas" in defaults):
+            raise ValueError(f"{where} is {value}, but {type(optimizer).__name__} cycles "
+                             f"{'beta1' if 'betas' in defaults else 'momentum'}")
+        return value
+    return use_beta1
+
+
 # the (lr from, lr to, momentum from, momentum to) of each OneCycleLR phase
 _TWO_PHASES = (("initial_lr", "max_lr", "max_momentum", "base_momentum"),
                ("max_lr", "min_lr", "base_momentum", "max_momentum"))
@@ -451,7 +490,7 @@ class OneCycleLR(LRScheduler):
         three_phase = check.flag("three_phase", three_phase)
         div_factor = _positive_real("div_factor", div_factor)
         final_div_factor = _positive_real("final_div_factor", final_div_factor)
-        max_lrs = self._per_group("max_lr", max_lr, groups)
+        max_lrs = _per_group("max_lr", max_lr, groups)
         self.limits = [{"initial_lr": m / div_factor, "max_lr": m,
                         "min_lr": m / div_factor / final_div_factor} for m in max_lrs]
         self.phases = _phase_plan(pct, self.total_steps, three_phase)
@@ -463,21 +502,15 @@ class OneCycleLR(LRScheduler):
                 raise ValueError("cycle_momentum needs an optimizer with momentum or betas")
             momentum = _momentum_check(self.use_beta1)
             for limit, top, base in zip(
-                    self.limits, self._per_group("max_momentum", max_momentum, groups, momentum),
-                    self._per_group("base_momentum", base_momentum, groups, momentum)):
+                    self.limits, _per_group("max_momentum", max_momentum, groups, momentum),
+                    _per_group("base_momentum", base_momentum, groups, momentum)):
                 limit.update(max_momentum=top, base_momentum=base)
         # everything checked: from here on the optimizer changes
         if self.cycle_momentum:
-            self._set_momenta([limit["max_momentum"] for limit in self.limits], groups)
+            _set_momenta(groups, [limit["max_momentum"] for limit in self.limits],
+                         self.use_beta1)
         _initial_lrs(optimizer, [limit["initial_lr"] for limit in self.limits])
         super().__init__(optimizer, last_epoch)
-
-    @staticmethod
-    def _per_group(name, value, groups, check_one=check.non_negative):
-        values = list(value) if isinstance(value, (list, tuple)) else [value] * len(groups)
-        if len(values) != len(groups):
-            raise ValueError(f"{name} has {len(values)} entries for {len(groups)} param groups")
-        return [check_one(name, v) for v in values]
 
     def _state_checks(self, state):
         cycling = state.get("cycle_momentum")  # the key set depends on it; checked below
@@ -487,7 +520,7 @@ class OneCycleLR(LRScheduler):
                   "limits": self._limits_check(cycling), "phases": _phase_list,
                   "cycle_momentum": check.flag}
         if cycling:
-            checks["use_beta1"] = self._use_beta1_check
+            checks["use_beta1"] = _use_beta1_check(self.optimizer)
         return checks
 
     def _limits_check(self, cycling):
@@ -517,18 +550,6 @@ class OneCycleLR(LRScheduler):
             return checked
         return limits
 
-    def _use_beta1_check(self, where, value):
-        """Which momentum is cycled follows from the optimizer, as at construction."""
-        value = check.flag(where, value)
-        defaults = self.optimizer.defaults
-        if "betas" not in defaults and "momentum" not in defaults:
-            raise ValueError(f"{where}: cycle_momentum needs an optimizer with momentum or "
-                             f"betas, and {type(self.optimizer).__name__} has neither")
-        if value != ("betas" in defaults):
-            raise ValueError(f"{where} is {value}, but {type(self.optimizer).__name__} cycles "
-                             f"{'beta1' if 'betas' in defaults else 'momentum'}")
-        return value
-
     def _check_together(self, values, where):
         n, phases = values["total_steps"], values["phases"]
         if phases[-1][0] != n - 1:
@@ -538,13 +559,6 @@ class OneCycleLR(LRScheduler):
         if values["last_epoch"] > n:
             raise ValueError(f"{where}['last_epoch'] is {values['last_epoch']}, past "
                              f"total_steps ({n})")
-
-    def _set_momenta(self, momenta, groups):
-        for group, momentum in zip(groups, momenta):
-            if self.use_beta1:
-                group["betas"] = (momentum, *group["betas"][1:])
-            else:
-                group["momentum"] = momentum
 
     def _anneal(self, start, end, pct):
         if self.anneal_strategy == "cos":
@@ -567,7 +581,7 @@ class OneCycleLR(LRScheduler):
                     break
                 start = end
         if self.cycle_momentum:
-            self._set_momenta(momenta, self.optimizer.param_groups)
+            _set_momenta(self.optimizer.param_groups, momenta, self.use_beta1)
         return lrs
 
 
