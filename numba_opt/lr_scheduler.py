@@ -381,6 +381,52 @@ class LinearLR(LRScheduler):
                 "end_factor": _unit_factor, "total_iters": _positive_int}
 
 
+
+class ConstantLR(LRScheduler):
+    """lr * ``factor`` for the first ``total_iters`` epochs, then the lr again (a constant
+    warm-up)."""
+
+    def __init__(self, optimizer, factor=1.0 / 3, total_iters=5, last_epoch=-1):
+        # torch takes factor=0 and then divides by it at total_iters
+        self.factor = _start_factor("factor", factor)
+        # torch takes 0 (and negatives), keeping the factor forever where its closed form
+        # would drop it: refused here
+        self.total_iters = _positive_int("total_iters", total_iters)
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self):
+        t = self.last_epoch
+        if t == 0:
+            return [lr * self.factor for lr in self._current()]
+        if t != self.total_iters:
+            return self._current()
+        return [lr * (1.0 / self.factor) for lr in self._current()]  # torch's operation order
+
+    def _state_checks(self, state):
+        return {**super()._state_checks(state), "factor": _start_factor,
+                "total_iters": _positive_int}
+
+
+class PolynomialLR(LRScheduler):
+    """lr * (1 - epoch / ``total_iters``) ** ``power``, reaching 0 at ``total_iters``."""
+
+    def __init__(self, optimizer, total_iters=5, power=1.0, last_epoch=-1):
+        self.total_iters = _positive_int("total_iters", total_iters)
+        # a negative power divides by zero at total_iters (torch's too)
+        self.power = check.non_negative("power", power)
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self):
+        t, n = self.last_epoch, self.total_iters
+        if t == 0 or t > n:
+            return self._current()
+        factor = ((1.0 - t / n) / (1.0 - (t - 1) / n)) ** self.power
+        return [lr * factor for lr in self._current()]
+
+    def _state_checks(self, state):
+        return {**super()._state_checks(state), "total_iters": _positive_int,
+                "power": check.non_negative}
+
 def _momentum_check(use_beta1):
     """Adam's beta1 must stay in [0, 1) (the optimizer would refuse it at its next step); a
     momentum need only be >= 0."""

@@ -15,6 +15,9 @@ SCHEDULES = {
     "ExponentialLR": lambda m, o: m.ExponentialLR(o, gamma=0.9),
     "CosineAnnealingLR": lambda m, o: m.CosineAnnealingLR(o, T_max=7, eta_min=1e-3),
     "LinearLR": lambda m, o: m.LinearLR(o, start_factor=0.25, end_factor=1.0, total_iters=4),
+    "ConstantLR": lambda m, o: m.ConstantLR(o, factor=0.5, total_iters=4),
+    "PolynomialLR": lambda m, o: m.PolynomialLR(o, total_iters=20, power=2.0),
+    "PolynomialLR-sqrt": lambda m, o: m.PolynomialLR(o, total_iters=8, power=0.5),
     "OneCycleLR": lambda m, o: m.OneCycleLR(o, max_lr=[0.5, 0.2], total_steps=31),
     "OneCycleLR-3phase-linear": lambda m, o: m.OneCycleLR(
         o, max_lr=0.3, epochs=4, steps_per_epoch=8, anneal_strategy="linear", three_phase=True,
@@ -24,12 +27,20 @@ SCHEDULES = {
     # the cosine's base_lrs are the lrs before the warm-up (they matter past T_max)
     "ChainedScheduler-cosine": lambda m, o: m.ChainedScheduler(
         [m.LinearLR(o, start_factor=0.5, total_iters=3), m.CosineAnnealingLR(o, T_max=4)]),
+    "ChainedScheduler-constant": lambda m, o: m.ChainedScheduler(
+        [m.ConstantLR(o, factor=0.1, total_iters=3), m.ExponentialLR(o, gamma=0.9)]),
+    "ChainedScheduler-polynomial": lambda m, o: m.ChainedScheduler(
+        [m.PolynomialLR(o, total_iters=12, power=1.5), m.StepLR(o, step_size=4, gamma=0.5)]),
     "SequentialLR": lambda m, o: m.SequentialLR(
         o, [m.LinearLR(o, start_factor=0.1, total_iters=4),
             m.CosineAnnealingLR(o, T_max=10, eta_min=1e-3)], milestones=[5]),
     "SequentialLR-3": lambda m, o: m.SequentialLR(
         o, [m.ExponentialLR(o, gamma=0.8), m.LinearLR(o, start_factor=0.2, total_iters=3),
             m.MultiStepLR(o, milestones=[2, 4], gamma=0.5)], milestones=[3, 8]),
+    # a milestone restarts PolynomialLR from the initial lrs (torch's closed form at epoch 0)
+    "SequentialLR-constant-polynomial": lambda m, o: m.SequentialLR(
+        o, [m.ConstantLR(o, factor=0.25, total_iters=5),
+            m.PolynomialLR(o, total_iters=15, power=0.9)], milestones=[4]),
     "SequentialLR-onecycle": lambda m, o: m.SequentialLR(
         o, [m.StepLR(o, step_size=2, gamma=0.5), m.OneCycleLR(o, max_lr=0.4, total_steps=30)],
         milestones=[6]),
@@ -86,6 +97,39 @@ def test_sequential_state_dict_resumes_mid_schedule():
     np.testing.assert_allclose(got, expected, rtol=1e-12)
 
 
+# the schedules of the later schedulers: a state saved mid-way resumes them exactly
+RESUMED = [name for name in SCHEDULES if name.split("-")[0] in (
+    "ConstantLR", "PolynomialLR", "LambdaLR", "MultiplicativeLR", "CyclicLR",
+    "CosineAnnealingWarmRestarts")] + [
+    "ChainedScheduler-constant", "SequentialLR-constant-polynomial"]
+
+
+def run(scheduler, opt, epochs):
+    """(lrs, momentum, betas) of every group after each of ``epochs`` steps."""
+    seen = []
+    for _ in range(epochs):
+        opt.step([np.ones(2), np.ones(3)])
+        scheduler.step()
+        seen.append([(g["lr"], g.get("momentum"), g.get("betas")) for g in opt.param_groups])
+        assert scheduler.get_last_lr() == [g["lr"] for g in opt.param_groups]
+    return seen
+
+
+@pytest.mark.parametrize("optimizer", ["SGD", "Adam"])
+@pytest.mark.parametrize("name", RESUMED)
+def test_state_dict_resumes_mid_schedule(name, optimizer):
+    opt, _ = both_optimizers(optimizer)
+    scheduler = SCHEDULES[name](S, opt)
+    run(scheduler, opt, 7)
+    saved, saved_opt = scheduler.state_dict(), opt.state_dict()
+    expected = run(scheduler, opt, 12)
+    resumed_opt, _ = both_optimizers(optimizer)
+    resumed = SCHEDULES[name](S, resumed_opt)
+    resumed_opt.load_state_dict(saved_opt)
+    resumed.load_state_dict(saved)
+    assert resumed.state_dict() == saved
+    assert run(resumed, resumed_opt, 12) == expected
+
 def test_reduce_on_plateau_equals_torch():
     ours, theirs = both_optimizers()
     kwargs = dict(mode="min", factor=0.5, patience=2, threshold=0.01, cooldown=1, min_lr=0.01)
@@ -141,6 +185,12 @@ def test_state_dict_resumes_the_schedule():
     (lambda o: S.MultiStepLR(o, milestones=[5, 2]), ValueError, "increasing"),
     (lambda o: S.LinearLR(o, start_factor=0), ValueError, "start_factor must be > 0"),
     (lambda o: S.ExponentialLR(o, gamma=0.9, last_epoch=3), ValueError, "last_epoch"),
+    (lambda o: S.ConstantLR(o, factor=0), ValueError, "factor must be > 0"),
+    (lambda o: S.ConstantLR(o, factor=1.5), ValueError, r"factor must be in \[0.0, 1.0\]"),
+    (lambda o: S.ConstantLR(o, total_iters=0), ValueError, "total_iters must be >= 1"),
+    (lambda o: S.ConstantLR(o, total_iters=2.0), TypeError, "total_iters must be an int"),
+    (lambda o: S.PolynomialLR(o, total_iters=0), ValueError, "total_iters must be >= 1"),
+    (lambda o: S.PolynomialLR(o, power=-1.0), ValueError, "power must be >= 0"),
     (lambda o: S.ReduceLROnPlateau(o, mode="up"), ValueError, "mode must be"),
     (lambda o: S.ReduceLROnPlateau(o, min_lr=[0.1]), ValueError, "min_lr has 1 entries"),
     (lambda o: S.StepLR(object(), step_size=2), TypeError, "numba_opt optimizer"),
