@@ -17,8 +17,10 @@ scheduler subclass written elsewhere saves its own attributes too: they load as 
 ones it inherits are checked).
 """
 import bisect
+import contextlib
 import copy
 import math
+import types
 from collections.abc import Mapping
 
 import numpy as np
@@ -28,6 +30,9 @@ from . import _validation as check
 
 class _StateDict:
     """``state_dict()`` and ``load_state_dict()`` from a table of checks, one per saved key."""
+
+    # attributes holding a user's callables: saved as torch saves them (see _callable_state)
+    _callables = ()
 
     def state_dict(self):
         return _saved(self)
@@ -61,9 +66,10 @@ class LRScheduler(_StateDict):
     def __init__(self, optimizer, last_epoch=-1):
         _check_start(optimizer, last_epoch)
         self.optimizer = optimizer
-        self.base_lrs = list(_initial_lrs(optimizer))
-        self.last_epoch = -1
-        self.step()
+        with _all_or_nothing(optimizer):
+            self.base_lrs = list(_initial_lrs(optimizer))
+            self.last_epoch = -1
+            self.step()
 
     def get_lr(self):
         raise NotImplementedError
@@ -102,6 +108,22 @@ class LRScheduler(_StateDict):
         return {"base_lrs": lrs, "last_epoch": _at_least(-1), "_last_lr": lrs}
 
 
+@contextlib.contextmanager
+def _all_or_nothing(optimizer):
+    """A scheduler that fails while it is made (its first step calls a user's lr_lambda)
+    leaves the optimizer's groups and its recorded initial lrs as they were."""
+    groups = [dict(group) for group in optimizer.param_groups]
+    initial_lrs = optimizer._scheduler_initial_lrs
+    try:
+        yield
+    except BaseException:
+        for group, saved in zip(optimizer.param_groups, groups):
+            group.clear()
+            group.update(saved)
+        optimizer._scheduler_initial_lrs = initial_lrs
+        raise
+
+
 def _check_optimizer(optimizer):
     from .optim import Optimizer
     if not isinstance(optimizer, Optimizer):
@@ -118,9 +140,47 @@ def _check_start(optimizer, last_epoch):
 
 
 def _saved(scheduler):
-    """A scheduler's state: its class name and a copy of its attributes but the optimizer."""
-    return {"scheduler": type(scheduler).__name__,
-            **copy.deepcopy({k: v for k, v in vars(scheduler).items() if k != "optimizer"})}
+    """A scheduler's state: its class name and a copy of its attributes but the optimizer
+    (and, of a user's callables, what _callable_state keeps)."""
+    callables = scheduler._callables
+    state = {"scheduler": type(scheduler).__name__, **copy.deepcopy(
+        {k: v for k, v in vars(scheduler).items() if k != "optimizer" and k not in callables})}
+    for name in callables:
+        value = getattr(scheduler, name)
+        state[name] = ([_callable_state(fn) for fn in value] if isinstance(value, list)
+                       else _callable_state(value))
+    return state
+
+
+def _callable_state(fn):
+    """What a state_dict keeps of a user's callable, as in torch: a copy of a callable
+    object's attributes, or None for a function, lambda, method or builtin (code is not
+    saved: the scheduler made to load the state brings its own)."""
+    if fn is None or not hasattr(fn, "__dict__") or isinstance(
+            fn, (types.FunctionType, types.MethodType, types.BuiltinFunctionType)):
+        return None
+    return copy.deepcopy(vars(fn))
+
+
+def _callable_state_check(fn, what):
+    """A saved _callable_state for the scheduler's own callable ``fn`` (named ``what``)."""
+    def callable_state(where, value):
+        if value is None:
+            return None
+        if not isinstance(value, Mapping):
+            raise TypeError(f"{where} must be None or a dict of a callable object's "
+                            f"attributes, got {type(value).__name__}")
+        if _callable_state(fn) is None:
+            raise ValueError(f"{where} holds a callable object's attributes, but this "
+                             f"scheduler's {what} is a {type(fn).__name__}, which has no "
+                             f"attributes to load them into")
+        return copy.deepcopy(dict(value))
+    return callable_state
+
+
+def _load_callable_state(fn, state):
+    if state is not None:
+        vars(fn).update(state)
 
 
 def _checked_fields(scheduler, state, where):
@@ -426,6 +486,100 @@ class PolynomialLR(LRScheduler):
     def _state_checks(self, state):
         return {**super()._state_checks(state), "total_iters": _positive_int,
                 "power": check.non_negative}
+
+
+def _lr_lambdas(lr_lambda, groups):
+    """LambdaLR's and MultiplicativeLR's ``lr_lambda``: one callable for every param group, or
+    a list of one per group."""
+    if not isinstance(lr_lambda, (list, tuple)):
+        if not callable(lr_lambda):
+            raise TypeError(f"lr_lambda must be callable (a function of the epoch), got "
+                            f"{type(lr_lambda).__name__}")
+        return [lr_lambda] * groups
+    if len(lr_lambda) != groups:
+        raise ValueError(f"lr_lambda has {len(lr_lambda)} functions for {groups} param groups")
+    for k, fn in enumerate(lr_lambda):
+        if not callable(fn):
+            raise TypeError(f"lr_lambda[{k}] must be callable (a function of the epoch), got "
+                            f"{type(fn).__name__}")
+    return list(lr_lambda)
+
+
+def _times_lambda(lr, fn, epoch, k):
+    """``lr * fn(epoch)``, refused (ValueError) unless it is an lr the optimizer can take."""
+    factor = check.real(f"lr_lambda({epoch}) for param_groups[{k}]", fn(epoch))
+    return check.non_negative(f"lr * lr_lambda({epoch}) for param_groups[{k}]", lr * factor)
+
+
+class _LambdaStates:
+    """The saved ``lr_lambdas`` of LambdaLR and MultiplicativeLR (see _callable_state)."""
+
+    _callables = ("lr_lambdas",)
+
+    def _lambda_states_check(self, where, value):
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{where} must be a list, got {type(value).__name__}")
+        if len(value) != len(self.lr_lambdas):
+            raise ValueError(f"{where} has {len(value)} entries for {len(self.lr_lambdas)} "
+                             f"param groups")
+        return [_callable_state_check(fn, f"lr_lambda[{k}]")(f"{where}[{k}]", saved)
+                for k, (fn, saved) in enumerate(zip(self.lr_lambdas, value))]
+
+    def _state_checks(self, state):
+        return {**super()._state_checks(state), "lr_lambdas": self._lambda_states_check}
+
+    def _apply(self, values):
+        super()._apply({k: v for k, v in values.items() if k != "lr_lambdas"})
+        for fn, saved in zip(self.lr_lambdas, values["lr_lambdas"]):
+            _load_callable_state(fn, saved)
+
+
+class LambdaLR(_LambdaStates, LRScheduler):
+    """The initial lr times ``lr_lambda(epoch)``: one function for every param group, or a
+    list of one per group.  A state_dict keeps a callable object's attributes, and nothing of
+    a function or lambda (as torch): the scheduler loading it uses its own ``lr_lambda``."""
+
+    def __init__(self, optimizer, lr_lambda, last_epoch=-1):
+        _check_optimizer(optimizer)
+        self.lr_lambdas = _lr_lambdas(lr_lambda, len(optimizer.param_groups))
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self):
+        t = self.last_epoch
+        return [_times_lambda(base, fn, t, k)
+                for k, (fn, base) in enumerate(zip(self.lr_lambdas, self.base_lrs))]
+
+
+class MultiplicativeLR(_LambdaStates, LRScheduler):
+    """lr * ``lr_lambda(epoch)`` every epoch after the first (one function for every param
+    group, or a list of one per group).  Saved as LambdaLR is."""
+
+    def __init__(self, optimizer, lr_lambda, last_epoch=-1):
+        _check_optimizer(optimizer)
+        self.lr_lambdas = _lr_lambdas(lr_lambda, len(optimizer.param_groups))
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self):
+        if self.last_epoch == 0:  # made (or started by SequentialLR): the lrs stay
+            return self._current()
+        return self._times_lambdas()
+
+    def _times_lambdas(self):
+        t = self.last_epoch
+        return [_times_lambda(lr, fn, t, k)
+                for k, (fn, lr) in enumerate(zip(self.lr_lambdas, self._current()))]
+
+    def _restart(self):
+        """At a SequentialLR milestone torch steps it to epoch 0 without its first-step rule:
+        the lrs the schedule before it left, times lr_lambda(0)."""
+        last = self.last_epoch
+        self.last_epoch = 0
+        try:
+            lrs = self._times_lambdas()
+        except BaseException:
+            self.last_epoch = last
+            raise
+        self._set_lrs(lrs)
 
 def _momentum_check(use_beta1):
     """Adam's beta1 must stay in [0, 1) (the optimizer would refuse it at its next step); a

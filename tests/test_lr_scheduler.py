@@ -18,6 +18,12 @@ SCHEDULES = {
     "ConstantLR": lambda m, o: m.ConstantLR(o, factor=0.5, total_iters=4),
     "PolynomialLR": lambda m, o: m.PolynomialLR(o, total_iters=20, power=2.0),
     "PolynomialLR-sqrt": lambda m, o: m.PolynomialLR(o, total_iters=8, power=0.5),
+    "LambdaLR": lambda m, o: m.LambdaLR(o, lr_lambda=lambda epoch: 0.95 ** epoch),
+    "LambdaLR-per-group": lambda m, o: m.LambdaLR(
+        o, lr_lambda=[lambda epoch: 1 / (1 + epoch), lambda epoch: 0.9 ** (epoch // 3)]),
+    "MultiplicativeLR": lambda m, o: m.MultiplicativeLR(o, lr_lambda=lambda epoch: 0.97),
+    "MultiplicativeLR-per-group": lambda m, o: m.MultiplicativeLR(
+        o, lr_lambda=[lambda epoch: 0.9, lambda epoch: 1.0 if epoch % 4 else 0.5]),
     "OneCycleLR": lambda m, o: m.OneCycleLR(o, max_lr=[0.5, 0.2], total_steps=31),
     "OneCycleLR-3phase-linear": lambda m, o: m.OneCycleLR(
         o, max_lr=0.3, epochs=4, steps_per_epoch=8, anneal_strategy="linear", three_phase=True,
@@ -41,6 +47,13 @@ SCHEDULES = {
     "SequentialLR-constant-polynomial": lambda m, o: m.SequentialLR(
         o, [m.ConstantLR(o, factor=0.25, total_iters=5),
             m.PolynomialLR(o, total_iters=15, power=0.9)], milestones=[4]),
+    # at its milestone torch gives MultiplicativeLR the lrs left before, times lr_lambda(0)
+    "SequentialLR-multiplicative": lambda m, o: m.SequentialLR(
+        o, [m.ExponentialLR(o, gamma=0.8),
+            m.MultiplicativeLR(o, lambda epoch: 0.5 if epoch == 0 else 0.95)], milestones=[4]),
+    "SequentialLR-lambda": lambda m, o: m.SequentialLR(
+        o, [m.LambdaLR(o, lambda epoch: (epoch + 1) / 5), m.ExponentialLR(o, gamma=0.9),
+            m.LambdaLR(o, lambda epoch: 1 / (1 + 0.2 * epoch))], milestones=[5, 11]),
     "SequentialLR-onecycle": lambda m, o: m.SequentialLR(
         o, [m.StepLR(o, step_size=2, gamma=0.5), m.OneCycleLR(o, max_lr=0.4, total_steps=30)],
         milestones=[6]),
@@ -101,7 +114,8 @@ def test_sequential_state_dict_resumes_mid_schedule():
 RESUMED = [name for name in SCHEDULES if name.split("-")[0] in (
     "ConstantLR", "PolynomialLR", "LambdaLR", "MultiplicativeLR", "CyclicLR",
     "CosineAnnealingWarmRestarts")] + [
-    "ChainedScheduler-constant", "SequentialLR-constant-polynomial"]
+    "ChainedScheduler-constant", "SequentialLR-constant-polynomial",
+    "SequentialLR-multiplicative", "SequentialLR-lambda"]
 
 
 def run(scheduler, opt, epochs):
@@ -191,6 +205,17 @@ def test_state_dict_resumes_the_schedule():
     (lambda o: S.ConstantLR(o, total_iters=2.0), TypeError, "total_iters must be an int"),
     (lambda o: S.PolynomialLR(o, total_iters=0), ValueError, "total_iters must be >= 1"),
     (lambda o: S.PolynomialLR(o, power=-1.0), ValueError, "power must be >= 0"),
+    (lambda o: S.LambdaLR(o, [lambda e: 1.0]), ValueError,
+     "lr_lambda has 1 functions for 2 param groups"),
+    (lambda o: S.LambdaLR(o, 0.5), TypeError, "lr_lambda must be callable"),
+    (lambda o: S.MultiplicativeLR(o, [lambda e: 1.0, 0.9]), TypeError,
+     r"lr_lambda\[1\] must be callable"),
+    (lambda o: S.MultiplicativeLR(object(), lambda e: 1.0), TypeError, "numba_opt optimizer"),
+    # LambdaLR's first lr is lr * lr_lambda(0): refused before it is set
+    (lambda o: S.LambdaLR(o, lambda e: -1.0), ValueError,
+     r"lr \* lr_lambda\(0\) for param_groups\[0\] must be >= 0"),
+    (lambda o: S.LambdaLR(o, lambda e: "1"), TypeError,
+     r"lr_lambda\(0\) for param_groups\[0\] must be a real number"),
     (lambda o: S.ReduceLROnPlateau(o, mode="up"), ValueError, "mode must be"),
     (lambda o: S.ReduceLROnPlateau(o, min_lr=[0.1]), ValueError, "min_lr has 1 entries"),
     (lambda o: S.StepLR(object(), step_size=2), TypeError, "numba_opt optimizer"),
@@ -210,6 +235,64 @@ def test_state_dict_resumes_the_schedule():
 ])
 def test_bad_arguments_raise_and_leave_the_lr(make, error, message):
     ours, _ = both_optimizers()
+    before = [dict(g) for g in ours.param_groups]
     with pytest.raises(error, match=message):
         make(ours)
-    assert [g["lr"] for g in ours.param_groups] == [0.1, 0.05]
+    assert [dict(g) for g in ours.param_groups] == before
+
+
+def test_a_refused_lambda_changes_nothing():
+    """A user's lr_lambda refused at the first step records no initial lrs (a later
+    scheduler starts from the lrs of its own time), and mid-run leaves the epoch and lrs."""
+    ours, _ = both_optimizers()
+    with pytest.raises(ValueError, match=r"lr \* lr_lambda\(0\) for param_groups\[0\]"):
+        S.LambdaLR(ours, lambda epoch: -1.0)
+    ours.param_groups[0]["lr"] = 0.3
+    assert S.StepLR(ours, step_size=2).base_lrs == [0.3, 0.05]
+
+    ours, _ = both_optimizers()
+    sched = S.MultiplicativeLR(ours, lambda epoch: 0.5 if epoch < 3 else float("nan"))
+    sched.step()
+    sched.step()
+    with pytest.raises(ValueError, match=r"lr_lambda\(3\) for param_groups\[0\] must be "
+                                         "finite"):
+        sched.step()
+    assert sched.last_epoch == 2 and sched.get_last_lr() == [0.025, 0.0125]
+    assert [g["lr"] for g in ours.param_groups] == [0.025, 0.0125]
+
+
+class Warmup:
+    """A callable object as lr_lambda: its attributes are saved, as torch saves them."""
+
+    def __init__(self, epochs):
+        self.epochs, self.calls = epochs, 0
+
+    def __call__(self, epoch):
+        self.calls += 1
+        return min(1.0, (epoch + 1) / self.epochs)
+
+
+@pytest.mark.parametrize("kind", ["LambdaLR", "MultiplicativeLR"])
+def test_lambda_state_keeps_a_callable_objects_attributes_not_a_functions(kind):
+    ours, theirs = both_optimizers()
+    mine = getattr(S, kind)(ours, [Warmup(4), lambda epoch: 0.9])
+    torchs = getattr(torch.optim.lr_scheduler, kind)(theirs, [Warmup(4), lambda epoch: 0.9])
+    for _ in range(5):
+        theirs.step()  # no grads: nothing moves, and torch does not warn about the order
+        mine.step()
+        torchs.step()
+    saved = mine.state_dict()
+    assert saved["lr_lambdas"] == torchs.state_dict()["lr_lambdas"]  # called as often, too
+    assert saved["lr_lambdas"][1] is None and saved["lr_lambdas"][0]["epochs"] == 4
+    resumed = getattr(S, kind)(both_optimizers()[0], [Warmup(10), lambda epoch: 0.9])
+    resumed.load_state_dict(saved)
+    assert vars(resumed.lr_lambdas[0]) == saved["lr_lambdas"][0]
+    assert resumed.state_dict() == saved
+    # an object's attributes have nowhere to go in a plain function: refused, whole
+    plain = getattr(S, kind)(both_optimizers()[0], lambda epoch: 0.9)
+    before = plain.state_dict()
+    with pytest.raises(ValueError, match=r"\['lr_lambdas'\]\[0\] holds a callable object's "
+                                         r"attributes, but this scheduler's lr_lambda\[0\] "
+                                         "is a function"):
+        plain.load_state_dict(saved)
+    assert plain.state_dict() == before
