@@ -171,9 +171,10 @@ def _callable_state_check(fn, what):
             raise TypeError(f"{where} must be None or a dict of a callable object's "
                             f"attributes, got {type(value).__name__}")
         if _callable_state(fn) is None:
+            kind = "None" if fn is None else f"a {type(fn).__name__}"
             raise ValueError(f"{where} holds a callable object's attributes, but this "
-                             f"scheduler's {what} is a {type(fn).__name__}, which has no "
-                             f"attributes to load them into")
+                             f"scheduler's {what} is {kind}, which has no attributes to load "
+                             f"them into")
         return copy.deepcopy(dict(value))
     return callable_state
 
@@ -784,6 +785,148 @@ class OneCycleLR(LRScheduler):
             _set_momenta(self.optimizer.param_groups, momenta, self.use_beta1)
         return lrs
 
+
+
+# the scale_mode each built-in CyclicLR mode implies (a user's scale_fn takes scale_mode's)
+_CYCLIC_SCALE_MODES = {"triangular": "cycle", "triangular2": "cycle", "exp_range": "iterations"}
+
+
+def _momenta(groups, momentum):
+    """A saved list of one momentum per param group, each checked by ``momentum``."""
+    def momenta(where, value):
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{where} must be a list of {groups} momenta, got "
+                            f"{type(value).__name__}")
+        if len(value) != groups:
+            raise ValueError(f"{where} has {len(value)} momenta for {groups} param groups")
+        return [momentum(f"{where}[{k}]", v) for k, v in enumerate(value)]
+    return momenta
+
+
+def _step_ratio(where, value):
+    """CyclicLR's share of a cycle going up: in (0, 1]."""
+    return _start_factor(where, value)
+
+
+class CyclicLR(LRScheduler):
+    """The cyclical learning rate policy (torch's CyclicLR): each step moves the lr between
+    ``base_lr`` and ``max_lr``, up over ``step_size_up`` steps and down over ``step_size_down``
+    (``step_size_up`` if None); the height is scaled by ``mode`` ("triangular": 1,
+    "triangular2": halved every cycle, "exp_range": ``gamma`` ** step) or by ``scale_fn``
+    (of the cycle number or the step, as ``scale_mode`` says).  With ``cycle_momentum`` the
+    momentum (or Adam's beta1) moves the opposite way, from ``max_momentum`` at ``base_lr`` to
+    ``base_momentum`` at ``max_lr``.  Step it once per batch.  A state_dict keeps a callable
+    object's attributes of ``scale_fn`` and nothing of a function, as LambdaLR's."""
+
+    _callables = ("_scale_fn_custom",)
+
+    def __init__(self, optimizer, base_lr, max_lr, step_size_up=2000, step_size_down=None,
+                 mode="triangular", gamma=1.0, scale_fn=None, scale_mode="cycle",
+                 cycle_momentum=True, base_momentum=0.8, max_momentum=0.9, last_epoch=-1):
+        _check_start(optimizer, last_epoch)  # before the groups' lrs and momenta change
+        groups = optimizer.param_groups
+        base_lrs = _per_group("base_lr", base_lr, groups)
+        self.max_lrs = _per_group("max_lr", max_lr, groups)
+        up = _positive_real("step_size_up", step_size_up)
+        # 0 steps down is a sawtooth: torch never divides by it
+        down = up if step_size_down is None else check.non_negative("step_size_down",
+                                                                     step_size_down)
+        self.total_size = up + down
+        self.step_ratio = up / self.total_size
+        # torch ignores mode when scale_fn is given; a misspelt one is refused here all the same
+        self.mode = _one_of(*_CYCLIC_SCALE_MODES)("mode", mode)
+        self.gamma = check.non_negative("gamma", gamma)
+        if scale_fn is not None and not callable(scale_fn):
+            raise TypeError(f"scale_fn must be callable or None, got {type(scale_fn).__name__}")
+        self._scale_fn_custom = scale_fn
+        # torch treats any scale_mode but "cycle" as "iterations"; only those two pass here
+        scale_mode = _one_of("cycle", "iterations")("scale_mode", scale_mode)
+        self.scale_mode = scale_mode if scale_fn is not None else _CYCLIC_SCALE_MODES[mode]
+        self.cycle_momentum = check.flag("cycle_momentum", cycle_momentum)
+        if self.cycle_momentum:
+            defaults = optimizer.defaults
+            if "momentum" not in defaults and "betas" not in defaults:
+                raise ValueError(f"cycle_momentum=True needs an optimizer with momentum or "
+                                 f"betas, and {type(optimizer).__name__} has neither: pass "
+                                 f"cycle_momentum=False")
+            self.use_beta1 = "betas" in defaults
+            momentum = _momentum_check(self.use_beta1)
+            self.base_momentums = _per_group("base_momentum", base_momentum, groups, momentum)
+            self.max_momentums = _per_group("max_momentum", max_momentum, groups, momentum)
+        # everything checked: from here on the optimizer changes (and is put back if the
+        # first step fails: a user's scale_fn)
+        with _all_or_nothing(optimizer):
+            for group, lr in zip(groups, base_lrs):
+                group["lr"] = lr
+            if self.cycle_momentum:
+                _set_momenta(groups, self.max_momentums, self.use_beta1)
+            # as torch's, the first step starts from the initial lrs recorded on the optimizer
+            # (base_lr, unless a scheduler made before recorded others): at step 0 the lr is
+            # them; every later step cycles from base_lr
+            super().__init__(optimizer, last_epoch)
+        self.base_lrs = base_lrs
+
+    def scale_fn(self, x):
+        """The height scale at cycle (or step) ``x``: the user's scale_fn, or the mode's."""
+        if self._scale_fn_custom is not None:
+            return self._scale_fn_custom(x)
+        if self.mode == "triangular":
+            return 1.0
+        if self.mode == "triangular2":
+            return 1 / (2.0 ** (x - 1))
+        return self.gamma ** x
+
+    def _scale(self, x):
+        return check.real(f"scale_fn({x})", self.scale_fn(x))
+
+    def get_lr(self):
+        t = self.last_epoch
+        cycle = math.floor(1 + t / self.total_size)
+        x = 1.0 + t / self.total_size - cycle  # how far into this cycle, in [0, 1)
+        if x <= self.step_ratio:
+            rise = x / self.step_ratio
+        else:
+            rise = (x - 1) / (self.step_ratio - 1)
+        at = cycle if self.scale_mode == "cycle" else t
+        # torch's operation order, and one scale_fn call per group for the lrs and again for
+        # the momenta, as torch calls it
+        lrs = [check.non_negative(f"the lr scale_fn({at}) gives param_groups[{k}]",
+                                  base + (top - base) * rise * self._scale(at))
+               for k, (base, top) in enumerate(zip(self.base_lrs, self.max_lrs))]
+        if self.cycle_momentum:
+            momentum = _momentum_check(self.use_beta1)
+            momenta = [momentum(f"the momentum scale_fn({at}) gives param_groups[{k}]",
+                                top - (top - base) * rise * self._scale(at))
+                       for k, (base, top) in enumerate(zip(self.base_momentums,
+                                                           self.max_momentums))]
+            _set_momenta(self.optimizer.param_groups, momenta, self.use_beta1)
+        return lrs
+
+    def _state_checks(self, state):
+        cycling = state.get("cycle_momentum")  # the key set depends on it; checked below
+        cycling = isinstance(cycling, (bool, np.bool_)) and bool(cycling)
+        groups = len(self.optimizer.param_groups)
+        checks = {**super()._state_checks(state), "max_lrs": _lrs(groups),
+                  "total_size": _positive_real, "step_ratio": _step_ratio,
+                  "mode": _one_of(*_CYCLIC_SCALE_MODES), "gamma": check.non_negative,
+                  "scale_mode": _one_of("cycle", "iterations"), "cycle_momentum": check.flag,
+                  "_scale_fn_custom": _callable_state_check(self._scale_fn_custom, "scale_fn")}
+        if cycling:
+            momentum = _momentum_check("betas" in self.optimizer.defaults)
+            checks.update(use_beta1=_use_beta1_check(self.optimizer),
+                          base_momentums=_momenta(groups, momentum),
+                          max_momentums=_momenta(groups, momentum))
+        return checks
+
+    def _apply(self, values):
+        values = dict(values)
+        _load_callable_state(self._scale_fn_custom, values.pop("_scale_fn_custom"))
+        if self._scale_fn_custom is None:  # as torch: the built-in mode sets the scale_mode
+            values["scale_mode"] = _CYCLIC_SCALE_MODES[values["mode"]]
+        if not values["cycle_momentum"]:  # no stale momenta to save next time
+            for name in ("use_beta1", "base_momentums", "max_momentums"):
+                self.__dict__.pop(name, None)
+        super()._apply(values)
 
 class ChainedScheduler(_StateDict):
     """Several schedulers on one optimizer, stepped together (their factors multiply)."""

@@ -24,6 +24,22 @@ SCHEDULES = {
     "MultiplicativeLR": lambda m, o: m.MultiplicativeLR(o, lr_lambda=lambda epoch: 0.97),
     "MultiplicativeLR-per-group": lambda m, o: m.MultiplicativeLR(
         o, lr_lambda=[lambda epoch: 0.9, lambda epoch: 1.0 if epoch % 4 else 0.5]),
+    "CyclicLR": lambda m, o: m.CyclicLR(o, base_lr=[0.01, 0.005], max_lr=[0.1, 0.05],
+                                        step_size_up=4, step_size_down=6),
+    "CyclicLR-triangular2": lambda m, o: m.CyclicLR(
+        o, base_lr=0.02, max_lr=0.2, step_size_up=3, mode="triangular2", base_momentum=0.85,
+        max_momentum=[0.95, 0.9]),
+    "CyclicLR-exp_range": lambda m, o: m.CyclicLR(
+        o, base_lr=0.01, max_lr=0.1, step_size_up=5, mode="exp_range", gamma=0.97,
+        cycle_momentum=False),
+    "CyclicLR-sawtooth": lambda m, o: m.CyclicLR(o, base_lr=0.01, max_lr=0.1, step_size_up=4.5,
+                                                 step_size_down=0),
+    "CyclicLR-scale_fn": lambda m, o: m.CyclicLR(
+        o, base_lr=0.01, max_lr=0.1, step_size_up=3, scale_fn=lambda x: 1 / (1 + 0.1 * x),
+        scale_mode="iterations"),
+    "CyclicLR-scale_fn-cycle": lambda m, o: m.CyclicLR(
+        o, base_lr=0.01, max_lr=0.1, step_size_up=2, step_size_down=3,
+        scale_fn=lambda x: 0.8 ** x, mode="exp_range", gamma=0.5),
     "OneCycleLR": lambda m, o: m.OneCycleLR(o, max_lr=[0.5, 0.2], total_steps=31),
     "OneCycleLR-3phase-linear": lambda m, o: m.OneCycleLR(
         o, max_lr=0.3, epochs=4, steps_per_epoch=8, anneal_strategy="linear", three_phase=True,
@@ -37,6 +53,10 @@ SCHEDULES = {
         [m.ConstantLR(o, factor=0.1, total_iters=3), m.ExponentialLR(o, gamma=0.9)]),
     "ChainedScheduler-polynomial": lambda m, o: m.ChainedScheduler(
         [m.PolynomialLR(o, total_iters=12, power=1.5), m.StepLR(o, step_size=4, gamma=0.5)]),
+    # made after another scheduler, CyclicLR's step-0 lrs are the initial ones, not base_lr
+    "ChainedScheduler-cyclic": lambda m, o: m.ChainedScheduler(
+        [m.ExponentialLR(o, gamma=0.9), m.CyclicLR(o, base_lr=0.01, max_lr=0.1,
+                                                   step_size_up=3)]),
     "SequentialLR": lambda m, o: m.SequentialLR(
         o, [m.LinearLR(o, start_factor=0.1, total_iters=4),
             m.CosineAnnealingLR(o, T_max=10, eta_min=1e-3)], milestones=[5]),
@@ -54,6 +74,13 @@ SCHEDULES = {
     "SequentialLR-lambda": lambda m, o: m.SequentialLR(
         o, [m.LambdaLR(o, lambda epoch: (epoch + 1) / 5), m.ExponentialLR(o, gamma=0.9),
             m.LambdaLR(o, lambda epoch: 1 / (1 + 0.2 * epoch))], milestones=[5, 11]),
+    "SequentialLR-warmup-cyclic": lambda m, o: m.SequentialLR(
+        o, [m.LinearLR(o, start_factor=0.1, total_iters=4),
+            m.CyclicLR(o, base_lr=0.02, max_lr=0.1, step_size_up=4, mode="triangular2")],
+        milestones=[4]),
+    "SequentialLR-cyclic-first": lambda m, o: m.SequentialLR(
+        o, [m.CyclicLR(o, base_lr=0.01, max_lr=0.1, step_size_up=3),
+            m.PolynomialLR(o, total_iters=10)], milestones=[9]),
     "SequentialLR-onecycle": lambda m, o: m.SequentialLR(
         o, [m.StepLR(o, step_size=2, gamma=0.5), m.OneCycleLR(o, max_lr=0.4, total_steps=30)],
         milestones=[6]),
@@ -115,7 +142,8 @@ RESUMED = [name for name in SCHEDULES if name.split("-")[0] in (
     "ConstantLR", "PolynomialLR", "LambdaLR", "MultiplicativeLR", "CyclicLR",
     "CosineAnnealingWarmRestarts")] + [
     "ChainedScheduler-constant", "SequentialLR-constant-polynomial",
-    "SequentialLR-multiplicative", "SequentialLR-lambda"]
+    "SequentialLR-multiplicative", "SequentialLR-lambda", "ChainedScheduler-cyclic",
+    "SequentialLR-warmup-cyclic"]
 
 
 def run(scheduler, opt, epochs):
@@ -216,6 +244,25 @@ def test_state_dict_resumes_the_schedule():
      r"lr \* lr_lambda\(0\) for param_groups\[0\] must be >= 0"),
     (lambda o: S.LambdaLR(o, lambda e: "1"), TypeError,
      r"lr_lambda\(0\) for param_groups\[0\] must be a real number"),
+    (lambda o: S.CyclicLR(o, 0.01, 0.1, step_size_up=0), ValueError,
+     "step_size_up must be > 0"),
+    (lambda o: S.CyclicLR(o, 0.01, 0.1, step_size_down=-1), ValueError,
+     "step_size_down must be >= 0"),
+    (lambda o: S.CyclicLR(o, 0.01, 0.1, mode="cosine"), ValueError,
+     r"mode must be one of \['triangular', 'triangular2', 'exp_range'\], got 'cosine'"),
+    (lambda o: S.CyclicLR(o, 0.01, 0.1, scale_fn=lambda x: 1.0, scale_mode="epoch"),
+     ValueError, "scale_mode must be one of"),
+    (lambda o: S.CyclicLR(o, 0.01, 0.1, scale_fn=0.5), TypeError, "scale_fn must be callable"),
+    (lambda o: S.CyclicLR(o, [0.01], 0.1), ValueError, "base_lr has 1 entries for 2"),
+    (lambda o: S.CyclicLR(o, 0.01, -0.1), ValueError, "max_lr must be >= 0"),
+    (lambda o: S.CyclicLR(o, 0.01, 0.1, base_momentum=-0.5), ValueError,
+     "base_momentum must be >= 0"),
+    (lambda o: S.CyclicLR(o, 0.01, 0.1, cycle_momentum=1), TypeError,
+     "cycle_momentum must be True or False"),
+    (lambda o: S.CyclicLR(o, 0.01, 0.1, last_epoch=5), ValueError, "last_epoch"),
+    # the first step calls the user's scale_fn: the lrs and momenta set before are put back
+    (lambda o: S.CyclicLR(o, 0.01, 0.1, scale_fn=lambda x: float("inf")), ValueError,
+     r"scale_fn\(1\) must be finite"),
     (lambda o: S.ReduceLROnPlateau(o, mode="up"), ValueError, "mode must be"),
     (lambda o: S.ReduceLROnPlateau(o, min_lr=[0.1]), ValueError, "min_lr has 1 entries"),
     (lambda o: S.StepLR(object(), step_size=2), TypeError, "numba_opt optimizer"),
@@ -296,3 +343,41 @@ def test_lambda_state_keeps_a_callable_objects_attributes_not_a_functions(kind):
                                          "is a function"):
         plain.load_state_dict(saved)
     assert plain.state_dict() == before
+
+
+@pytest.mark.parametrize("name, key", [("RMSprop", "momentum"), ("NAdam", "betas")])
+def test_cyclic_momentum_cycles_like_torchs(name, key):
+    """The momentum (RMSprop's group["momentum"], NAdam's beta1) runs opposite to the lr,
+    max_momentum at base_lr; beta2 is left alone."""
+    ours, theirs = both_optimizers(name)
+    kwargs = dict(base_lr=0.01, max_lr=0.1, step_size_up=3, step_size_down=5, mode="triangular2",
+                  base_momentum=0.7, max_momentum=[0.95, 0.9])
+    mine = S.CyclicLR(ours, **kwargs)
+    torchs = torch.optim.lr_scheduler.CyclicLR(theirs, **kwargs)
+    seen = []
+    for epoch in range(24):
+        momenta = [g[key] for g in ours.param_groups]
+        np.testing.assert_allclose(momenta, [g[key] for g in theirs.param_groups], rtol=1e-12,
+                                   err_msg=f"epoch {epoch}")
+        seen.append(momenta[0] if key == "momentum" else momenta[0][0])
+        np.testing.assert_allclose(mine.get_last_lr(), torchs.get_last_lr(), rtol=1e-12)
+        ours.step([np.ones(2), np.ones(3)])
+        theirs.step()
+        mine.step()
+        torchs.step()
+    assert max(seen) == 0.95 and min(seen) == pytest.approx(0.7)  # it did cycle
+    if key == "betas":
+        assert all(g["betas"][1] == 0.999 for g in ours.param_groups)
+
+
+def test_cyclic_momentum_needs_an_optimizer_with_one():
+    ours = nopt.Adagrad([{"params": [np.zeros(2)], "lr": 0.1}])
+    before = [dict(g) for g in ours.param_groups]
+    with pytest.raises(ValueError, match="cycle_momentum=True needs an optimizer with momentum "
+                                         "or betas, and Adagrad has neither"):
+        S.CyclicLR(ours, base_lr=0.01, max_lr=0.1)
+    assert [dict(g) for g in ours.param_groups] == before
+    with pytest.raises(ValueError):  # torch refuses it too
+        torch.optim.lr_scheduler.CyclicLR(torch.optim.Adagrad([torch.zeros(2)]), 0.01, 0.1)
+    S.CyclicLR(ours, base_lr=0.01, max_lr=0.1, cycle_momentum=False)
+    assert ours.param_groups[0]["lr"] == 0.01
