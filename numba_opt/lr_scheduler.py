@@ -20,6 +20,7 @@ import bisect
 import contextlib
 import copy
 import math
+import numbers
 import types
 from collections.abc import Mapping
 
@@ -927,6 +928,70 @@ class CyclicLR(LRScheduler):
             for name in ("use_beta1", "base_momentums", "max_momentums"):
                 self.__dict__.pop(name, None)
         super()._apply(values)
+
+
+def _non_negative_number(name, value):
+    """A real number >= 0 that stays an int if it is one (an epoch, fractional allowed)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+        return check.count(name, value)
+    return check.non_negative(name, value)
+
+
+class CosineAnnealingWarmRestarts(LRScheduler):
+    """SGDR (torch's CosineAnnealingWarmRestarts): a cosine from the initial lr down to
+    ``eta_min`` over ``T_0`` epochs, then again from the top, each period ``T_mult`` times the
+    one before.  ``step()`` goes one epoch on; ``step(epoch)`` goes to ``epoch``, which may be
+    fractional (``step(epoch + batch / batches)`` every batch), as torch allows."""
+
+    def __init__(self, optimizer, T_0, T_mult=1, eta_min=0.0, last_epoch=-1):  # noqa: N803
+        self.T_0 = self.T_i = _positive_int("T_0", T_0)  # noqa: N815 (torch's names)
+        self.T_mult = _positive_int("T_mult", T_mult)  # noqa: N815
+        self.eta_min = check.non_negative("eta_min", eta_min)
+        self.T_cur = -1  # noqa: N815 (the first step makes it 0)
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self):
+        return [self.eta_min + (base - self.eta_min)
+                * (1 + math.cos(math.pi * self.T_cur / self.T_i)) / 2 for base in self.base_lrs]
+
+    def step(self, epoch=None):
+        """One epoch on, or to ``epoch`` (a real number >= 0) when given."""
+        if epoch is None and self.last_epoch < 0:
+            epoch = 0  # its first step, when made (or started by SequentialLR)
+        if epoch is None:
+            epoch, t_cur, t_i = self.last_epoch + 1, self.T_cur + 1, self.T_i
+            if t_cur >= t_i:
+                t_cur, t_i = t_cur % t_i, t_i * self.T_mult
+        else:
+            epoch = _non_negative_number("epoch", epoch)
+            t_cur, t_i = self._position(epoch)
+        self.T_cur, self.T_i, self.last_epoch = t_cur, t_i, math.floor(epoch)
+        self._set_lrs(self.get_lr())
+
+    def _position(self, epoch):
+        """(T_cur, T_i) at ``epoch``, computed as torch does, its float logarithm included: at
+        some restarts (T_0=1, T_mult=10, epoch 111) it rounds down, and the epoch is the end
+        of the period before (lr eta_min) rather than the start of the next."""
+        t_0, mult = self.T_0, self.T_mult
+        if epoch < t_0:
+            return epoch, t_0
+        if mult == 1:
+            return epoch % t_0, t_0
+        n = int(math.log(epoch / t_0 * (mult - 1) + 1, mult))
+        return epoch - t_0 * (mult ** n - 1) / (mult - 1), t_0 * mult ** n
+
+    def _state_checks(self, state):
+        return {**super()._state_checks(state), "T_0": _positive_int, "T_i": _positive_int,
+                "T_mult": _positive_int, "eta_min": check.non_negative,
+                "T_cur": _non_negative_number}
+
+    def _check_together(self, values, where):
+        period, t_i = values["T_0"], values["T_i"]
+        while values["T_mult"] > 1 and period < t_i:
+            period *= values["T_mult"]
+        if period != t_i:
+            raise ValueError(f"{where}['T_i'] is {t_i}: a period is T_0 ({values['T_0']}) "
+                             f"times a power of T_mult ({values['T_mult']})")
 
 class ChainedScheduler(_StateDict):
     """Several schedulers on one optimizer, stepped together (their factors multiply)."""

@@ -40,6 +40,10 @@ SCHEDULES = {
     "CyclicLR-scale_fn-cycle": lambda m, o: m.CyclicLR(
         o, base_lr=0.01, max_lr=0.1, step_size_up=2, step_size_down=3,
         scale_fn=lambda x: 0.8 ** x, mode="exp_range", gamma=0.5),
+    "CosineAnnealingWarmRestarts": lambda m, o: m.CosineAnnealingWarmRestarts(
+        o, T_0=5, eta_min=1e-3),
+    "CosineAnnealingWarmRestarts-T_mult": lambda m, o: m.CosineAnnealingWarmRestarts(
+        o, T_0=2, T_mult=2, eta_min=0.002),
     "OneCycleLR": lambda m, o: m.OneCycleLR(o, max_lr=[0.5, 0.2], total_steps=31),
     "OneCycleLR-3phase-linear": lambda m, o: m.OneCycleLR(
         o, max_lr=0.3, epochs=4, steps_per_epoch=8, anneal_strategy="linear", three_phase=True,
@@ -54,6 +58,9 @@ SCHEDULES = {
     "ChainedScheduler-polynomial": lambda m, o: m.ChainedScheduler(
         [m.PolynomialLR(o, total_iters=12, power=1.5), m.StepLR(o, step_size=4, gamma=0.5)]),
     # made after another scheduler, CyclicLR's step-0 lrs are the initial ones, not base_lr
+    "ChainedScheduler-restarts": lambda m, o: m.ChainedScheduler(
+        [m.CosineAnnealingWarmRestarts(o, T_0=3, T_mult=3, eta_min=0.001),
+         m.ConstantLR(o, factor=0.5, total_iters=4)]),
     "ChainedScheduler-cyclic": lambda m, o: m.ChainedScheduler(
         [m.ExponentialLR(o, gamma=0.9), m.CyclicLR(o, base_lr=0.01, max_lr=0.1,
                                                    step_size_up=3)]),
@@ -81,6 +88,12 @@ SCHEDULES = {
     "SequentialLR-cyclic-first": lambda m, o: m.SequentialLR(
         o, [m.CyclicLR(o, base_lr=0.01, max_lr=0.1, step_size_up=3),
             m.PolynomialLR(o, total_iters=10)], milestones=[9]),
+    "SequentialLR-constant-restarts": lambda m, o: m.SequentialLR(
+        o, [m.ConstantLR(o, factor=0.1, total_iters=3),
+            m.CosineAnnealingWarmRestarts(o, T_0=4, T_mult=2)], milestones=[3]),
+    "SequentialLR-restarts-first": lambda m, o: m.SequentialLR(
+        o, [m.CosineAnnealingWarmRestarts(o, T_0=3), m.ExponentialLR(o, gamma=0.9)],
+        milestones=[10]),
     "SequentialLR-onecycle": lambda m, o: m.SequentialLR(
         o, [m.StepLR(o, step_size=2, gamma=0.5), m.OneCycleLR(o, max_lr=0.4, total_steps=30)],
         milestones=[6]),
@@ -143,7 +156,7 @@ RESUMED = [name for name in SCHEDULES if name.split("-")[0] in (
     "CosineAnnealingWarmRestarts")] + [
     "ChainedScheduler-constant", "SequentialLR-constant-polynomial",
     "SequentialLR-multiplicative", "SequentialLR-lambda", "ChainedScheduler-cyclic",
-    "SequentialLR-warmup-cyclic"]
+    "SequentialLR-warmup-cyclic", "SequentialLR-constant-restarts", "ChainedScheduler-restarts"]
 
 
 def run(scheduler, opt, epochs):
@@ -263,6 +276,14 @@ def test_state_dict_resumes_the_schedule():
     # the first step calls the user's scale_fn: the lrs and momenta set before are put back
     (lambda o: S.CyclicLR(o, 0.01, 0.1, scale_fn=lambda x: float("inf")), ValueError,
      r"scale_fn\(1\) must be finite"),
+    (lambda o: S.CosineAnnealingWarmRestarts(o, T_0=0), ValueError, "T_0 must be >= 1"),
+    (lambda o: S.CosineAnnealingWarmRestarts(o, T_0=2.0), TypeError, "T_0 must be an int"),
+    (lambda o: S.CosineAnnealingWarmRestarts(o, T_0=2, T_mult=0), ValueError,
+     "T_mult must be >= 1"),
+    (lambda o: S.CosineAnnealingWarmRestarts(o, T_0=2, T_mult=1.5), TypeError,
+     "T_mult must be an int"),
+    (lambda o: S.CosineAnnealingWarmRestarts(o, T_0=2, eta_min=-1e-3), ValueError,
+     "eta_min must be >= 0"),
     (lambda o: S.ReduceLROnPlateau(o, mode="up"), ValueError, "mode must be"),
     (lambda o: S.ReduceLROnPlateau(o, min_lr=[0.1]), ValueError, "min_lr has 1 entries"),
     (lambda o: S.StepLR(object(), step_size=2), TypeError, "numba_opt optimizer"),
@@ -381,3 +402,41 @@ def test_cyclic_momentum_needs_an_optimizer_with_one():
         torch.optim.lr_scheduler.CyclicLR(torch.optim.Adagrad([torch.zeros(2)]), 0.01, 0.1)
     S.CyclicLR(ours, base_lr=0.01, max_lr=0.1, cycle_momentum=False)
     assert ours.param_groups[0]["lr"] == 0.01
+
+
+# torch's way (a fractional epoch every batch), then plain steps, a jump back, and for
+# T_mult=10 the restart at epoch 111 that torch's float log rounds into the period before
+WARM_EPOCHS = [e + b / 4 for e in range(12) for b in range(4)] + [
+    None, None, 2.5, None, 0, 7, 111, 111.5, None, 30.25, 1110, 1111]
+
+
+@pytest.mark.parametrize("T_0, T_mult", [(3, 1), (2, 2), (1, 10)])
+def test_warm_restarts_at_fractional_epochs_equal_torchs(T_0, T_mult):  # noqa: N803
+    ours, theirs = both_optimizers()
+    mine = S.CosineAnnealingWarmRestarts(ours, T_0=T_0, T_mult=T_mult, eta_min=1e-3)
+    torchs = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+        theirs, T_0=T_0, T_mult=T_mult, eta_min=1e-3)
+    for epoch in WARM_EPOCHS:
+        mine.step(epoch)
+        torchs.step(epoch)
+        np.testing.assert_allclose(mine.get_last_lr(), torchs.get_last_lr(), rtol=1e-12,
+                                   err_msg=f"epoch {epoch}")
+        assert (mine.T_i, mine.last_epoch) == (torchs.T_i, torchs.last_epoch)
+        assert mine.T_cur == pytest.approx(torchs.T_cur, rel=1e-12, abs=1e-12)
+    if T_mult == 10:
+        mine.step(111)
+        assert mine.get_last_lr() == pytest.approx([1e-3, 1e-3])  # torch's rounding, kept
+
+
+def test_warm_restarts_refuse_a_bad_epoch_and_change_nothing():
+    ours, _ = both_optimizers()
+    sched = S.CosineAnnealingWarmRestarts(ours, T_0=3)
+    sched.step(1.5)
+    before = sched.state_dict()
+    with pytest.raises(ValueError, match="epoch must be >= 0"):
+        sched.step(-1)
+    with pytest.raises(TypeError, match="epoch must be a real number"):
+        sched.step("2")
+    with pytest.raises(ValueError, match="epoch must be finite"):
+        sched.step(float("inf"))
+    assert sched.state_dict() == before
