@@ -440,3 +440,102 @@ def test_warm_restarts_refuse_a_bad_epoch_and_change_nothing():
     with pytest.raises(ValueError, match="epoch must be finite"):
         sched.step(float("inf"))
     assert sched.state_dict() == before
+
+
+BAD_STATES = [
+    ("ConstantLR", lambda sd: sd.update(factor=0.0), ValueError, r"\['factor'\] must be > 0"),
+    ("ConstantLR", lambda sd: sd.update(total_iters=0), ValueError,
+     r"\['total_iters'\] must be >= 1"),
+    ("PolynomialLR", lambda sd: sd.update(power=-1.0), ValueError, r"\['power'\] must be >= 0"),
+    ("LambdaLR-per-group", lambda sd: sd.update(lr_lambdas=[None]), ValueError,
+     r"\['lr_lambdas'\] has 1 entries for 2 param groups"),
+    ("MultiplicativeLR", lambda sd: sd["lr_lambdas"].__setitem__(1, "f"), TypeError,
+     r"\['lr_lambdas'\]\[1\] must be None or a dict"),
+    ("LambdaLR", lambda sd: sd.pop("lr_lambdas"), ValueError, r"missing keys \['lr_lambdas'\]"),
+    ("CyclicLR", lambda sd: sd.update(step_ratio=0.0), ValueError,
+     r"\['step_ratio'\] must be > 0"),
+    ("CyclicLR", lambda sd: sd.update(total_size=-4.0), ValueError,
+     r"\['total_size'\] must be > 0"),
+    ("CyclicLR", lambda sd: sd.update(mode="cosine"), ValueError, r"\['mode'\] must be one of"),
+    ("CyclicLR", lambda sd: sd["max_lrs"].pop(), ValueError,
+     r"\['max_lrs'\] has 1 lrs for 2 param groups"),
+    ("CyclicLR", lambda sd: sd["max_momentums"].pop(), ValueError,
+     r"\['max_momentums'\] has 1 momenta for 2 param groups"),
+    ("CyclicLR", lambda sd: sd.update(use_beta1=True), ValueError,
+     r"\['use_beta1'\] is True, but SGD cycles momentum"),
+    ("CyclicLR", lambda sd: sd.update(cycle_momentum=False), ValueError,
+     r"unknown keys \['base_momentums', 'max_momentums', 'use_beta1'\]"),
+    ("CyclicLR-exp_range", lambda sd: sd.update(cycle_momentum=True), ValueError,
+     r"missing keys \['base_momentums', 'max_momentums', 'use_beta1'\]"),
+    ("CyclicLR", lambda sd: sd.update(_scale_fn_custom={"k": 1}), ValueError,
+     r"\['_scale_fn_custom'\] holds a callable object's attributes, but this scheduler's "
+     "scale_fn is None"),
+    ("CosineAnnealingWarmRestarts-T_mult", lambda sd: sd.update(T_i=6), ValueError,
+     r"\['T_i'\] is 6: a period is T_0 \(2\) times a power of T_mult \(2\)"),
+    ("CosineAnnealingWarmRestarts", lambda sd: sd.update(T_cur=-1), ValueError,
+     r"\['T_cur'\] must be >= 0"),
+    ("CosineAnnealingWarmRestarts", lambda sd: sd.update(T_mult=1.5), TypeError,
+     r"\['T_mult'\] must be an int"),
+    # the first sub-state is fine: nothing of it may load before the second is checked
+    ("SequentialLR-constant-restarts", lambda sd: sd["schedulers"][1].update(T_0=0),
+     ValueError, r"state_dict\['schedulers'\]\[1\]\['T_0'\] must be >= 1"),
+]
+
+
+@pytest.mark.parametrize("name, change, error, message", BAD_STATES,
+                         ids=[f"{case[0]}-{k}" for k, case in enumerate(BAD_STATES)])
+def test_bad_states_are_refused_whole(name, change, error, message):
+    opt, _ = both_optimizers()
+    scheduler = SCHEDULES[name](S, opt)
+    run(scheduler, opt, 4)
+    saved = scheduler.state_dict()
+    change(saved)
+    subs = getattr(scheduler, "_schedulers", [])
+    before = (scheduler.state_dict(), [s.state_dict() for s in subs],
+              [dict(g) for g in opt.param_groups])
+    with pytest.raises(error, match=message):
+        scheduler.load_state_dict(saved)
+    assert (scheduler.state_dict(), [s.state_dict() for s in subs],
+            [dict(g) for g in opt.param_groups]) == before
+
+
+def test_cyclic_state_from_another_mode_takes_that_modes_scale():
+    """As torch: a CyclicLR without scale_fn scales as the loaded mode does."""
+    opt, _ = both_optimizers()
+    source = SCHEDULES["CyclicLR-exp_range"](S, opt)
+    run(source, opt, 5)
+    target_opt, _ = both_optimizers()
+    target = S.CyclicLR(target_opt, 0.01, 0.1, step_size_up=5, cycle_momentum=False)
+    target.load_state_dict(source.state_dict())
+    assert (target.mode, target.scale_mode) == ("exp_range", "iterations")
+    assert run(target, target_opt, 8) == run(source, opt, 8)
+
+
+class Halving:
+    """A callable object as CyclicLR's scale_fn: saved as torch saves it."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, cycle):
+        self.calls += 1
+        return 0.5 ** (cycle - 1)
+
+
+def test_cyclic_state_keeps_a_callable_scale_fns_attributes():
+    ours, theirs = both_optimizers()
+    mine = S.CyclicLR(ours, 0.01, 0.1, step_size_up=2, scale_fn=Halving())
+    torchs = torch.optim.lr_scheduler.CyclicLR(theirs, 0.01, 0.1, step_size_up=2,
+                                               scale_fn=Halving())
+    for _ in range(6):
+        ours.step([np.ones(2), np.ones(3)])
+        theirs.step()
+        mine.step()
+        torchs.step()
+    np.testing.assert_allclose(mine.get_last_lr(), torchs.get_last_lr(), rtol=1e-12)
+    saved = mine.state_dict()
+    # called as often as torch's: once per group for the lrs and once for the momenta
+    assert saved["_scale_fn_custom"] == torchs.state_dict()["_scale_fn_custom"] == {"calls": 28}
+    resumed = S.CyclicLR(both_optimizers()[0], 0.01, 0.1, step_size_up=2, scale_fn=Halving())
+    resumed.load_state_dict(saved)
+    assert resumed._scale_fn_custom.calls == 28 and resumed.state_dict() == saved
