@@ -14,7 +14,10 @@ each value checked (types, ranges, one lr per param group), the whole state (eve
 sub-scheduler's, for ``ChainedScheduler`` and ``SequentialLR``) before anything changes.  A
 state without the ``"scheduler"`` key (saved before it existed) loads when its keys match.  A
 scheduler subclass written elsewhere saves its own attributes too: they load as they are (the
-ones it inherits are checked).
+ones it inherits are checked).  Of a user's callables (LambdaLR's and MultiplicativeLR's
+``lr_lambda``, CyclicLR's ``scale_fn``) a state keeps what torch keeps: a callable object's
+attributes, and None for a function or lambda, whose code is not saved; loading puts the
+attributes back into the loading scheduler's own callables.
 """
 import bisect
 import contextlib
