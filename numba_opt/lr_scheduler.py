@@ -14,11 +14,17 @@ each value checked (types, ranges, one lr per param group), the whole state (eve
 sub-scheduler's, for ``ChainedScheduler`` and ``SequentialLR``) before anything changes.  A
 state without the ``"scheduler"`` key (saved before it existed) loads when its keys match.  A
 scheduler subclass written elsewhere saves its own attributes too: they load as they are (the
-ones it inherits are checked).
+ones it inherits are checked).  Of a user's callables (LambdaLR's and MultiplicativeLR's
+``lr_lambda``, CyclicLR's ``scale_fn``) a state keeps what torch keeps: a callable object's
+attributes, and None for a function or lambda, whose code is not saved; loading puts the
+attributes back into the loading scheduler's own callables.
 """
 import bisect
+import contextlib
 import copy
 import math
+import numbers
+import types
 from collections.abc import Mapping
 
 import numpy as np
@@ -28,6 +34,9 @@ from . import _validation as check
 
 class _StateDict:
     """``state_dict()`` and ``load_state_dict()`` from a table of checks, one per saved key."""
+
+    # attributes holding a user's callables: saved as torch saves them (see _callable_state)
+    _callables = ()
 
     def state_dict(self):
         return _saved(self)
@@ -61,16 +70,24 @@ class LRScheduler(_StateDict):
     def __init__(self, optimizer, last_epoch=-1):
         _check_start(optimizer, last_epoch)
         self.optimizer = optimizer
-        self.base_lrs = list(_initial_lrs(optimizer))
-        self.last_epoch = -1
-        self.step()
+        with _all_or_nothing(optimizer):
+            self.base_lrs = list(_initial_lrs(optimizer))
+            self.last_epoch = -1
+            self.step()
 
     def get_lr(self):
         raise NotImplementedError
 
     def step(self):
         self.last_epoch += 1
-        lrs = self.get_lr()
+        try:
+            lrs = self.get_lr()
+        except BaseException:
+            self.last_epoch -= 1  # a refused step (a user's lr_lambda, say) moves nothing
+            raise
+        self._set_lrs(lrs)
+
+    def _set_lrs(self, lrs):
         for group, lr in zip(self.optimizer.param_groups, lrs):
             group["lr"] = lr
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
@@ -95,6 +112,22 @@ class LRScheduler(_StateDict):
         return {"base_lrs": lrs, "last_epoch": _at_least(-1), "_last_lr": lrs}
 
 
+@contextlib.contextmanager
+def _all_or_nothing(optimizer):
+    """A scheduler that fails while it is made (its first step calls a user's lr_lambda)
+    leaves the optimizer's groups and its recorded initial lrs as they were."""
+    groups = [dict(group) for group in optimizer.param_groups]
+    initial_lrs = optimizer._scheduler_initial_lrs
+    try:
+        yield
+    except BaseException:
+        for group, saved in zip(optimizer.param_groups, groups):
+            group.clear()
+            group.update(saved)
+        optimizer._scheduler_initial_lrs = initial_lrs
+        raise
+
+
 def _check_optimizer(optimizer):
     from .optim import Optimizer
     # numba_opt.distributed's ZeroRedundancyOptimizer has param_groups and the initial lrs too
@@ -112,9 +145,48 @@ def _check_start(optimizer, last_epoch):
 
 
 def _saved(scheduler):
-    """A scheduler's state: its class name and a copy of its attributes but the optimizer."""
-    return {"scheduler": type(scheduler).__name__,
-            **copy.deepcopy({k: v for k, v in vars(scheduler).items() if k != "optimizer"})}
+    """A scheduler's state: its class name and a copy of its attributes but the optimizer
+    (and, of a user's callables, what _callable_state keeps)."""
+    callables = scheduler._callables
+    state = {"scheduler": type(scheduler).__name__, **copy.deepcopy(
+        {k: v for k, v in vars(scheduler).items() if k != "optimizer" and k not in callables})}
+    for name in callables:
+        value = getattr(scheduler, name)
+        state[name] = ([_callable_state(fn) for fn in value] if isinstance(value, list)
+                       else _callable_state(value))
+    return state
+
+
+def _callable_state(fn):
+    """What a state_dict keeps of a user's callable, as in torch: a copy of a callable
+    object's attributes, or None for a function, lambda, method or builtin (code is not
+    saved: the scheduler made to load the state brings its own)."""
+    if fn is None or not hasattr(fn, "__dict__") or isinstance(
+            fn, (types.FunctionType, types.MethodType, types.BuiltinFunctionType)):
+        return None
+    return copy.deepcopy(vars(fn))
+
+
+def _callable_state_check(fn, what):
+    """A saved _callable_state for the scheduler's own callable ``fn`` (named ``what``)."""
+    def callable_state(where, value):
+        if value is None:
+            return None
+        if not isinstance(value, Mapping):
+            raise TypeError(f"{where} must be None or a dict of a callable object's "
+                            f"attributes, got {type(value).__name__}")
+        if _callable_state(fn) is None:
+            kind = "None" if fn is None else f"a {type(fn).__name__}"
+            raise ValueError(f"{where} holds a callable object's attributes, but this "
+                             f"scheduler's {what} is {kind}, which has no attributes to load "
+                             f"them into")
+        return copy.deepcopy(dict(value))
+    return callable_state
+
+
+def _load_callable_state(fn, state):
+    if state is not None:
+        vars(fn).update(state)
 
 
 def _checked_fields(scheduler, state, where):
@@ -375,12 +447,184 @@ class LinearLR(LRScheduler):
                 "end_factor": _unit_factor, "total_iters": _positive_int}
 
 
+
+class ConstantLR(LRScheduler):
+    """lr * ``factor`` for the first ``total_iters`` epochs, then the lr again (a constant
+    warm-up)."""
+
+    def __init__(self, optimizer, factor=1.0 / 3, total_iters=5, last_epoch=-1):
+        # torch takes factor=0 and then divides by it at total_iters
+        self.factor = _start_factor("factor", factor)
+        # torch takes 0 (and negatives), keeping the factor forever where its closed form
+        # would drop it: refused here
+        self.total_iters = _positive_int("total_iters", total_iters)
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self):
+        t = self.last_epoch
+        if t == 0:
+            return [lr * self.factor for lr in self._current()]
+        if t != self.total_iters:
+            return self._current()
+        return [lr * (1.0 / self.factor) for lr in self._current()]  # torch's operation order
+
+    def _state_checks(self, state):
+        return {**super()._state_checks(state), "factor": _start_factor,
+                "total_iters": _positive_int}
+
+
+class PolynomialLR(LRScheduler):
+    """lr * (1 - epoch / ``total_iters``) ** ``power``, reaching 0 at ``total_iters``."""
+
+    def __init__(self, optimizer, total_iters=5, power=1.0, last_epoch=-1):
+        self.total_iters = _positive_int("total_iters", total_iters)
+        # a negative power divides by zero at total_iters (torch's too)
+        self.power = check.non_negative("power", power)
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self):
+        t, n = self.last_epoch, self.total_iters
+        if t == 0 or t > n:
+            return self._current()
+        factor = ((1.0 - t / n) / (1.0 - (t - 1) / n)) ** self.power
+        return [lr * factor for lr in self._current()]
+
+    def _state_checks(self, state):
+        return {**super()._state_checks(state), "total_iters": _positive_int,
+                "power": check.non_negative}
+
+
+def _lr_lambdas(lr_lambda, groups):
+    """LambdaLR's and MultiplicativeLR's ``lr_lambda``: one callable for every param group, or
+    a list of one per group."""
+    if not isinstance(lr_lambda, (list, tuple)):
+        if not callable(lr_lambda):
+            raise TypeError(f"lr_lambda must be callable (a function of the epoch), got "
+                            f"{type(lr_lambda).__name__}")
+        return [lr_lambda] * groups
+    if len(lr_lambda) != groups:
+        raise ValueError(f"lr_lambda has {len(lr_lambda)} functions for {groups} param groups")
+    for k, fn in enumerate(lr_lambda):
+        if not callable(fn):
+            raise TypeError(f"lr_lambda[{k}] must be callable (a function of the epoch), got "
+                            f"{type(fn).__name__}")
+    return list(lr_lambda)
+
+
+def _times_lambda(lr, fn, epoch, k):
+    """``lr * fn(epoch)``, refused (ValueError) unless it is an lr the optimizer can take."""
+    factor = check.real(f"lr_lambda({epoch}) for param_groups[{k}]", fn(epoch))
+    return check.non_negative(f"lr * lr_lambda({epoch}) for param_groups[{k}]", lr * factor)
+
+
+class _LambdaStates:
+    """The saved ``lr_lambdas`` of LambdaLR and MultiplicativeLR (see _callable_state)."""
+
+    _callables = ("lr_lambdas",)
+
+    def _lambda_states_check(self, where, value):
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{where} must be a list, got {type(value).__name__}")
+        if len(value) != len(self.lr_lambdas):
+            raise ValueError(f"{where} has {len(value)} entries for {len(self.lr_lambdas)} "
+                             f"param groups")
+        return [_callable_state_check(fn, f"lr_lambda[{k}]")(f"{where}[{k}]", saved)
+                for k, (fn, saved) in enumerate(zip(self.lr_lambdas, value))]
+
+    def _state_checks(self, state):
+        return {**super()._state_checks(state), "lr_lambdas": self._lambda_states_check}
+
+    def _apply(self, values):
+        super()._apply({k: v for k, v in values.items() if k != "lr_lambdas"})
+        for fn, saved in zip(self.lr_lambdas, values["lr_lambdas"]):
+            _load_callable_state(fn, saved)
+
+
+class LambdaLR(_LambdaStates, LRScheduler):
+    """The initial lr times ``lr_lambda(epoch)``: one function for every param group, or a
+    list of one per group.  A state_dict keeps a callable object's attributes, and nothing of
+    a function or lambda (as torch): the scheduler loading it uses its own ``lr_lambda``."""
+
+    def __init__(self, optimizer, lr_lambda, last_epoch=-1):
+        _check_optimizer(optimizer)
+        self.lr_lambdas = _lr_lambdas(lr_lambda, len(optimizer.param_groups))
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self):
+        t = self.last_epoch
+        return [_times_lambda(base, fn, t, k)
+                for k, (fn, base) in enumerate(zip(self.lr_lambdas, self.base_lrs))]
+
+
+class MultiplicativeLR(_LambdaStates, LRScheduler):
+    """lr * ``lr_lambda(epoch)`` every epoch after the first (one function for every param
+    group, or a list of one per group).  Saved as LambdaLR is."""
+
+    def __init__(self, optimizer, lr_lambda, last_epoch=-1):
+        _check_optimizer(optimizer)
+        self.lr_lambdas = _lr_lambdas(lr_lambda, len(optimizer.param_groups))
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self):
+        if self.last_epoch == 0:  # made (or started by SequentialLR): the lrs stay
+            return self._current()
+        return self._times_lambdas()
+
+    def _times_lambdas(self):
+        t = self.last_epoch
+        return [_times_lambda(lr, fn, t, k)
+                for k, (fn, lr) in enumerate(zip(self.lr_lambdas, self._current()))]
+
+    def _restart(self):
+        """At a SequentialLR milestone torch steps it to epoch 0 without its first-step rule:
+        the lrs the schedule before it left, times lr_lambda(0)."""
+        last = self.last_epoch
+        self.last_epoch = 0
+        try:
+            lrs = self._times_lambdas()
+        except BaseException:
+            self.last_epoch = last
+            raise
+        self._set_lrs(lrs)
+
 def _momentum_check(use_beta1):
     """Adam's beta1 must stay in [0, 1) (the optimizer would refuse it at its next step); a
     momentum need only be >= 0."""
     if use_beta1:
         return lambda name, value: check.in_range(name, value, 0.0, 1.0)
     return check.non_negative
+
+
+def _per_group(name, value, groups, check_one=check.non_negative):
+    """One checked value per param group: ``value`` for each, or a list of one per group."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value] * len(groups)
+    if len(values) != len(groups):
+        raise ValueError(f"{name} has {len(values)} entries for {len(groups)} param groups")
+    return [check_one(name, v) for v in values]
+
+
+def _set_momenta(groups, momenta, use_beta1):
+    """The cycled momentum lives in group["betas"][0] (Adam family) or group["momentum"]."""
+    for group, momentum in zip(groups, momenta):
+        if use_beta1:
+            group["betas"] = (momentum, *group["betas"][1:])
+        else:
+            group["momentum"] = momentum
+
+
+def _use_beta1_check(optimizer):
+    """A saved use_beta1: which momentum is cycled follows from the optimizer, as when made."""
+    def use_beta1(where, value):
+        value = check.flag(where, value)
+        defaults = optimizer.defaults
+        if "betas" not in defaults and "momentum" not in defaults:
+            raise ValueError(f"{where}: cycle_momentum needs an optimizer with momentum or "
+                             f"betas, and {type(optimizer).__name__} has neither")
+        if value != ("betas" in defaults):
+            raise ValueError(f"{where} is {value}, but {type(optimizer).__name__} cycles "
+                             f"{'beta1' if 'betas' in defaults else 'momentum'}")
+        return value
+    return use_beta1
 
 
 # the (lr from, lr to, momentum from, momentum to) of each OneCycleLR phase
@@ -452,7 +696,7 @@ class OneCycleLR(LRScheduler):
         three_phase = check.flag("three_phase", three_phase)
         div_factor = _positive_real("div_factor", div_factor)
         final_div_factor = _positive_real("final_div_factor", final_div_factor)
-        max_lrs = self._per_group("max_lr", max_lr, groups)
+        max_lrs = _per_group("max_lr", max_lr, groups)
         self.limits = [{"initial_lr": m / div_factor, "max_lr": m,
                         "min_lr": m / div_factor / final_div_factor} for m in max_lrs]
         self.phases = _phase_plan(pct, self.total_steps, three_phase)
@@ -464,21 +708,15 @@ class OneCycleLR(LRScheduler):
                 raise ValueError("cycle_momentum needs an optimizer with momentum or betas")
             momentum = _momentum_check(self.use_beta1)
             for limit, top, base in zip(
-                    self.limits, self._per_group("max_momentum", max_momentum, groups, momentum),
-                    self._per_group("base_momentum", base_momentum, groups, momentum)):
+                    self.limits, _per_group("max_momentum", max_momentum, groups, momentum),
+                    _per_group("base_momentum", base_momentum, groups, momentum)):
                 limit.update(max_momentum=top, base_momentum=base)
         # everything checked: from here on the optimizer changes
         if self.cycle_momentum:
-            self._set_momenta([limit["max_momentum"] for limit in self.limits], groups)
+            _set_momenta(groups, [limit["max_momentum"] for limit in self.limits],
+                         self.use_beta1)
         _initial_lrs(optimizer, [limit["initial_lr"] for limit in self.limits])
         super().__init__(optimizer, last_epoch)
-
-    @staticmethod
-    def _per_group(name, value, groups, check_one=check.non_negative):
-        values = list(value) if isinstance(value, (list, tuple)) else [value] * len(groups)
-        if len(values) != len(groups):
-            raise ValueError(f"{name} has {len(values)} entries for {len(groups)} param groups")
-        return [check_one(name, v) for v in values]
 
     def _state_checks(self, state):
         cycling = state.get("cycle_momentum")  # the key set depends on it; checked below
@@ -488,7 +726,7 @@ class OneCycleLR(LRScheduler):
                   "limits": self._limits_check(cycling), "phases": _phase_list,
                   "cycle_momentum": check.flag}
         if cycling:
-            checks["use_beta1"] = self._use_beta1_check
+            checks["use_beta1"] = _use_beta1_check(self.optimizer)
         return checks
 
     def _limits_check(self, cycling):
@@ -518,18 +756,6 @@ class OneCycleLR(LRScheduler):
             return checked
         return limits
 
-    def _use_beta1_check(self, where, value):
-        """Which momentum is cycled follows from the optimizer, as at construction."""
-        value = check.flag(where, value)
-        defaults = self.optimizer.defaults
-        if "betas" not in defaults and "momentum" not in defaults:
-            raise ValueError(f"{where}: cycle_momentum needs an optimizer with momentum or "
-                             f"betas, and {type(self.optimizer).__name__} has neither")
-        if value != ("betas" in defaults):
-            raise ValueError(f"{where} is {value}, but {type(self.optimizer).__name__} cycles "
-                             f"{'beta1' if 'betas' in defaults else 'momentum'}")
-        return value
-
     def _check_together(self, values, where):
         n, phases = values["total_steps"], values["phases"]
         if phases[-1][0] != n - 1:
@@ -539,13 +765,6 @@ class OneCycleLR(LRScheduler):
         if values["last_epoch"] > n:
             raise ValueError(f"{where}['last_epoch'] is {values['last_epoch']}, past "
                              f"total_steps ({n})")
-
-    def _set_momenta(self, momenta, groups):
-        for group, momentum in zip(groups, momenta):
-            if self.use_beta1:
-                group["betas"] = (momentum, *group["betas"][1:])
-            else:
-                group["momentum"] = momentum
 
     def _anneal(self, start, end, pct):
         if self.anneal_strategy == "cos":
@@ -568,9 +787,215 @@ class OneCycleLR(LRScheduler):
                     break
                 start = end
         if self.cycle_momentum:
-            self._set_momenta(momenta, self.optimizer.param_groups)
+            _set_momenta(self.optimizer.param_groups, momenta, self.use_beta1)
         return lrs
 
+
+
+# the scale_mode each built-in CyclicLR mode implies (a user's scale_fn takes scale_mode's)
+_CYCLIC_SCALE_MODES = {"triangular": "cycle", "triangular2": "cycle", "exp_range": "iterations"}
+
+
+def _momenta(groups, momentum):
+    """A saved list of one momentum per param group, each checked by ``momentum``."""
+    def momenta(where, value):
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{where} must be a list of {groups} momenta, got "
+                            f"{type(value).__name__}")
+        if len(value) != groups:
+            raise ValueError(f"{where} has {len(value)} momenta for {groups} param groups")
+        return [momentum(f"{where}[{k}]", v) for k, v in enumerate(value)]
+    return momenta
+
+
+def _step_ratio(where, value):
+    """CyclicLR's share of a cycle going up: in (0, 1]."""
+    return _start_factor(where, value)
+
+
+class CyclicLR(LRScheduler):
+    """The cyclical learning rate policy (torch's CyclicLR): each step moves the lr between
+    ``base_lr`` and ``max_lr``, up over ``step_size_up`` steps and down over ``step_size_down``
+    (``step_size_up`` if None); the height is scaled by ``mode`` ("triangular": 1,
+    "triangular2": halved every cycle, "exp_range": ``gamma`` ** step) or by ``scale_fn``
+    (of the cycle number or the step, as ``scale_mode`` says).  With ``cycle_momentum`` the
+    momentum (or Adam's beta1) moves the opposite way, from ``max_momentum`` at ``base_lr`` to
+    ``base_momentum`` at ``max_lr``.  Step it once per batch.  A state_dict keeps a callable
+    object's attributes of ``scale_fn`` and nothing of a function, as LambdaLR's."""
+
+    _callables = ("_scale_fn_custom",)
+
+    def __init__(self, optimizer, base_lr, max_lr, step_size_up=2000, step_size_down=None,
+                 mode="triangular", gamma=1.0, scale_fn=None, scale_mode="cycle",
+                 cycle_momentum=True, base_momentum=0.8, max_momentum=0.9, last_epoch=-1):
+        _check_start(optimizer, last_epoch)  # before the groups' lrs and momenta change
+        groups = optimizer.param_groups
+        base_lrs = _per_group("base_lr", base_lr, groups)
+        self.max_lrs = _per_group("max_lr", max_lr, groups)
+        up = _positive_real("step_size_up", step_size_up)
+        # 0 steps down is a sawtooth: torch never divides by it
+        down = up if step_size_down is None else check.non_negative("step_size_down",
+                                                                     step_size_down)
+        self.total_size = up + down
+        self.step_ratio = up / self.total_size
+        # torch ignores mode when scale_fn is given; a misspelt one is refused here all the same
+        self.mode = _one_of(*_CYCLIC_SCALE_MODES)("mode", mode)
+        self.gamma = check.non_negative("gamma", gamma)
+        if scale_fn is not None and not callable(scale_fn):
+            raise TypeError(f"scale_fn must be callable or None, got {type(scale_fn).__name__}")
+        self._scale_fn_custom = scale_fn
+        # torch treats any scale_mode but "cycle" as "iterations"; only those two pass here
+        scale_mode = _one_of("cycle", "iterations")("scale_mode", scale_mode)
+        self.scale_mode = scale_mode if scale_fn is not None else _CYCLIC_SCALE_MODES[mode]
+        self.cycle_momentum = check.flag("cycle_momentum", cycle_momentum)
+        if self.cycle_momentum:
+            defaults = optimizer.defaults
+            if "momentum" not in defaults and "betas" not in defaults:
+                raise ValueError(f"cycle_momentum=True needs an optimizer with momentum or "
+                                 f"betas, and {type(optimizer).__name__} has neither: pass "
+                                 f"cycle_momentum=False")
+            self.use_beta1 = "betas" in defaults
+            momentum = _momentum_check(self.use_beta1)
+            self.base_momentums = _per_group("base_momentum", base_momentum, groups, momentum)
+            self.max_momentums = _per_group("max_momentum", max_momentum, groups, momentum)
+        # everything checked: from here on the optimizer changes (and is put back if the
+        # first step fails: a user's scale_fn)
+        with _all_or_nothing(optimizer):
+            for group, lr in zip(groups, base_lrs):
+                group["lr"] = lr
+            if self.cycle_momentum:
+                _set_momenta(groups, self.max_momentums, self.use_beta1)
+            # as torch's, the first step starts from the initial lrs recorded on the optimizer
+            # (base_lr, unless a scheduler made before recorded others): at step 0 the lr is
+            # them; every later step cycles from base_lr
+            super().__init__(optimizer, last_epoch)
+        self.base_lrs = base_lrs
+
+    def scale_fn(self, x):
+        """The height scale at cycle (or step) ``x``: the user's scale_fn, or the mode's."""
+        if self._scale_fn_custom is not None:
+            return self._scale_fn_custom(x)
+        if self.mode == "triangular":
+            return 1.0
+        if self.mode == "triangular2":
+            return 1 / (2.0 ** (x - 1))
+        return self.gamma ** x
+
+    def _scale(self, x):
+        return check.real(f"scale_fn({x})", self.scale_fn(x))
+
+    def get_lr(self):
+        t = self.last_epoch
+        cycle = math.floor(1 + t / self.total_size)
+        x = 1.0 + t / self.total_size - cycle  # how far into this cycle, in [0, 1)
+        if x <= self.step_ratio:
+            rise = x / self.step_ratio
+        else:
+            rise = (x - 1) / (self.step_ratio - 1)
+        at = cycle if self.scale_mode == "cycle" else t
+        # torch's operation order, and one scale_fn call per group for the lrs and again for
+        # the momenta, as torch calls it
+        lrs = [check.non_negative(f"the lr scale_fn({at}) gives param_groups[{k}]",
+                                  base + (top - base) * rise * self._scale(at))
+               for k, (base, top) in enumerate(zip(self.base_lrs, self.max_lrs))]
+        if self.cycle_momentum:
+            momentum = _momentum_check(self.use_beta1)
+            momenta = [momentum(f"the momentum scale_fn({at}) gives param_groups[{k}]",
+                                top - (top - base) * rise * self._scale(at))
+                       for k, (base, top) in enumerate(zip(self.base_momentums,
+                                                           self.max_momentums))]
+            _set_momenta(self.optimizer.param_groups, momenta, self.use_beta1)
+        return lrs
+
+    def _state_checks(self, state):
+        cycling = state.get("cycle_momentum")  # the key set depends on it; checked below
+        cycling = isinstance(cycling, (bool, np.bool_)) and bool(cycling)
+        groups = len(self.optimizer.param_groups)
+        checks = {**super()._state_checks(state), "max_lrs": _lrs(groups),
+                  "total_size": _positive_real, "step_ratio": _step_ratio,
+                  "mode": _one_of(*_CYCLIC_SCALE_MODES), "gamma": check.non_negative,
+                  "scale_mode": _one_of("cycle", "iterations"), "cycle_momentum": check.flag,
+                  "_scale_fn_custom": _callable_state_check(self._scale_fn_custom, "scale_fn")}
+        if cycling:
+            momentum = _momentum_check("betas" in self.optimizer.defaults)
+            checks.update(use_beta1=_use_beta1_check(self.optimizer),
+                          base_momentums=_momenta(groups, momentum),
+                          max_momentums=_momenta(groups, momentum))
+        return checks
+
+    def _apply(self, values):
+        values = dict(values)
+        _load_callable_state(self._scale_fn_custom, values.pop("_scale_fn_custom"))
+        if self._scale_fn_custom is None:  # as torch: the built-in mode sets the scale_mode
+            values["scale_mode"] = _CYCLIC_SCALE_MODES[values["mode"]]
+        if not values["cycle_momentum"]:  # no stale momenta to save next time
+            for name in ("use_beta1", "base_momentums", "max_momentums"):
+                self.__dict__.pop(name, None)
+        super()._apply(values)
+
+
+def _non_negative_number(name, value):
+    """A real number >= 0 that stays an int if it is one (an epoch, fractional allowed)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+        return check.count(name, value)
+    return check.non_negative(name, value)
+
+
+class CosineAnnealingWarmRestarts(LRScheduler):
+    """SGDR (torch's CosineAnnealingWarmRestarts): a cosine from the initial lr down to
+    ``eta_min`` over ``T_0`` epochs, then again from the top, each period ``T_mult`` times the
+    one before.  ``step()`` goes one epoch on; ``step(epoch)`` goes to ``epoch``, which may be
+    fractional (``step(epoch + batch / batches)`` every batch), as torch allows."""
+
+    def __init__(self, optimizer, T_0, T_mult=1, eta_min=0.0, last_epoch=-1):  # noqa: N803
+        self.T_0 = self.T_i = _positive_int("T_0", T_0)  # noqa: N815 (torch's names)
+        self.T_mult = _positive_int("T_mult", T_mult)  # noqa: N815
+        self.eta_min = check.non_negative("eta_min", eta_min)
+        self.T_cur = -1  # noqa: N815 (the first step makes it 0)
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self):
+        return [self.eta_min + (base - self.eta_min)
+                * (1 + math.cos(math.pi * self.T_cur / self.T_i)) / 2 for base in self.base_lrs]
+
+    def step(self, epoch=None):
+        """One epoch on, or to ``epoch`` (a real number >= 0) when given."""
+        if epoch is None and self.last_epoch < 0:
+            epoch = 0  # its first step, when made (or started by SequentialLR)
+        if epoch is None:
+            epoch, t_cur, t_i = self.last_epoch + 1, self.T_cur + 1, self.T_i
+            if t_cur >= t_i:
+                t_cur, t_i = t_cur % t_i, t_i * self.T_mult
+        else:
+            epoch = _non_negative_number("epoch", epoch)
+            t_cur, t_i = self._position(epoch)
+        self.T_cur, self.T_i, self.last_epoch = t_cur, t_i, math.floor(epoch)
+        self._set_lrs(self.get_lr())
+
+    def _position(self, epoch):
+        """(T_cur, T_i) at ``epoch``, computed as torch does, its float logarithm included: at
+        some restarts (T_0=1, T_mult=10, epoch 111) it rounds down, and the epoch is the end
+        of the period before (lr eta_min) rather than the start of the next."""
+        t_0, mult = self.T_0, self.T_mult
+        if epoch < t_0:
+            return epoch, t_0
+        if mult == 1:
+            return epoch % t_0, t_0
+        n = int(math.log(epoch / t_0 * (mult - 1) + 1, mult))
+        return epoch - t_0 * (mult ** n - 1) / (mult - 1), t_0 * mult ** n
+
+    def _state_checks(self, state):
+        return {**super()._state_checks(state), "T_0": _positive_int, "T_i": _positive_int,
+                "T_mult": _positive_int, "eta_min": check.non_negative,
+                "T_cur": _non_negative_number}
+
+    def _check_together(self, values, where):
+        period, t_i = values["T_0"], values["T_i"]
+        while values["T_mult"] > 1 and period < t_i:
+            period *= values["T_mult"]
+        if period != t_i:
+            raise ValueError(f"{where}['T_i'] is {t_i}: a period is T_0 ({values['T_0']}) "
+                             f"times a power of T_mult ({values['T_mult']})")
 
 class ChainedScheduler(_StateDict):
     """Several schedulers on one optimizer, stepped together (their factors multiply)."""
