@@ -49,6 +49,9 @@ def build_parser():
     demo.add_argument("--seed", type=int, default=0, help="weights and batch order, default 0")
     demo.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.add_argument("--distributed", action="store_true",
+                      help="train data parallel over MPI with the optimizer state sharded "
+                      "(ZeRO-1); launch with mpiexec -n N (needs the mpi extra)")
 
     plot = commands.add_parser(
         "plot", help="optimizer paths on 2-D test functions; Adam's bias correction",
@@ -106,10 +109,12 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     if args.command == "demo":
         from .examples import mlp
+        comm = _mpi_world(parser) if args.distributed else None
         png = os.path.join(args.out, "loss_curves.png")
         mlp.run(args.optimizer, args.epochs, args.hidden, args.seed, png,
-                show_progress=not args.no_progress and sys.stderr.isatty())
-        print(f"loss curves: {png}")
+                show_progress=not args.no_progress and sys.stderr.isatty(), comm=comm)
+        if comm is None or comm.Get_rank() == 0:
+            print(f"loss curves: {png}")
     elif args.command == "plot":
         from .examples import trajectories
         paths = os.path.join(args.out, "trajectories.png")
@@ -120,6 +125,16 @@ def main(argv=None):
     else:
         return run_bench(parser, args)
     return 0
+
+
+def _mpi_world(parser):
+    """MPI's COMM_WORLD for ``demo --distributed``, or a clean exit saying what to install."""
+    try:
+        from . import distributed  # noqa: F401 (its ImportError says what is missing)
+        from mpi4py import MPI
+    except ImportError as exc:
+        parser.exit(2, f"numba-opt demo --distributed: {exc}\n")
+    return MPI.COMM_WORLD
 
 
 # ------------------------------------------------------------------------------------ bench

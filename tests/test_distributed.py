@@ -133,3 +133,42 @@ def test_the_mpi_extra_is_installed_by_make():
     assert {r.split(">")[0] for r in extras["mpi"]} == {"mpi4py", "mpich"}
     install = re.search(r"pip install .*-e '\.\[([\w,]+)\]'", (ROOT / "Makefile").read_text())
     assert "mpi" in install.group(1).split(",")
+
+
+def demo_table(output):
+    """{optimizer: (last-epoch loss, test accuracy)} from the demo's printed table."""
+    from numba_opt.examples import mlp
+    rows = {}
+    for line in output.splitlines():
+        for name in sorted(mlp.OPTIMIZERS, key=len, reverse=True):
+            if line.startswith(name + " "):
+                loss, accuracy = line[len(name):].split()[:2]
+                rows[name] = (float(loss), float(accuracy))
+                break
+    return rows
+
+
+@needs_mpi
+def test_the_distributed_demo_learns_as_one_process(tmp_path):
+    """`mpiexec -n 2 python -m numba_opt demo --distributed`: each rank trains on half of every
+    batch with the state sharded; the losses and accuracies equal one process's (float32
+    rounding apart), for every demo optimizer."""
+    from numba_opt.examples import mlp
+    names = list(mlp.OPTIMIZERS)
+    args = ["-m", "numba_opt", "demo", "--epochs", "2", "--hidden", "32", "--no-progress",
+            "--optimizer", *names]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    together = subprocess.run([mpiexec(), "-n", "2", sys.executable, *args, "--distributed",
+                               "--out", str(tmp_path / "two")], capture_output=True, text=True,
+                              env=env, cwd=ROOT, timeout=TIMEOUT)
+    assert together.returncode == 0, together.stdout[-3000:] + together.stderr[-3000:]
+    assert "data parallel over 2 MPI ranks" in together.stdout
+    assert together.stdout.count("loss curves:") == 1  # rank 0 alone prints and draws
+    alone = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")],
+                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=TIMEOUT)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    two, one = demo_table(together.stdout), demo_table(alone.stdout)
+    assert set(two) == set(one) == set(names)
+    for name in names:
+        assert two[name][0] == pytest.approx(one[name][0], rel=2e-3, abs=2e-4), name
+        assert abs(two[name][1] - one[name][1]) <= 0.01, name  # within one point

@@ -11,21 +11,22 @@ import numpy as np
 
 import numba_opt as nopt
 
+# name -> (optimizer class name, its settings for this model)
 OPTIMIZERS = {
-    "SGD": lambda p: nopt.SGD(p, lr=0.1),
-    "Momentum": lambda p: nopt.SGD(p, lr=0.05, momentum=0.9),
-    "Nesterov": lambda p: nopt.SGD(p, lr=0.05, momentum=0.9, nesterov=True),
-    "RMSprop": lambda p: nopt.RMSprop(p, lr=1e-3),
-    "RMSprop centered": lambda p: nopt.RMSprop(p, lr=1e-3, centered=True, momentum=0.5),
-    "Adam": lambda p: nopt.Adam(p, lr=3e-3),
-    "Adam amsgrad": lambda p: nopt.Adam(p, lr=3e-3, amsgrad=True),
-    "AdamW": lambda p: nopt.AdamW(p, lr=3e-3, weight_decay=1e-2),
-    "Adagrad": lambda p: nopt.Adagrad(p, lr=3e-2),
-    "Adamax": lambda p: nopt.Adamax(p, lr=6e-3),
-    "RAdam": lambda p: nopt.RAdam(p, lr=1e-2),
-    "NAdam": lambda p: nopt.NAdam(p, lr=3e-3),
-    "Adadelta": lambda p: nopt.Adadelta(p, lr=1.0),
-    "Lion": lambda p: nopt.Lion(p, lr=1e-3, weight_decay=0.1),
+    "SGD": ("SGD", dict(lr=0.1)),
+    "Momentum": ("SGD", dict(lr=0.05, momentum=0.9)),
+    "Nesterov": ("SGD", dict(lr=0.05, momentum=0.9, nesterov=True)),
+    "RMSprop": ("RMSprop", dict(lr=1e-3)),
+    "RMSprop centered": ("RMSprop", dict(lr=1e-3, centered=True, momentum=0.5)),
+    "Adam": ("Adam", dict(lr=3e-3)),
+    "Adam amsgrad": ("Adam", dict(lr=3e-3, amsgrad=True)),
+    "AdamW": ("AdamW", dict(lr=3e-3, weight_decay=1e-2)),
+    "Adagrad": ("Adagrad", dict(lr=3e-2)),
+    "Adamax": ("Adamax", dict(lr=6e-3)),
+    "RAdam": ("RAdam", dict(lr=1e-2)),
+    "NAdam": ("NAdam", dict(lr=3e-3)),
+    "Adadelta": ("Adadelta", dict(lr=1.0)),
+    "Lion": ("Lion", dict(lr=1e-3, weight_decay=0.1)),
 }
 
 
@@ -78,11 +79,27 @@ class MLP:
         return float(loss)
 
 
-def train(make_optimizer, train_set, test_set, epochs, hidden, seed, batch=64, progress=None):
-    """Returns (per-epoch mean loss list, test accuracy, seconds, steps)."""
+def make_optimizer(name, flat, comm=None):
+    """The named optimizer over ``flat``; with an MPI ``comm``, the same one data parallel with
+    its state sharded over the ranks (numba_opt.distributed's ZeroRedundancyOptimizer)."""
+    class_name, settings = OPTIMIZERS[name]
+    cls = getattr(nopt, class_name)
+    if comm is None:
+        return cls(flat, **settings)
+    from numba_opt import distributed as dist
+    dist.broadcast_params(flat, comm, root=0)  # every rank starts from rank 0's weights
+    return dist.ZeroRedundancyOptimizer(flat, cls, comm=comm, **settings)
+
+
+def train(name, train_set, test_set, epochs, hidden, seed, batch=64, progress=None, comm=None):
+    """Returns (per-epoch mean loss list, test accuracy, seconds, steps).  With an MPI ``comm``
+    every rank takes its share of each mini-batch (rank r of N: every N-th example from r); the
+    grads are weighted so that their mean over the ranks is the whole batch's mean gradient, so
+    N ranks follow the one-process run (to float rounding)."""
     (x, y), (xt, yt) = train_set, test_set
     model = MLP(x.shape[1], hidden, 10, seed)
-    opt = make_optimizer(model.flat)
+    opt = make_optimizer(name, model.flat, comm)
+    rank, ranks = (0, 1) if comm is None else (comm.Get_rank(), comm.Get_size())
     rng = np.random.default_rng(seed + 1)
     history = []
     start = time.perf_counter()
@@ -91,7 +108,13 @@ def train(make_optimizer, train_set, test_set, epochs, hidden, seed, batch=64, p
         losses = []
         for i in range(0, len(x), batch):
             idx = order[i:i + batch]
-            losses.append(model.loss_and_grads(x[idx], y[idx]))
+            mine = idx[rank::ranks]
+            loss = model.loss_and_grads(x[mine], y[mine]) if len(mine) else 0.0
+            if ranks > 1:  # this rank's mean times its share of the batch, times N (mean of N)
+                weight = len(mine) * ranks / len(idx)
+                model.flat.grad *= weight
+                loss = comm.allreduce(loss * len(mine)) / len(idx)
+            losses.append(loss)
             opt.step(model.flat.grads)
         history.append(float(np.mean(losses)))
         if progress is not None:
@@ -118,20 +141,28 @@ def plot_losses(histories, path):
     plt.close(fig)
 
 
-def run(optimizers, epochs, hidden, seed, out_png, show_progress=True):
-    """Train each named optimizer, print the table, write the loss-curve PNG."""
+def run(optimizers, epochs, hidden, seed, out_png, show_progress=True, comm=None):
+    """Train each named optimizer, print the table, write the loss-curve PNG.  With an MPI
+    ``comm`` (``demo --distributed`` under mpiexec) the ranks train together and rank 0 prints
+    and draws."""
     from tqdm import tqdm
     train_set, test_set = load_digits(seed)
-    print(f"digits: {len(train_set[0])} train / {len(test_set[0])} test images, "
-          f"MLP 64-{hidden}-10 in a FlatParams, {epochs} epochs, batch 64, float32")
+    lead = comm is None or comm.Get_rank() == 0
+    say = print if lead else (lambda *args, **kwargs: None)
+    where = "" if comm is None else (f", data parallel over {comm.Get_size()} MPI ranks "
+                                     "(ZeRO-1: optimizer state sharded)")
+    say(f"digits: {len(train_set[0])} train / {len(test_set[0])} test images, "
+        f"MLP 64-{hidden}-10 in a FlatParams, {epochs} epochs, batch 64, float32{where}")
     results, histories = [], {}
     for name in optimizers:
         with tqdm(total=epochs, desc=f"{name:<16}", unit="epoch", leave=False,
-                  disable=not show_progress) as bar:
-            history, accuracy, seconds, steps = train(OPTIMIZERS[name], train_set, test_set,
-                                                      epochs, hidden, seed, progress=bar)
+                  disable=not (show_progress and lead)) as bar:
+            history, accuracy, seconds, steps = train(name, train_set, test_set, epochs, hidden,
+                                                      seed, progress=bar, comm=comm)
         histories[name] = history
         results.append((name, history[-1], accuracy, steps, seconds))
+    if not lead:
+        return results
     print(f"{'optimizer':<18} {'last-epoch loss':>15} {'test accuracy':>13} {'steps':>6} "
           f"{'seconds':>8}")
     for name, loss, accuracy, steps, seconds in results:
