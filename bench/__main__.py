@@ -2,6 +2,7 @@
 
     python -m bench [--quick] [--suite size|model|optimizer|clipping|all] [--out DIR] [pyperf opts]
     python -m bench --suite training-loop [--quick] [--out DIR] [pyperf opts]
+    python -m bench --suite distributed [--ranks 1 2 4] [--size N] [--quick] [--out DIR]
 
 Suites:
 - size:      Adam, float32, one tensor of n = 1e3 ... 3e7 elements;
@@ -10,6 +11,9 @@ Suites:
 - clipping:  Adam float32 with global-norm clipping, fused into the step vs clip-then-step;
 - training-loop (not in 'all': about 10 minutes): Adam inside a NumPy training loop with fresh
   grads each step, idle and with a busy core; its own runner, see bench/training_loop.py.
+- distributed (not in 'all'; needs the mpi extra): ZeRO-1 Adam over MPI for 1, 2, 4 ranks, step
+  time split into communication and update, state bytes per rank, and a ring model at 8-1024
+  ranks; its own runner, see bench/distributed.py.
 Peers: the 4-read/3-write memory roof, numba_opt (serial, parallel; list and FlatParams),
 torch.optim (for-loop, foreach, fused) when torch is installed, NumPy as people write it and
 NumPy with out=; on a machine with a CUDA GPU also numba_opt CUDA, torch fused CUDA and a
@@ -184,11 +188,15 @@ def main():
     if pre.parse_known_args()[0].suite == "training-loop":  # a runner of its own (one a process)
         from bench import training_loop
         return training_loop.main()
+    if pre.parse_known_args()[0].suite == "distributed":  # launches mpiexec per rank count
+        from bench import distributed
+        return distributed.main()
     runner = pyperf.Runner(processes=1, values=3, warmups=1, min_time=0.05,
                            add_cmdline_args=forward_options)
     runner.argparser.add_argument("--suite",
                                   choices=["size", "model", "optimizer", "clipping",
-                                           "fresh-grads", "all", "training-loop"],
+                                           "fresh-grads", "all", "training-loop",
+                                           "distributed"],
                                   default="all")
     runner.argparser.add_argument("--quick", action="store_true",
                                   help="fewer sizes and models (a few minutes)")

@@ -262,3 +262,33 @@ def test_training_loop_report_ratios_table_and_plot(tmp_path):
     assert "OMP_WAIT_POLICY=passive" in table
     png = open(paths["plot"], "rb").read()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+# ------------------------------------------------------------------------- distributed suite
+def test_distributed_ring_model_follows_its_equations():
+    from bench import distributed as d
+    records = [{"ranks": 1, "size": 1000, "update (full, 1 rank's work)": 1e-3}]
+    link = {"name": "test", "latency_s": 1e-6, "bytes_per_s": 1e9}
+    rows = d.ring_model(records, 1000, [link], rank_counts=(4,))
+    one_pass = 3 * 1e-6 + 0.75 * 4000 / 1e9  # (N-1) latencies, (N-1)/N of the bytes
+    assert rows[0]["comm_s"] == pytest.approx(2 * one_pass)
+    assert rows[0]["zero_s"] == pytest.approx(2 * one_pass + 1e-3 / 4)
+    assert rows[0]["plain_s"] == pytest.approx(2 * one_pass + 1e-3)
+    assert rows[0]["zero_state_mb"] == pytest.approx(8 * 1000 / 4 / 1e6)
+    assert d.fit([(0, 2.0), (10, 12.0), (20, 22.0)]) == pytest.approx((2.0, 1.0))
+
+
+def test_distributed_suite_runs_and_writes_its_report(tmp_path):
+    pytest.importorskip("mpi4py", reason="the distributed suite needs the mpi extra")
+    from bench import distributed as d
+    d.main(["--ranks", "1", "2", "--size", "20000", "--repeats", "2", "--out", str(tmp_path)])
+    text = (tmp_path / "results.md").read_text()
+    for needle in ("| 1 |", "| 2 |", "Reduce_scatter", "InfiniBand HDR (assumed)", "| 1024 |"):
+        assert needle in text, needle
+    import json
+    records = json.loads((tmp_path / "results.json").read_text())["records"]
+    two = next(r for r in records if r["ranks"] == 2)
+    # ZeRO-1: each of 2 ranks holds half of Adam's 8 bytes per param
+    assert max(two["state bytes per rank"]) == 8 * 20000 // 2
+    assert two["plain state bytes"] == 8 * 20000
+    assert (tmp_path / "distributed.png").read_bytes()[:4] == b"\x89PNG"
