@@ -13,10 +13,12 @@ class RMSprop(Optimizer):
     hyper_checks = F.RMSPROP_HYPER
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
-                 centered=False, maximize=False, eps_inside_sqrt=False, device="auto"):
+                 centered=False, maximize=False, eps_inside_sqrt=False, device="auto", *,
+                 state_dtype=None, master_weights=False):
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                                       momentum=momentum, centered=centered, maximize=maximize,
-                                      eps_inside_sqrt=eps_inside_sqrt), device)
+                                      eps_inside_sqrt=eps_inside_sqrt), device,
+                         state_dtype, master_weights)
 
     def _layout(self, hyper):
         return F.rmsprop_layout(hyper["centered"], hyper["momentum"])
