@@ -186,6 +186,22 @@ CODECS = {"native": (native_load, native_store), "bfloat16": (bfloat16_load, bfl
           "float16": (float16_load, float16_store)}
 
 
+def _python_codec(load, store):
+    return (lambda bits: np.float32(load(bits))), (lambda value: store(np.float32(value)))
+
+
+def _same(value):
+    return value
+
+
+# The codecs for kernels run as Python (numba's CUDA simulator): a compiled function called
+# from Python returns a float32 result as a Python float, which a compiled rule would then type
+# as float64 (and compute in float64).  Each value is a float32 (or its bits), so np.float32 is
+# exact; the native codec passes the arrays' own NumPy scalars through untouched.
+PYTHON_CODECS = {codec: _python_codec(*CODECS[codec]) if codec != "native" else (_same, _same)
+                 for codec in CODECS}
+
+
 # ------------------------------------------------------------------------------ the host side
 #: The codecs one kernel is compiled for: its param's and grad's (they share a dtype), its state
 #: buffers', and whether it keeps a float32 master copy of the param as its last buffer.

@@ -35,7 +35,9 @@ def _applier(name, storage):
     # The simulator runs kernels as Python and cannot pass its fake device arrays into a compiled
     # CPU function, so it gets the appliers as Python functions (the rules and codecs they call
     # take scalars, and stay compiled); real kernels compile the dispatchers.
-    return _math.applier(name, storage, wrap=(lambda f: f) if _SIMULATED else None)
+    if _SIMULATED:
+        return _math.applier(name, storage, wrap=lambda f: f, codecs=_codecs.PYTHON_CODECS)
+    return _math.applier(name, storage)
 
 
 # One grid-stride kernel template per number of buffers (the states, then the master copy).
@@ -257,7 +259,7 @@ def to_host(array):
 def upload(flat_view, host_array, like):
     """Copy a NumPy array shaped like the param ``like`` into a flat device view."""
     order = "F" if _fortran(_as_numba(like)) else "C"
-    flat_view.copy_to_device(np.ascontiguousarray(np.ravel(host_array, order=order)))
+    bits(flat_view).copy_to_device(bits(np.ascontiguousarray(np.ravel(host_array, order=order))))
 
 
 def copy_into(view, source):
@@ -269,7 +271,8 @@ def copy_into(view, source):
         contiguous = source.is_c_contiguous()
     if not contiguous:
         raise ValueError("FlatParams on the GPU copies C-contiguous arrays only")
-    view.copy_to_device(source)
+    # as bits: a bfloat16 device array's interface says only '<V2', which copies refuse
+    bits(view).copy_to_device(bits(source))
 
 
 def fill(buffer, value):

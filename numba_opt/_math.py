@@ -431,22 +431,23 @@ def bound(function, name, **names):
     return clone
 
 
-def applier(name, storage, wrap=None):
+def applier(name, storage, wrap=None, codecs=None):
     """The applier of kernel variant ``name`` (``name_at(i, param, grad, *states, h)``, plus
     the master buffer after the states when ``storage.master``), its elements loaded and stored
     through the codecs of ``storage`` (a ``_codecs.Storage``).  ``wrap`` makes each function a
-    device function: compiled to inline by default (the CUDA simulator keeps them Python)."""
-    wrap = wrap or _rule
-    load_param, store_param = _codecs.CODECS["native" if storage.master else storage.param]
-    load_state, store_state = _codecs.CODECS[storage.state]
+    device function: compiled to inline by default; the CUDA simulator keeps them Python, with
+    its own ``codecs`` (``_codecs.PYTHON_CODECS``)."""
+    wrap, codecs = wrap or _rule, codecs or _codecs.CODECS
+    load_param, store_param = codecs["native" if storage.master else storage.param]
+    load_state, store_state = codecs[storage.state]
     tag = _codecs.tag(storage)
     rule_at = wrap(bound(APPLIERS[name], f"{name}_at_{tag}", load_param=load_param,
-                         store_param=store_param, load_grad=_codecs.CODECS[storage.param][0],
+                         store_param=store_param, load_grad=codecs[storage.param][0],
                          load_state=load_state, store_state=store_state))
     if not storage.master:
         return rule_at
     return wrap(bound(_MASTERS[KERNELS[name][0]], f"{name}_at_{tag}_master", rule_at=rule_at,
-                      round_param=_codecs.CODECS[storage.param][1]))
+                      round_param=codecs[storage.param][1]))
 
 
 # kernel variant -> (how many state buffers it updates, its rule family)
