@@ -87,7 +87,7 @@ def check_like(array, param, name, param_name, writeable=False, dtype=None):
                          f"{tuple(param.shape)}")
     if np.dtype(array.dtype) != np.dtype(param.dtype if dtype is None else dtype):
         whose = (f"{param_name} has dtype {param.dtype}" if dtype is None
-                 else f"its state is {np.dtype(dtype)}")
+                 else f"the state is {np.dtype(dtype)}")
         raise TypeError(f"{name} has dtype {array.dtype} but {whose}; numba_opt does not "
                         "convert dtypes silently")
     c_contiguous, f_contiguous, readonly = _layout(array)
