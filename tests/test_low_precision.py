@@ -126,8 +126,19 @@ class Twin:
 
 
 # ------------------------------------------------------------------------------------ codecs
-def _codec_loops(codec):
-    load, store = _codecs.CODECS[codec]
+# every implementation: float16 converts by processor instructions where numba's target has
+# them (x86 F16C, aarch64) and by integer arithmetic elsewhere; both are checked here
+IMPLEMENTATIONS = {
+    "bfloat16": (BF16, _codecs.bfloat16_load, _codecs.bfloat16_store),
+    "float16-integer": (F16, _codecs.float16_load_integer, _codecs.float16_store_integer),
+}
+if _codecs.FLOAT16_IN_HARDWARE:
+    IMPLEMENTATIONS["float16-hardware"] = (F16, _codecs.float16_load_hardware,
+                                           _codecs.float16_store_hardware)
+
+
+def _codec_loops(implementation):
+    _, load, store = IMPLEMENTATIONS[implementation]
 
     @njit
     def loads(bits, out):
@@ -144,9 +155,10 @@ def _codec_loops(codec):
 ALL_BITS = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
 
 
-@pytest.mark.parametrize("codec, dtype", [("bfloat16", BF16), ("float16", F16)])
-def test_the_codecs_load_every_bit_pattern_exactly(codec, dtype):
-    loads, _ = _codec_loops(codec)
+@pytest.mark.parametrize("implementation", list(IMPLEMENTATIONS))
+def test_the_codecs_load_every_bit_pattern_exactly(implementation):
+    dtype = IMPLEMENTATIONS[implementation][0]
+    loads, _ = _codec_loops(implementation)
     out = np.empty(ALL_BITS.size, np.float32)
     loads(ALL_BITS, out)
     expected = ALL_BITS.view(dtype).astype(np.float32)
@@ -158,9 +170,10 @@ def test_the_codecs_load_every_bit_pattern_exactly(codec, dtype):
     np.testing.assert_array_equal(np.signbit(out[nan]), np.signbit(expected[nan]))
 
 
-@pytest.mark.parametrize("codec, dtype", [("bfloat16", BF16), ("float16", F16)])
-def test_the_codecs_round_to_nearest_even_like_numpy_and_ml_dtypes(codec, dtype):
-    _, stores = _codec_loops(codec)
+@pytest.mark.parametrize("implementation", list(IMPLEMENTATIONS))
+def test_the_codecs_round_to_nearest_even_like_numpy_and_ml_dtypes(implementation):
+    dtype = IMPLEMENTATIONS[implementation][0]
+    _, stores = _codec_loops(implementation)
     exact = ALL_BITS.view(dtype).astype(np.float32)
     finite = np.unique(exact[np.isfinite(exact)].astype(np.float64))
     midpoints = ((finite[1:] + finite[:-1]) / 2).astype(np.float32)  # exact in float32: ties
@@ -184,6 +197,24 @@ def test_the_codecs_round_to_nearest_even_like_numpy_and_ml_dtypes(codec, dtype)
     stored_nan = out[nan].view(dtype).astype(np.float32)
     assert np.isnan(stored_nan).all()  # NaN stays NaN (rounding its bits could give inf)
     np.testing.assert_array_equal(np.signbit(stored_nan), np.signbit(values[nan]))
+
+
+@pytest.mark.skipif(not _codecs.FLOAT16_IN_HARDWARE, reason="no float16 instructions here")
+def test_both_float16_implementations_agree_bit_for_bit_nan_included():
+    """Kernels compiled where the processor converts float16 and where it does not (or on a
+    GPU) store the same bits: signalling NaNs quieted alike, payloads kept alike."""
+    loads = [_codec_loops(k)[0] for k in ("float16-integer", "float16-hardware")]
+    stores = [_codec_loops(k)[1] for k in ("float16-integer", "float16-hardware")]
+    widened = [np.empty(ALL_BITS.size, np.float32) for _ in loads]
+    for loop, out in zip(loads, widened):
+        loop(ALL_BITS, out)
+    assert same_bits(*widened)
+    values = np.concatenate([widened[0], np.random.default_rng(5).integers(
+        0, 1 << 32, size=2_000_000, dtype=np.uint64).astype(np.uint32).view(np.float32)])
+    rounded = [np.empty(values.size, np.uint16) for _ in stores]
+    for loop, out in zip(stores, rounded):
+        loop(values, out)
+    assert same_bits(*rounded)
 
 
 def test_the_codecs_refuse_float64_at_compile_time():
