@@ -871,9 +871,10 @@ for storage, names in chosen:
         ptx, _ = cuda.compile_ptx(_cuda.kernel(name, storage).kernel.py_func, signature,
                                   cc=(9, 0))
         lines = ptx.splitlines()
-        found[name + " " + _codecs.tag(storage)] = [sum(".f64" in l for l in lines),
-                                                    sum("ld.global.u16" in l for l in lines),
-                                                    sum("st.global.u16" in l for l in lines)]
+        found[name + " " + _codecs.tag(storage)] = [
+            sum(".f64" in l for l in lines),
+            sum("ld.global.u16" in l or "ld.global.b16" in l for l in lines),
+            sum("st.global.u16" in l or "st.global.b16" in l for l in lines)]
 print(json.dumps(found))
 """
 
