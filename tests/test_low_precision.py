@@ -898,3 +898,18 @@ def test_low_precision_kernels_compile_to_ptx_in_float32_with_16_bit_memory_acce
         params_in_bits = not kernel.split()[1].startswith("native")
         if params_in_bits:  # param and grad at least; the param stored
             assert loads >= 1 and stores >= 1, f"{kernel}: {loads} loads, {stores} stores"
+
+
+def test_the_readme_low_precision_example_runs():
+    import pathlib
+    import re
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S)
+                if "ml_dtypes.bfloat16)" in b)
+    namespace = {"np": np, "nopt": nopt}
+    exec(compile(code, "README.md", "exec"), namespace)
+    opt, W = namespace["opt"], namespace["W"]
+    opt.step([np.ones_like(W)])
+    assert W.dtype == BF16 and opt.state[0]["master_param"].dtype == F32
+    assert opt.state[0]["exp_avg"].dtype == F32  # None: the master copy's dtype
+    np.testing.assert_array_equal(W, np.float32(-1e-3).astype(BF16))
