@@ -271,6 +271,7 @@ def tag(storage):
     return "native" if storage == NATIVE else "_".join(
         [storage.param, storage.state] + ["master"] * storage.master)
 
+
 #: what ``state_dtype=`` accepts, by name; None: the dtype the update works on (the param's, or
 #: float32 with master weights)
 STATE_DTYPES = ("float32", "bfloat16")
@@ -339,7 +340,8 @@ def storage(param_dtype, state_dtype, master_weights, label="param"):
     if state_dtype is None:
         state = FLOAT32 if master else param_dtype
     elif param_dtype == FLOAT64:
-        # a float64 update stored in float32 or bfloat16 would round twice; offer it when asked
+        # a float64 update stored in float32 or bfloat16 rounds twice (through float32) and needs
+        # float64 codecs: not offered until someone needs it
         raise TypeError(f"state_dtype={state_dtype!r} is for float32, bfloat16 and float16 "
                         f"params, but {label} is float64 (its state stays float64: leave "
                         "state_dtype=None, or make an optimizer per dtype)")

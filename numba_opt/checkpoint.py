@@ -15,11 +15,11 @@ step counts and host scalars), ``state/<i>/<name>`` (each state buffer, host cop
 ('<V2'), as their uint16 bits, listed in the meta's ``encodings``.  ``save`` never leaves a
 half-written file under ``path``: a crash mid-write leaves the previous checkpoint intact, and
 its temp file (``<name>.<writer pid>.<random>.tmp``) is removed by the next ``save`` or ``load``
-of that path once its writer is dead.  ``load`` reads and checks the whole file before changing anything: each
-member's declared shape, dtype and size against the optimizer before its data is read (a crafted
-file cannot make it read or allocate beyond the optimizer's own shapes), then zip CRCs, format,
-optimizer, hyper-parameters; a corrupt, truncated or crafted file is a ``ValueError`` naming the
-path and what is wrong.
+of that path once its writer is dead.  ``load`` reads and checks the whole file before changing
+anything: each member's declared shape, dtype and size against the optimizer before its data is
+read (a crafted file cannot make it read or allocate beyond the optimizer's own shapes), then zip
+CRCs, format, optimizer, hyper-parameters; a corrupt, truncated or crafted file is a
+``ValueError`` naming the path and what is wrong.
 """
 import contextlib
 import errno
@@ -224,7 +224,7 @@ def _expected(optimizer, want_params):
         shape, dtype = tuple(param.shape), np.dtype(param.dtype)
         expected[f"params/{i}"] = (shape, dtype, f"the saved {label}") if want_params else None
         for name in optimizer._state_names_of(i):
-            expected[f"state/{i}/{name}"] = (shape, optimizer.buffer_dtype(i, name),
+            expected[f"state/{i}/{name}"] = (shape, optimizer._buffer_dtype(i, name),
                                               f"the saved {name!r} of {label}")
     return expected
 

@@ -573,7 +573,7 @@ class Optimizer:
                 self.host_checks[key](at, value)
             elif key not in self.state_names:
                 raise ValueError(f"{at}: {type(self).__name__} has no state {key!r}")
-            elif self.buffer_dtype(i, key) is None:
+            elif self._buffer_dtype(i, key) is None:
                 raise ValueError(f"{at}: {label} has no {key!r} (master_weights keeps float32 "
                                  "copies of bfloat16 and float16 params only)")
             elif not isinstance(value, np.ndarray):
@@ -581,14 +581,14 @@ class Optimizer:
             elif value.shape != tuple(param.shape):
                 raise ValueError(f"{at} has shape {value.shape}, {label} has "
                                  f"{tuple(param.shape)}")
-            elif value.dtype != self.buffer_dtype(i, key):
+            elif value.dtype != self._buffer_dtype(i, key):
                 raise TypeError(f"{at} has dtype {value.dtype}, the optimizer keeps {key!r} of "
-                                f"{label} ({param.dtype}) in {self.buffer_dtype(i, key)}"
+                                f"{label} ({param.dtype}) in {self._buffer_dtype(i, key)}"
                                 f"{self._dtype_options()}")
         self._check_history(f"{where} ({label})", saved, self._state_names_of(i))
         return saved
 
-    def buffer_dtype(self, i, name):
+    def _buffer_dtype(self, i, name):
         """The dtype of param i's state buffer ``name``; None if it has no such buffer."""
         bucket = self._bucket_of[i][0]
         if name == MASTER:
