@@ -1,6 +1,7 @@
 """The numba_opt benchmark suite (pyperf).  Every peer of a case is measured in the same run.
 
-    python -m bench [--quick] [--suite size|model|optimizer|clipping|all] [--out DIR] [pyperf opts]
+    python -m bench [--quick] [--suite size|model|optimizer|clipping|fresh-grads|low-precision|all]
+                    [--out DIR] [pyperf opts]
     python -m bench --suite training-loop [--quick] [--out DIR] [pyperf opts]
     python -m bench --suite distributed [--ranks 1 2 4] [--size N] [--quick] [--out DIR]
 
@@ -9,6 +10,9 @@ Suites:
 - model:     Adam, float32, model-shaped lists (an MLP; transformer-like lists of 146 tensors);
 - optimizer: every optimizer, float32 and float64, one tensor of 1e6 elements;
 - clipping:  Adam float32 with global-norm clipping, fused into the step vs clip-then-step;
+- low-precision: Adam at 1e7 (and 3e7) params: float32 params and state, float32 params with
+  bfloat16 state, bfloat16 params and state, bfloat16 params with float32 master copies, float16
+  params; with the bytes per param each keeps and moves (issue 14);
 - training-loop (not in 'all': about 10 minutes): Adam inside a NumPy training loop with fresh
   grads each step, idle and with a busy core; its own runner, see bench/training_loop.py.
 - distributed (not in 'all'; needs the mpi extra): ZeRO-1 Adam over MPI for 1, 2, 4 ranks, step
@@ -142,6 +146,24 @@ def cases(suite, quick):
             if has_torch:
                 add("clipping", case, "Adam", "float32", "torch clip_grad_norm_ + fused",
                     sizes, peers.torch_clipped)
+    if suite in ("low-precision", "all"):
+        # (dtype, peer, options): what each storage costs in bytes and time, Adam at 1e7
+        storages = [("float32", "numba_opt", {}),
+                    ("float32", "numba_opt state bfloat16", dict(state_dtype="bfloat16")),
+                    ("bfloat16", "numba_opt", {}),
+                    ("bfloat16", "numba_opt master_weights",
+                     dict(master_weights=True, state_dtype="bfloat16")),
+                    ("float16", "numba_opt", {})]
+        for n in (10_000_000,) if quick else (10_000_000, 30_000_000):
+            case, sizes = f"n={n:.0e}", [n]
+            add("low-precision", case, "Adam", "float32", "roof 4R/3W", sizes, peers.roof)
+            for dtype, peer, options in storages:
+                add("low-precision", case, "Adam", dtype, peer, sizes, peers.numba_opt_list,
+                    **options)
+            if has_torch:  # torch keeps the state in the param's dtype
+                for dtype in ("float32", "bfloat16"):
+                    add("low-precision", case, "Adam", dtype, "torch fused", sizes,
+                        peers.torch_optim, mode="fused")
     return out
 
 
@@ -160,6 +182,15 @@ def loops_for(peer, sizes, optimizer, dtype):
     moved = peers.TRAFFIC[optimizer] * sum(sizes) * np.dtype(dtype).itemsize
     estimate = per_call + per_tensor * len(sizes) + moved / bandwidth
     return int(min(100_000, max(1, round(0.1 / estimate))))
+
+
+def mixed_storage(optimizer, dtype, options):
+    """The low-precision suite's record fields: state dtype, state bytes and bytes moved per
+    param (the roof moves float32 Adam's bytes, torch keeps its state in the param's dtype)."""
+    state_dtype = options.get("state_dtype")
+    state_bytes, moved = peers.storage_bytes(optimizer, dtype, state_dtype,
+                                             options.get("master_weights", False))
+    return dict(state_dtype=state_dtype, state_bytes=state_bytes, moved_bytes=moved)
 
 
 _STEPS = {}  # benchmark name -> its step function, built once per worker process
@@ -195,8 +226,8 @@ def main():
                            add_cmdline_args=forward_options)
     runner.argparser.add_argument("--suite",
                                   choices=["size", "model", "optimizer", "clipping",
-                                           "fresh-grads", "all", "training-loop",
-                                           "distributed"],
+                                           "fresh-grads", "low-precision", "all",
+                                           "training-loop", "distributed"],
                                   default="all")
     runner.argparser.add_argument("--quick", action="store_true",
                                   help="fewer sizes and models (a few minutes)")
@@ -215,6 +246,8 @@ def main():
                                 peer=peer, n=sum(sizes), tensors=len(sizes),
                                 traffic=peers.TRAFFIC[optimizer], seconds=bench.median(),
                                 stdev=bench.stdev() if len(bench.get_values()) > 1 else 0.0))
+            if suite == "low-precision":
+                records[-1].update(mixed_storage(optimizer, dtype, options))
     if args.worker or not records:
         return
     paths = report.write(records, args.out, machine=report.machine_description())

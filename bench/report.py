@@ -1,14 +1,16 @@
 """Tables and plots from benchmark records (dicts with suite, case, optimizer, dtype, peer, n,
-tensors, traffic, seconds, stdev).  Ratios compare peers of the same case measured in one run:
+tensors, traffic, seconds, stdev; the low-precision suite's also state_dtype, state_bytes and
+moved_bytes per param).  Ratios compare peers of the same case measured in one run:
 'vs torch fused' = torch fused time / this time (above 1: faster than torch);
-'of roof' = this row's useful bandwidth / the roof's bandwidth."""
+'of roof' = this row's useful bandwidth / the roof's bandwidth;
+'vs float32' (low-precision suite) = numba_opt's all-float32 time / this time."""
 import json
 import os
 import platform
 
 import numpy as np
 
-ITEMSIZE = {"float32": 4, "float64": 8}
+ITEMSIZE = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
 
 
 def machine_description():
@@ -28,16 +30,27 @@ def machine_description():
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {versions}"
 
 
+def moved_bytes(record):
+    """Bytes per param one step must move: given for mixed storage, else traffic arrays of the
+    dtype."""
+    return record.get("moved_bytes") or record["traffic"] * ITEMSIZE[record["dtype"]]
+
+
 def bandwidth(record):
-    """Useful GB/s: the bytes the optimizer must move (traffic arrays) over the time taken."""
-    return record["traffic"] * record["n"] * ITEMSIZE[record["dtype"]] / record["seconds"] / 1e9
+    """Useful GB/s: the bytes the optimizer must move over the time taken."""
+    return moved_bytes(record) * record["n"] / record["seconds"] / 1e9
+
+
+def _group(record):
+    # the low-precision suite compares dtypes within one table
+    return (record["suite"], record["case"], "" if "moved_bytes" in record else record["dtype"])
 
 
 def rows(records):
     """Records grouped by (suite, case, dtype), each with its ratios to the case's peers."""
     groups = {}
     for r in records:
-        groups.setdefault((r["suite"], r["case"], r["dtype"]), []).append(r)
+        groups.setdefault(_group(r), []).append(r)
     out = []
     for (suite, case, dtype), members in groups.items():
         roof = next((m for m in members if m["peer"] == "roof 4R/3W"), None)
@@ -47,6 +60,13 @@ def rows(records):
                          None)
             fused = next((o for o in members if o["optimizer"] == m["optimizer"]
                           and o["peer"] in ("torch fused",)), fused)
+            if "moved_bytes" in m:  # torch on the same dtypes, and numba_opt all float32
+                fused = next((o for o in members if o["peer"].startswith("torch")
+                              and o["dtype"] == m["dtype"]
+                              and o.get("state_dtype") == m.get("state_dtype")), None)
+                base = next((o for o in members if o["peer"] == "numba_opt"
+                             and o["dtype"] == "float32"), None)
+                m = dict(m, vs_float32=None if base is None else base["seconds"] / m["seconds"])
             out.append(dict(m, gbs=bandwidth(m),
                             vs_torch=None if fused is None else fused["seconds"] / m["seconds"],
                             torch_peer=None if fused is None else fused["peer"],
@@ -62,16 +82,29 @@ def markdown(records, machine=""):
     lines = [f"Machine: {machine}", ""] if machine else []
     current = None
     for row in rows(records):
-        key = (row["suite"], row["case"], row["dtype"])
+        key = _group(row)
+        mixed = "moved_bytes" in row
         if key != current:
             current = key
-            lines += ["", f"### {row['suite']}: {row['case']}, {row['dtype']}", "",
+            lines += ["", f"### {row['suite']}: {row['case']}" + (
+                " (bytes per param: the state's, and what one step moves)" if mixed
+                else f", {row['dtype']}"), ""]
+            lines += ["| optimizer | peer | params | state | state B | moved B | time/step | "
+                      "GB/s | vs float32 | vs torch | of roof |",
+                      "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"] if mixed else [
                       "| optimizer | peer | time/step | GB/s | vs torch | of roof |",
                       "|---|---|---:|---:|---:|---:|"]
         vs = "" if row["vs_torch"] is None else f"{row['vs_torch']:.2f}x ({row['torch_peer']})"
         of_roof = "" if row["of_roof"] is None else f"{row['of_roof']:.2f}"
-        lines.append(f"| {row['optimizer']} | {row['peer']} | {_time(row['seconds'])} | "
-                     f"{row['gbs']:.1f} | {vs} | {of_roof} |")
+        if mixed:
+            base = "" if row["vs_float32"] is None else f"{row['vs_float32']:.2f}x"
+            lines.append(f"| {row['optimizer']} | {row['peer']} | {row['dtype']} | "
+                         f"{row['state_dtype'] or row['dtype']} | {row['state_bytes']} | "
+                         f"{row['moved_bytes']} | {_time(row['seconds'])} | {row['gbs']:.1f} | "
+                         f"{base} | {vs} | {of_roof} |")
+        else:
+            lines.append(f"| {row['optimizer']} | {row['peer']} | {_time(row['seconds'])} | "
+                         f"{row['gbs']:.1f} | {vs} | {of_roof} |")
     return "\n".join(lines) + "\n"
 
 

@@ -18,7 +18,6 @@ import inspect
 import os
 import threading
 import time
-import types
 import warnings
 
 import numpy as np
@@ -26,7 +25,8 @@ import numba
 from numba import carray, njit, prange, types as nbtypes
 from numba.extending import intrinsic
 
-from . import _math, threads
+from . import _codecs, _math, threads
+from ._codecs import NATIVE, bits  # noqa: F401 (bits: part of the backend interface)
 
 SERIAL_BELOW = 1 << 14
 # 'timed', 'parallel' or 'serial': which loop runs at call sites of SERIAL_BELOW elements or more
@@ -46,14 +46,17 @@ _JIT_OPTIONS = dict(error_model="numpy", cache=True)
 # sum does not matter for a clipping norm.  The update rules stay exact (no fastmath).
 _REDUCTION_FASTMATH = {"reassoc"}
 
-# Numba's on-disk cache notices edits to this file only, not to the _math rules it inlines, so
-# the rules' source hash goes into every kernel's name: an edited rule never loads a stale kernel.
-_RULES_VERSION = hashlib.sha256(inspect.getsource(_math).encode()).hexdigest()[:10]
+# Numba's on-disk cache notices edits to this file only, not to the _math rules and _codecs it
+# inlines, so their source hash goes into every kernel's name: an edited rule or codec never
+# loads a stale kernel.
+_RULES_VERSION = hashlib.sha256((inspect.getsource(_math) + inspect.getsource(_codecs))
+                                .encode()).hexdigest()[:10]
 
 
-# One loop template per number of state buffers; ``unpack`` and ``apply_at`` are bound per kernel
-# by _compile.  The buffers are separate arguments: numba's parallel regions lose writes made
-# through a tuple of arrays (numba issues #7135, #10338).
+# One loop template per number of buffers (the states, then the master copy if any); ``unpack``
+# and ``apply_at`` are bound per kernel by _compile.  The buffers are separate arguments:
+# numba's parallel regions lose writes made through a tuple of arrays (numba issues #7135,
+# #10338).
 
 def _loop0(param, grad, scalars):
     h = unpack(scalars)  # noqa: F821
@@ -79,17 +82,25 @@ def _loop3(param, grad, s0, s1, s2, scalars):
         apply_at(i, param, grad, s0, s1, s2, h)  # noqa: F821
 
 
-_LOOPS = (_loop0, _loop1, _loop2, _loop3)
+def _loop4(param, grad, s0, s1, s2, s3, scalars):
+    h = unpack(scalars)  # noqa: F821
+    for i in prange(param.size):
+        apply_at(i, param, grad, s0, s1, s2, s3, h)  # noqa: F821
+
+
+_LOOPS = (_loop0, _loop1, _loop2, _loop3, _loop4)
 
 
 @intrinsic
-def _pointer(typingctx, address, like):
-    """The int ``address`` as a data pointer of the dtype of the array ``like``."""
+def _pointer(typingctx, address, like, index):
+    """A pointer to element ``index`` of an array of the dtype of the array ``like`` that
+    starts at the int ``address``."""
     pointer_type = nbtypes.CPointer(like.dtype)
 
     def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], context.get_value_type(pointer_type))
-    return pointer_type(address, like), codegen
+        start = builder.inttoptr(args[0], context.get_value_type(pointer_type))
+        return builder.gep(start, [args[2]])
+    return pointer_type(address, like, index), codegen
 
 
 # The multi-tensor loop: a bucket's params and grads are separate arrays, given by their data
@@ -100,76 +111,101 @@ def _pointer(typingctx, address, like):
 # start keeps numba's negative-index checks and does not vectorize; pointers also spare the
 # reference counting of slices).  The callers keep every addressed array alive.
 #
-# One loop serves every rule: it always takes three state buffers and calls ``apply_with3``,
-# which passes the rule as many as it has (``_with0`` .. ``_with3``, bound per kernel); a rule
-# with fewer states gets empty stand-in arrays, whose pointers are made but never read.
+# One loop serves every rule: it always takes four buffers and calls ``apply_with4``, which
+# passes the applier as many as it has (``_with0`` .. ``_with4``, bound per kernel: the states,
+# then the master copy if any); the rest are empty stand-ins, whose pointers are made but never
+# read.  Params and grads are arrays of ``param_like(scalars)``'s dtype: the scalars' for
+# float32 / float64, uint16 bits for bfloat16 / float16 (bound per kernel).
 
 @njit(inline="always")
-def _piece(c, t, starts, item):
+def _piece(c, t, starts):
     """The part of array t in chunk c: its first element in the bucket, its length (<= 0: none)
-    and its byte offset into array t."""
+    and its first element in array t."""
     lo = c * TABLE_CHUNK
     begin = max(lo, starts[t])
     n = min(lo + TABLE_CHUNK, starts[t + 1]) - begin
-    return begin, n, (begin - starts[t]) * item
+    return begin, n, begin - starts[t]
 
 
-def _table_loop(param_addresses, grad_addresses, members, starts, first, s0, s1, s2, scalars):
+def _table_loop(param_addresses, grad_addresses, members, starts, first, s0, s1, s2, s3,
+                scalars):
     h = unpack(scalars)  # noqa: F821
-    item = scalars.itemsize
+    like = param_like(scalars)  # noqa: F821
     for c in prange(first.size - 1):
         for t in range(first[c], first[c + 1] + 1):
-            begin, n, skip = _piece(c, t, starts, item)
+            begin, n, skip = _piece(c, t, starts)
             if n <= 0:
                 continue
-            param = carray(_pointer(param_addresses[members[t]] + skip, scalars), n)
-            grad = carray(_pointer(grad_addresses[members[t]] + skip, scalars), n)
-            a = carray(_pointer(s0.ctypes.data + begin * item, scalars), n)
-            b = carray(_pointer(s1.ctypes.data + begin * item, scalars), n)
-            d = carray(_pointer(s2.ctypes.data + begin * item, scalars), n)
+            param = carray(_pointer(param_addresses[members[t]], like, skip), n)
+            grad = carray(_pointer(grad_addresses[members[t]], like, skip), n)
+            a = carray(_pointer(s0.ctypes.data, s0, begin), n)
+            b = carray(_pointer(s1.ctypes.data, s1, begin), n)
+            d = carray(_pointer(s2.ctypes.data, s2, begin), n)
+            e = carray(_pointer(s3.ctypes.data, s3, begin), n)
             for i in range(n):
-                apply_with3(i, param, grad, a, b, d, h)  # noqa: F821
+                apply_with4(i, param, grad, a, b, d, e, h)  # noqa: F821
 
 
-def _with0(i, param, grad, a, b, d, h):
+def _with0(i, param, grad, a, b, d, e, h):
     apply_at(i, param, grad, h)  # noqa: F821
 
 
-def _with1(i, param, grad, a, b, d, h):
+def _with1(i, param, grad, a, b, d, e, h):
     apply_at(i, param, grad, a, h)  # noqa: F821
 
 
-def _with2(i, param, grad, a, b, d, h):
+def _with2(i, param, grad, a, b, d, e, h):
     apply_at(i, param, grad, a, b, h)  # noqa: F821
 
 
-def _with3(i, param, grad, a, b, d, h):
+def _with3(i, param, grad, a, b, d, e, h):
     apply_at(i, param, grad, a, b, d, h)  # noqa: F821
 
 
-_WITH = (_with0, _with1, _with2, _with3)
+def _with4(i, param, grad, a, b, d, e, h):
+    apply_at(i, param, grad, a, b, d, e, h)  # noqa: F821
 
 
-def _renamed(function, name, scope):
-    """A copy of ``function`` under its own (qualified) name and globals: numba keys its on-disk
-    cache by qualified name, so two dispatchers of one function would overwrite each other's
-    machine code."""
-    clone = types.FunctionType(function.__code__, scope, name)
-    clone.__qualname__ = name
-    return clone
+_WITH = (_with0, _with1, _with2, _with3, _with4)
 
 
-def _compile(name, parallel, table=False):
-    """The loop for ``name`` with its applier and unpacker bound, under a name of its own."""
+def _same_like(scalars):
+    return scalars
+
+
+_BITS_LIKE = np.empty(0, _codecs.BITS)
+
+
+def _bits_like(scalars):
+    return _BITS_LIKE  # a global array: numba freezes it as a constant, only its type matters
+
+
+_PARAM_LIKE = {codec: njit(inline="always")(_same_like if codec == "native" else _bits_like)
+               for codec in _codecs.CODECS}
+
+
+def _renamed(function, name, **names):
+    """A copy of ``function`` under its own (qualified) name, ``names`` bound in its globals:
+    numba keys its on-disk cache by qualified name, so two dispatchers of one function would
+    overwrite each other's machine code."""
+    return _math.bound(function, name, **names)
+
+
+def _compile(name, storage, parallel, table=False):
+    """The loop for ``name`` on ``storage`` (a ``_codecs.Storage``) with its applier and
+    unpacker bound, under a name of its own."""
     n_states, family = _math.KERNELS[name]
-    scope = {**globals(), "apply_at": getattr(_math, name + "_at"),
-             "unpack": getattr(_math, "unpack_" + family)}
+    n_buffers = n_states + storage.master
+    scope = {"apply_at": _math.applier(name, storage),
+             "unpack": getattr(_math, "unpack_" + family),
+             "param_like": _PARAM_LIKE[storage.param]}
     kind = ("table_" if table else "") + ("parallel" if parallel else "serial")
+    tag = "" if storage == NATIVE else "_" + _codecs.tag(storage)
     if table:
-        scope["apply_with3"] = njit(inline="always", error_model="numpy")(
-            _renamed(_WITH[n_states], f"{name}_with3_{_RULES_VERSION}", scope))
-    loop = _renamed(_table_loop if table else _LOOPS[n_states],
-                    f"{name}_{kind}_{_RULES_VERSION}", scope)
+        scope["apply_with4"] = njit(inline="always", error_model="numpy")(
+            _renamed(_WITH[n_buffers], f"{name}{tag}_with4_{_RULES_VERSION}", **scope))
+    loop = _renamed(_table_loop if table else _LOOPS[n_buffers],
+                    f"{name}{tag}_{kind}_{_RULES_VERSION}", **scope)
     return njit(parallel=parallel, nogil=parallel, **_JIT_OPTIONS)(loop)
 
 
@@ -276,19 +312,21 @@ class _Timed:
 
 
 class Kernel:
-    """A prange loop and its serial twin, over one span and over a table of arrays.
-    Called as ``kernel(param, grad, states, scalars)``: ``states`` a tuple of 1-D arrays,
-    ``scalars`` a 1-D array of the param dtype in the field order of ``_math.SCALARS[family]``."""
+    """A prange loop and its serial twin, over one span and over a table of arrays, for one
+    kernel variant on one ``_codecs.Storage``.  Called as ``kernel(param, grad, states,
+    scalars)``: ``states`` a tuple of 1-D arrays (the master copy last, with master weights),
+    ``scalars`` a 1-D array of the compute dtype in the field order of
+    ``_math.SCALARS[family]``.  The bound calls take the arrays as ``bits`` views."""
 
-    def __init__(self, name):
-        self.__name__ = name
-        self.parallel = _compile(name, parallel=True)
-        self.serial = _compile(name, parallel=False)
-        self.table_parallel = _compile(name, parallel=True, table=True)
-        self.table_serial = _compile(name, parallel=False, table=True)
+    def __init__(self, name, storage=NATIVE):
+        self.__name__, self.storage = name, storage
+        self.parallel = _compile(name, storage, parallel=True)
+        self.serial = _compile(name, storage, parallel=False)
+        self.table_parallel = _compile(name, storage, parallel=True, table=True)
+        self.table_serial = _compile(name, storage, parallel=False, table=True)
 
     def __call__(self, param, grad, states, scalars):
-        self.bind(param.size)(param, grad, *states, scalars)
+        self.bind(param.size)(bits(param), bits(grad), *map(bits, states), scalars)
 
     def bind(self, size):
         """A call site for spans of this many elements: ``call(param, grad, *states, scalars)``."""
@@ -304,62 +342,85 @@ class Kernel:
         return (self.parallel, self.serial, self.table_parallel, self.table_serial)
 
 
-KERNELS = tuple(Kernel(name) for name in _math.KERNELS)
+KERNELS = tuple(Kernel(name) for name in _math.KERNELS)  # on float32 and float64 arrays
 globals().update({kernel.__name__: kernel for kernel in KERNELS})
+_KERNELS = {(kernel.__name__, NATIVE): kernel for kernel in KERNELS}
+_KERNELS_LOCK = threading.Lock()
 
 
+def kernel(name, storage):
+    """The Kernel of variant ``name`` on ``storage``; those on low-precision storage are made
+    on first use (dispatchers compile lazily, but making 4 of them costs a few ms)."""
+    try:
+        return _KERNELS[name, storage]
+    except KeyError:
+        with _KERNELS_LOCK:
+            if (name, storage) not in _KERNELS:
+                _KERNELS[name, storage] = Kernel(name, storage)
+        return _KERNELS[name, storage]
+
+
+# The grad-norm reductions, one set per codec of the grads (``load`` bound by _reductions).
 def _sum_squares(x):
     total = 0.0  # float64 whatever the array's dtype
     for i in prange(x.size):
-        value = np.float64(x[i])
+        value = np.float64(load(x[i]))  # noqa: F821
         total += value * value
     return total
 
 
-_sum_squares_serial = njit(fastmath=_REDUCTION_FASTMATH, **_JIT_OPTIONS)(
-    _renamed(_sum_squares, "_sum_squares_serial", globals()))
-_sum_squares_parallel = njit(parallel=True, nogil=True, fastmath=_REDUCTION_FASTMATH,
-                             **_JIT_OPTIONS)(_sum_squares)
-
-
-def sum_squares(flat_array):
-    """The sum of squares of a 1-D array, accumulated in float64: one read pass."""
-    if flat_array.size >= SERIAL_BELOW:
-        return _run_parallel(_sum_squares_parallel, _sum_squares_serial, (flat_array,))
-    return _sum_squares_serial(flat_array)
-
-
 def _table_sum_squares(grad_addresses, members, starts, first, like):
     total = 0.0  # float64 whatever the arrays' dtype
-    item = like.itemsize
     for c in prange(first.size - 1):
         part = 0.0
         for t in range(first[c], first[c + 1] + 1):
-            _, n, skip = _piece(c, t, starts, item)
+            _, n, skip = _piece(c, t, starts)
             if n <= 0:
                 continue
-            grad = carray(_pointer(grad_addresses[members[t]] + skip, like), n)
+            grad = carray(_pointer(grad_addresses[members[t]], like, skip), n)
             for i in range(n):
-                value = np.float64(grad[i])
+                value = np.float64(load(grad[i]))  # noqa: F821
                 part += value * value
         total += part
     return total
 
 
-_table_sum_squares_serial = njit(fastmath=_REDUCTION_FASTMATH, **_JIT_OPTIONS)(
-    _renamed(_table_sum_squares, "_table_sum_squares_serial", globals()))
-_table_sum_squares_parallel = njit(parallel=True, nogil=True, fastmath=_REDUCTION_FASTMATH,
-                                   **_JIT_OPTIONS)(_table_sum_squares)
+def _reductions(codec):
+    """{(table, parallel): dispatcher} of the sums of squares of grads stored by ``codec``."""
+    tag = "" if codec == "native" else "_" + codec
+    made = {}
+    for table, template in ((False, _sum_squares), (True, _table_sum_squares)):
+        for parallel in (False, True):
+            name = (f"{template.__name__}{tag}_{'parallel' if parallel else 'serial'}_"
+                    f"{_RULES_VERSION}")
+            options = dict(parallel=True, nogil=True) if parallel else {}
+            made[table, parallel] = njit(fastmath=_REDUCTION_FASTMATH, **options, **_JIT_OPTIONS)(
+                _renamed(template, name, load=_codecs.CODECS[codec][0]))
+    return made
 
 
-def table_sum_squares(grad_addresses, table, like):
+_REDUCTIONS = {codec: _reductions(codec) for codec in _codecs.CODECS}
+
+
+def sum_squares(flat_array, codec="native"):
+    """The sum of squares of a 1-D array (as ``bits`` gives it, stored by ``codec``),
+    accumulated in float64: one read pass."""
+    serial, parallel = _REDUCTIONS[codec][False, False], _REDUCTIONS[codec][False, True]
+    if flat_array.size >= SERIAL_BELOW:
+        return _run_parallel(parallel, serial, (flat_array,))
+    return serial(flat_array)
+
+
+def table_sum_squares(grad_addresses, table, like, codec="native"):
     """``sum_squares`` over a bucket's separate grads (``table``: its members, starts and
-    first, as the multi-tensor loops take them; ``like``: an array of the grads' dtype).  The
-    loop is chosen by size alone, so the same grads always give the same sum, bit for bit."""
+    first, as the multi-tensor loops take them; ``like``: an array of the grads' kernel dtype,
+    as ``bits`` gives it).  The loop is chosen by size alone, so the same grads always give the
+    same sum, bit for bit."""
     args = (grad_addresses, *table, like)
+    serial, parallel = _REDUCTIONS[codec][True, False], _REDUCTIONS[codec][True, True]
     if table[1][-1] >= SERIAL_BELOW:
-        return _run_parallel(_table_sum_squares_parallel, _table_sum_squares_serial, args)
-    return _table_sum_squares_serial(*args)
+        return _run_parallel(parallel, serial, args)
+    return serial(*args)
 
 
 # --------------------------------------------------------------------- multi-tensor tables
@@ -367,9 +428,9 @@ MULTI_TENSOR = True  # optim.base steps a bucket of separate arrays in one table
 
 
 def table_states(states, dtype):
-    """A kernel's state buffers as the multi-tensor loop takes them: three, the missing ones
-    empty stand-ins (see _table_loop)."""
-    return tuple(states) + tuple(np.empty(0, dtype) for _ in range(3 - len(states)))
+    """A kernel's buffers as the multi-tensor loop takes them: four, the missing ones empty
+    stand-ins of ``dtype`` (see _table_loop)."""
+    return tuple(states) + tuple(np.empty(0, dtype) for _ in range(4 - len(states)))
 
 
 def table_layout(sizes):
@@ -478,8 +539,12 @@ def span(arrays):
 
 
 def full(size, dtype, value):
-    """A new 1-D state buffer."""
-    return np.full(size, value, dtype=dtype)
+    """A new 1-D state buffer of ``dtype``, every element ``value`` (rounded as the kernels
+    round)."""
+    codec = _codecs.codec_of(dtype)
+    if codec == "native":
+        return np.full(size, value, dtype=dtype)
+    return np.full(size, _codecs.encode(codec, value), dtype=_codecs.BITS).view(dtype)
 
 
 def shaped(flat_view, like):
@@ -505,7 +570,23 @@ def copy_into(view, source):
 
 
 def fill(buffer, value):
-    buffer.fill(value)
+    bits(buffer).fill(_codecs.encode(_codecs.codec_of(buffer.dtype), value))
+
+
+def _widen(out, source):
+    for i in range(out.size):
+        out[i] = load(source[i])  # noqa: F821
+
+
+_WIDEN = {codec: njit(**_JIT_OPTIONS)(_renamed(_widen, f"_widen_{codec}_{_RULES_VERSION}",
+                                                load=_codecs.CODECS[codec][0]))
+          for codec in _codecs.CODECS if codec != "native"}
+
+
+def widen(out, source, codec):
+    """Copy the values of the 1-D array ``source`` (bits of bfloat16 or float16 values, as
+    ``codec`` says) into the float32 array ``out``: exact, a master copy's first value."""
+    _WIDEN[codec](out, source)
 
 
 def scale(buffer, factor):

@@ -13,7 +13,8 @@ stream.  Under the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) the same kernels 
 import numpy as np
 from numba import config, cuda
 
-from . import _math
+from . import _codecs, _math
+from ._codecs import NATIVE, bits  # noqa: F401 (bits: part of the backend interface)
 
 THREADS_PER_BLOCK = 256
 # Grid-stride loops cover any size with at most this many blocks (tests lower both numbers so
@@ -30,13 +31,16 @@ def check_available():
                            "driver were found (numba.cuda.is_available() is False)")
 
 
-def _device_function(applier):
+def _applier(name, storage):
     # The simulator runs kernels as Python and cannot pass its fake device arrays into a compiled
-    # CPU function, so it gets the applier's Python source; real kernels compile the dispatcher.
-    return applier.py_func if _SIMULATED else applier
+    # CPU function, so it gets the appliers as Python functions (the rules and codecs they call
+    # take scalars, and stay compiled); real kernels compile the dispatchers.
+    if _SIMULATED:
+        return _math.applier(name, storage, wrap=lambda f: f, codecs=_codecs.PYTHON_CODECS)
+    return _math.applier(name, storage)
 
 
-# One grid-stride kernel template per number of state buffers.
+# One grid-stride kernel template per number of buffers (the states, then the master copy).
 def _kernel0(apply_at):
     @cuda.jit
     def kernel(param, grad, h):
@@ -69,7 +73,15 @@ def _kernel3(apply_at):
     return kernel
 
 
-_TEMPLATES = (_kernel0, _kernel1, _kernel2, _kernel3)
+def _kernel4(apply_at):
+    @cuda.jit
+    def kernel(param, grad, s0, s1, s2, s3, h):
+        for i in range(cuda.grid(1), param.size, cuda.gridsize(1)):
+            apply_at(i, param, grad, s0, s1, s2, s3, h)
+    return kernel
+
+
+_TEMPLATES = (_kernel0, _kernel1, _kernel2, _kernel3, _kernel4)
 
 
 def _launch_config(size):
@@ -79,15 +91,16 @@ def _launch_config(size):
 
 class Launcher:
     """Called like a CPU kernel: ``launcher(param, grad, states, scalars)`` on flat device
-    arrays, ``scalars`` from ``scalars_argument``."""
+    arrays, ``scalars`` from ``scalars_argument``; one kernel variant on one
+    ``_codecs.Storage``.  The bound launches take the arrays as ``bits`` views."""
 
-    def __init__(self, name):
-        self.__name__ = name
+    def __init__(self, name, storage=NATIVE):
+        self.__name__, self.storage = name, storage
         n_states, _ = _math.KERNELS[name]
-        self.kernel = _TEMPLATES[n_states](_device_function(getattr(_math, name + "_at")))
+        self.kernel = _TEMPLATES[n_states + storage.master](_applier(name, storage))
 
     def __call__(self, param, grad, states, scalars):
-        self.bind(param.size)(param, grad, *states, scalars)
+        self.bind(param.size)(bits(param), bits(grad), *map(bits, states), scalars)
 
     def bind(self, size):
         """The launch for arrays of this size: ``launch(param, grad, *states, scalars)``."""
@@ -100,8 +113,17 @@ def _nothing(*args):
     pass
 
 
-LAUNCHERS = tuple(Launcher(name) for name in _math.KERNELS)
+LAUNCHERS = tuple(Launcher(name) for name in _math.KERNELS)  # on float32 and float64 arrays
 globals().update({launcher.__name__: launcher for launcher in LAUNCHERS})
+_LAUNCHERS = {(launcher.__name__, NATIVE): launcher for launcher in LAUNCHERS}
+
+
+def kernel(name, storage):
+    """The Launcher of variant ``name`` on ``storage``, made on first use."""
+    key = (name, storage)
+    if key not in _LAUNCHERS:
+        _LAUNCHERS.setdefault(key, Launcher(name, storage))
+    return _LAUNCHERS[key]
 
 
 def scalars_argument(values, dtype):
@@ -119,21 +141,46 @@ def update_scalars(scalars, indices, values):
     return type(scalars)._make(fields)
 
 
-@cuda.jit
-def _sum_squares(x, out):
-    total = 0.0  # float64 whatever the array's dtype; the one f64 kernel, on purpose
-    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
-        value = np.float64(x[i])
-        total += value * value
-    cuda.atomic.add(out, 0, total)
+def _sum_squares_kernel(load):
+    @cuda.jit
+    def kernel(x, out):
+        total = 0.0  # float64 whatever the array's dtype; the one f64 kernel, on purpose
+        for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+            value = np.float64(load(x[i]))
+            total += value * value
+        cuda.atomic.add(out, 0, total)
+    return kernel
 
 
-def sum_squares(flat_array):
-    """The sum of squares of a 1-D device array, in float64: one read pass (and a sync)."""
+def _widen_kernel(load):
+    @cuda.jit
+    def kernel(out, source):
+        for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+            out[i] = load(source[i])
+    return kernel
+
+
+# per codec of the grads (the codecs take scalars: the simulator calls them compiled)
+_SUM_SQUARES = {codec: _sum_squares_kernel(load) for codec, (load, _) in _codecs.CODECS.items()}
+_WIDEN = {codec: _widen_kernel(load) for codec, (load, _) in _codecs.CODECS.items()
+          if codec != "native"}
+
+
+def sum_squares(flat_array, codec="native"):
+    """The sum of squares of a 1-D device array (as ``bits`` gives it, stored by ``codec``), in
+    float64: one read pass (and a sync)."""
     out = cuda.to_device(np.zeros(1))
     if flat_array.size:
-        _sum_squares[_launch_config(flat_array.size)](flat_array, out)
+        _SUM_SQUARES[codec][_launch_config(flat_array.size)](flat_array, out)
     return float(out.copy_to_host()[0])
+
+
+def widen(out, source, codec):
+    """Copy the values of the 1-D device array ``source`` (bits of bfloat16 or float16 values,
+    as ``codec`` says) into the float32 device array ``out``: exact, a master copy's first
+    value."""
+    if out.size:
+        _WIDEN[codec][_launch_config(out.size)](out, source)
 
 
 @cuda.jit
@@ -200,7 +247,9 @@ def span(arrays):
             return None
         end += array.size * array.dtype.itemsize
     size = (end - start) // arrays[0].dtype.itemsize
-    return cuda.as_cuda_array(_Span(start, size, typestr, arrays))
+    joined = cuda.as_cuda_array(_Span(start, size, typestr, arrays))
+    # the interface of bfloat16 memory says only "<V2": give the view its dtype back
+    return joined if joined.dtype == arrays[0].dtype else joined.view(arrays[0].dtype)
 
 
 def full(size, dtype, value):
@@ -222,7 +271,7 @@ def to_host(array):
 def upload(flat_view, host_array, like):
     """Copy a NumPy array shaped like the param ``like`` into a flat device view."""
     order = "F" if _fortran(_as_numba(like)) else "C"
-    flat_view.copy_to_device(np.ascontiguousarray(np.ravel(host_array, order=order)))
+    bits(flat_view).copy_to_device(bits(np.ascontiguousarray(np.ravel(host_array, order=order))))
 
 
 def copy_into(view, source):
@@ -234,9 +283,13 @@ def copy_into(view, source):
         contiguous = source.is_c_contiguous()
     if not contiguous:
         raise ValueError("FlatParams on the GPU copies C-contiguous arrays only")
-    view.copy_to_device(source)
+    # as bits: a bfloat16 device array's interface says only '<V2', which copies refuse
+    bits(view).copy_to_device(bits(source))
 
 
 def fill(buffer, value):
     if buffer.size:
-        _fill[_launch_config(buffer.size)](buffer, np.dtype(buffer.dtype).type(value))
+        codec = _codecs.codec_of(buffer.dtype)
+        value = _codecs.encode(codec, value) if codec != "native" else \
+            np.dtype(buffer.dtype).type(value)
+        _fill[_launch_config(buffer.size)](bits(buffer), value)

@@ -14,9 +14,12 @@ into the namedtuple with ``unpack_<family>`` before their loop; CUDA launches pa
 Semantics follow torch.optim (see DESIGN.md); comments name where a convention differs.
 """
 import math
+import types
 from collections import namedtuple
 
 from numba import njit
+
+from . import _codecs
 
 _rule = njit(inline="always", error_model="numpy")
 
@@ -271,84 +274,180 @@ def lion(param, grad, exp_avg, h):
 # element i of 1-D arrays; ``states`` are the buffers that variant updates, in the order
 # ``functional.<name>_layout`` lists them.  Both backends loop over i and call these, so the
 # mapping from buffers to rule arguments exists once.  Where a variant has no buffer for a state
-# the rule takes, ``grad[i]`` stands in: a value already loaded, which the rule's flags ignore.
+# the rule takes, the loaded grad stands in: a value at hand, which the rule's flags ignore.
 # (The buffers are separate arguments, not a tuple: numba's parallel regions lose writes made
 # through a tuple of arrays, numba issues #7135 and #10338.)
+#
+# Elements are loaded and stored through codecs (``_codecs``): ``load_param`` / ``store_param``,
+# ``load_grad``, ``load_state`` / ``store_state`` are names the appliers leave free, bound per
+# kernel by ``applier(name, storage)``: identity for float32 / float64 arrays, widening and
+# round-to-nearest-even for the bits of bfloat16 / float16 ones.  The rules above never see
+# storage.
 
-@_rule
+APPLIERS = {}  # kernel variant -> its applier, a plain function (its codecs not yet bound)
+# the codec names as the appliers see them until ``applier`` binds a kernel's own
+load_param = load_grad = load_state = _codecs.native_load
+store_param = store_state = _codecs.native_store
+
+
+def _applier(function):
+    APPLIERS[function.__name__[:-len("_at")]] = function
+    return function
+
+
+@_applier
 def sgd_at(i, param, grad, h):
-    param[i], _ = sgd(param[i], grad[i], grad[i], h)
+    g = load_grad(grad[i])
+    p, _ = sgd(load_param(param[i]), g, g, h)
+    param[i] = store_param(p)
 
 
-@_rule
+@_applier
 def sgd_momentum_at(i, param, grad, momentum_buffer, h):
-    param[i], momentum_buffer[i] = sgd(param[i], grad[i], momentum_buffer[i], h)
+    p, b = sgd(load_param(param[i]), load_grad(grad[i]), load_state(momentum_buffer[i]), h)
+    param[i], momentum_buffer[i] = store_param(p), store_state(b)
 
 
-@_rule
+@_applier
 def rmsprop_at(i, param, grad, square_avg, h):
-    param[i], square_avg[i], _, _ = rmsprop(param[i], grad[i], square_avg[i], grad[i], grad[i], h)
+    g = load_grad(grad[i])
+    p, v, _, _ = rmsprop(load_param(param[i]), g, load_state(square_avg[i]), g, g, h)
+    param[i], square_avg[i] = store_param(p), store_state(v)
 
 
-@_rule
+@_applier
 def rmsprop_centered_at(i, param, grad, square_avg, grad_avg, h):
-    param[i], square_avg[i], grad_avg[i], _ = rmsprop(
-        param[i], grad[i], square_avg[i], grad_avg[i], grad[i], h)
+    g = load_grad(grad[i])
+    p, v, a, _ = rmsprop(load_param(param[i]), g, load_state(square_avg[i]),
+                         load_state(grad_avg[i]), g, h)
+    param[i], square_avg[i], grad_avg[i] = store_param(p), store_state(v), store_state(a)
 
 
-@_rule
+@_applier
 def rmsprop_momentum_at(i, param, grad, square_avg, momentum_buffer, h):
-    param[i], square_avg[i], _, momentum_buffer[i] = rmsprop(
-        param[i], grad[i], square_avg[i], grad[i], momentum_buffer[i], h)
+    g = load_grad(grad[i])
+    p, v, _, b = rmsprop(load_param(param[i]), g, load_state(square_avg[i]), g,
+                         load_state(momentum_buffer[i]), h)
+    param[i], square_avg[i], momentum_buffer[i] = store_param(p), store_state(v), store_state(b)
 
 
-@_rule
+@_applier
 def rmsprop_centered_momentum_at(i, param, grad, square_avg, grad_avg, momentum_buffer, h):
-    param[i], square_avg[i], grad_avg[i], momentum_buffer[i] = rmsprop(
-        param[i], grad[i], square_avg[i], grad_avg[i], momentum_buffer[i], h)
+    p, v, a, b = rmsprop(load_param(param[i]), load_grad(grad[i]),
+                         load_state(square_avg[i]), load_state(grad_avg[i]),
+                         load_state(momentum_buffer[i]), h)
+    param[i], square_avg[i] = store_param(p), store_state(v)
+    grad_avg[i], momentum_buffer[i] = store_state(a), store_state(b)
 
 
-@_rule
+@_applier
 def adam_at(i, param, grad, exp_avg, exp_avg_sq, h):
-    param[i], exp_avg[i], exp_avg_sq[i], _ = adam(
-        param[i], grad[i], exp_avg[i], exp_avg_sq[i], grad[i], h)
+    g = load_grad(grad[i])
+    p, m, v, _ = adam(load_param(param[i]), g, load_state(exp_avg[i]),
+                      load_state(exp_avg_sq[i]), g, h)
+    param[i], exp_avg[i], exp_avg_sq[i] = store_param(p), store_state(m), store_state(v)
 
 
-@_rule
+@_applier
 def adam_amsgrad_at(i, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, h):
-    param[i], exp_avg[i], exp_avg_sq[i], max_exp_avg_sq[i] = adam(
-        param[i], grad[i], exp_avg[i], exp_avg_sq[i], max_exp_avg_sq[i], h)
+    p, m, v, vmax = adam(load_param(param[i]), load_grad(grad[i]),
+                         load_state(exp_avg[i]), load_state(exp_avg_sq[i]),
+                         load_state(max_exp_avg_sq[i]), h)
+    param[i], exp_avg[i] = store_param(p), store_state(m)
+    exp_avg_sq[i], max_exp_avg_sq[i] = store_state(v), store_state(vmax)
 
 
-@_rule
+@_applier
 def adagrad_at(i, param, grad, state_sum, h):
-    param[i], state_sum[i] = adagrad(param[i], grad[i], state_sum[i], h)
+    p, s = adagrad(load_param(param[i]), load_grad(grad[i]), load_state(state_sum[i]), h)
+    param[i], state_sum[i] = store_param(p), store_state(s)
 
 
-@_rule
+@_applier
 def adamax_at(i, param, grad, exp_avg, exp_inf, h):
-    param[i], exp_avg[i], exp_inf[i] = adamax(param[i], grad[i], exp_avg[i], exp_inf[i], h)
+    p, m, u = adamax(load_param(param[i]), load_grad(grad[i]), load_state(exp_avg[i]),
+                     load_state(exp_inf[i]), h)
+    param[i], exp_avg[i], exp_inf[i] = store_param(p), store_state(m), store_state(u)
 
 
-@_rule
+@_applier
 def radam_at(i, param, grad, exp_avg, exp_avg_sq, h):
-    param[i], exp_avg[i], exp_avg_sq[i] = radam(param[i], grad[i], exp_avg[i], exp_avg_sq[i], h)
+    p, m, v = radam(load_param(param[i]), load_grad(grad[i]), load_state(exp_avg[i]),
+                    load_state(exp_avg_sq[i]), h)
+    param[i], exp_avg[i], exp_avg_sq[i] = store_param(p), store_state(m), store_state(v)
 
 
-@_rule
+@_applier
 def nadam_at(i, param, grad, exp_avg, exp_avg_sq, h):
-    param[i], exp_avg[i], exp_avg_sq[i] = nadam(param[i], grad[i], exp_avg[i], exp_avg_sq[i], h)
+    p, m, v = nadam(load_param(param[i]), load_grad(grad[i]), load_state(exp_avg[i]),
+                    load_state(exp_avg_sq[i]), h)
+    param[i], exp_avg[i], exp_avg_sq[i] = store_param(p), store_state(m), store_state(v)
 
 
-@_rule
+@_applier
 def adadelta_at(i, param, grad, square_avg, acc_delta, h):
-    param[i], square_avg[i], acc_delta[i] = adadelta(param[i], grad[i], square_avg[i],
-                                                     acc_delta[i], h)
+    p, v, u = adadelta(load_param(param[i]), load_grad(grad[i]),
+                       load_state(square_avg[i]), load_state(acc_delta[i]), h)
+    param[i], square_avg[i], acc_delta[i] = store_param(p), store_state(v), store_state(u)
 
 
-@_rule
+@_applier
 def lion_at(i, param, grad, exp_avg, h):
-    param[i], exp_avg[i] = lion(param[i], grad[i], exp_avg[i], h)
+    p, m = lion(load_param(param[i]), load_grad(grad[i]), load_state(exp_avg[i]), h)
+    param[i], exp_avg[i] = store_param(p), store_state(m)
+
+
+# With master weights the rule updates the float32 master copy, the kernel's last buffer (its
+# param codec is native), and the param receives the rounded result: one wrapper per number of
+# state buffers, ``rule_at`` and ``round_param`` bound per kernel.
+def _master0(i, param, grad, master, h):
+    rule_at(i, master, grad, h)  # noqa: F821 (bound per kernel, as below)
+    param[i] = round_param(master[i])  # noqa: F821
+
+
+def _master1(i, param, grad, a, master, h):
+    rule_at(i, master, grad, a, h)  # noqa: F821
+    param[i] = round_param(master[i])  # noqa: F821
+
+
+def _master2(i, param, grad, a, b, master, h):
+    rule_at(i, master, grad, a, b, h)  # noqa: F821
+    param[i] = round_param(master[i])  # noqa: F821
+
+
+def _master3(i, param, grad, a, b, d, master, h):
+    rule_at(i, master, grad, a, b, d, h)  # noqa: F821
+    param[i] = round_param(master[i])  # noqa: F821
+
+
+_MASTERS = (_master0, _master1, _master2, _master3)
+
+
+def bound(function, name, **names):
+    """A copy of ``function`` whose free names ``names`` are bound, under its own (qualified)
+    name; the globals of its module stay visible."""
+    clone = types.FunctionType(function.__code__, {**function.__globals__, **names}, name)
+    clone.__qualname__ = name
+    return clone
+
+
+def applier(name, storage, wrap=None, codecs=None):
+    """The applier of kernel variant ``name`` (``name_at(i, param, grad, *states, h)``, plus
+    the master buffer after the states when ``storage.master``), its elements loaded and stored
+    through the codecs of ``storage`` (a ``_codecs.Storage``).  ``wrap`` makes each function a
+    device function: compiled to inline by default; the CUDA simulator keeps them Python, with
+    its own ``codecs`` (``_codecs.PYTHON_CODECS``)."""
+    wrap, codecs = wrap or _rule, codecs or _codecs.CODECS
+    load_param, store_param = codecs["native" if storage.master else storage.param]
+    load_state, store_state = codecs[storage.state]
+    tag = _codecs.tag(storage)
+    rule_at = wrap(bound(APPLIERS[name], f"{name}_at_{tag}", load_param=load_param,
+                         store_param=store_param, load_grad=codecs[storage.param][0],
+                         load_state=load_state, store_state=store_state))
+    if not storage.master:
+        return rule_at
+    return wrap(bound(_MASTERS[KERNELS[name][0]], f"{name}_at_{tag}_master", rule_at=rule_at,
+                      round_param=codecs[storage.param][1]))
 
 
 # kernel variant -> (how many state buffers it updates, its rule family)

@@ -9,9 +9,12 @@ import numbers
 
 import numpy as np
 
-from . import dispatch
+from . import _codecs, dispatch
 
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# the dtypes of params (and their grads): float32 and float64 are updated in their own precision;
+# bfloat16 (ml_dtypes) and float16 are computed in float32 and rounded when stored
+FLOAT_DTYPES = tuple(d for d in (_codecs.FLOAT32, _codecs.FLOAT64, _codecs.BFLOAT16,
+                                 _codecs.FLOAT16) if d is not None)
 
 
 def _layout(array):
@@ -65,7 +68,8 @@ def check_param(array, name):
     _require_array(array, name)
     dtype = array.dtype
     if np.dtype(dtype) not in FLOAT_DTYPES:
-        raise TypeError(f"{name} has dtype {dtype}; numba_opt updates float32 or float64 arrays")
+        raise TypeError(f"{name} has dtype {dtype}; numba_opt updates float32, float64, "
+                        "bfloat16 (ml_dtypes) or float16 arrays")
     c_contiguous, f_contiguous, readonly = _layout(array)
     if not (c_contiguous or f_contiguous):
         raise ValueError(f"{name} is not contiguous; the update is in place, so pass the array "
@@ -74,16 +78,18 @@ def check_param(array, name):
         raise ValueError(f"{name} is read-only; the update is in place and needs a writeable array")
 
 
-def check_like(array, param, name, param_name, writeable=False):
-    """A gradient or state array must match its param exactly: shape, dtype and memory order."""
+def check_like(array, param, name, param_name, writeable=False, dtype=None):
+    """A gradient or state array must match its param exactly: shape, dtype (the param's, or
+    ``dtype`` when given: a state buffer's) and memory order."""
     _require_array(array, name)
-    dtype = array.dtype
     if tuple(array.shape) != tuple(param.shape):
         raise ValueError(f"{name} has shape {tuple(array.shape)} but {param_name} has shape "
                          f"{tuple(param.shape)}")
-    if np.dtype(dtype) != np.dtype(param.dtype):
-        raise TypeError(f"{name} has dtype {dtype} but {param_name} has dtype {param.dtype}; "
-                        "numba_opt does not convert dtypes silently")
+    if np.dtype(array.dtype) != np.dtype(param.dtype if dtype is None else dtype):
+        whose = (f"{param_name} has dtype {param.dtype}" if dtype is None
+                 else f"the state is {np.dtype(dtype)}")
+        raise TypeError(f"{name} has dtype {array.dtype} but {whose}; numba_opt does not "
+                        "convert dtypes silently")
     c_contiguous, f_contiguous, readonly = _layout(array)
     p_c, p_f, _ = _layout(param)
     if not ((c_contiguous and p_c) or (f_contiguous and p_f)):

@@ -7,6 +7,8 @@ Traffic (arrays read + written per element) is what the memory roof and the GB/s
 import numpy as np
 from numba import config, njit, prange
 
+from . import _codecs
+
 try:  # a module global, so that numba's CUDA simulator can stand in for it in tests
     from numba import cuda
 except ImportError:
@@ -52,18 +54,32 @@ def roof(sizes, dtype, optimizer="Adam"):
 
 
 # -------------------------------------------------------------------------------- numba_opt
-def numba_opt_list(sizes, dtype, optimizer="Adam", loops=None):
+def numba_opt_list(sizes, dtype, optimizer="Adam", loops=None, **options):
     """numba_opt on separate arrays (one multi-tensor call per step, or a span call for one
     array); ``loops``: 'serial' or 'parallel' fixes the loop for every size (this worker process
-    only), None keeps numba_opt's own choice."""
+    only), None keeps numba_opt's own choice; ``options``: state_dtype, master_weights."""
     from numba_opt import _cpu
     if loops is not None:
         _cpu.SERIAL_BELOW = 0 if loops == "parallel" else 1 << 62
         _cpu.LOOPS = loops
     cls, kwargs = OPTIMIZERS[optimizer]
     params, grads = arrays(sizes, dtype), arrays(sizes, dtype, seed=1)
-    opt = getattr(nopt, cls)(params, **kwargs)
+    opt = getattr(nopt, cls)(params, **kwargs, **options)
     return lambda: opt.step(grads)
+
+
+def storage_bytes(optimizer, dtype, state_dtype=None, master_weights=False):
+    """(state bytes per param, bytes one step reads and writes per param) of numba_opt's
+    kernel on params of ``dtype`` with these options (torch's fused kernels move the same for
+    the same dtypes): the param is read and written, the grad read, each state buffer read and
+    written; a master copy is read and written instead of reading the param."""
+    states = (TRAFFIC[optimizer] - 3) // 2
+    param = np.dtype(dtype).itemsize
+    storage, state = _codecs.storage(dtype, _codecs.state_dtype_option(state_dtype),
+                                     master_weights)
+    state_bytes = states * state.itemsize + 4 * storage.master
+    moved = (param if storage.master else 2 * param) + param + 2 * state_bytes
+    return state_bytes, moved
 
 
 def numba_opt_fresh_grads(sizes, dtype, optimizer="Adam", pool=64):
@@ -180,9 +196,14 @@ def torch_optim(sizes, dtype, optimizer="Adam", mode="fused", device="cpu"):
     """torch.optim in one of its implementations: 'loop' (foreach=False), 'foreach', 'fused'."""
     import torch
     cls, kwargs = OPTIMIZERS[optimizer]
-    tensors = [torch.tensor(a, device=device).requires_grad_() for a in arrays(sizes, dtype)]
+
+    def tensor(values):  # torch knows no ml_dtypes.bfloat16: through float32 (exact)
+        if _codecs.codec_of(values.dtype) == "bfloat16":
+            return torch.tensor(values.astype(np.float32), device=device).to(torch.bfloat16)
+        return torch.tensor(values, device=device)
+    tensors = [tensor(a).requires_grad_() for a in arrays(sizes, dtype)]
     for t, g in zip(tensors, arrays(sizes, dtype, seed=1)):
-        t.grad = torch.tensor(g, device=device)
+        t.grad = tensor(g)
     flags = {"loop": dict(foreach=False), "foreach": dict(foreach=True),
              "fused": dict(fused=True)}[mode]
     opt = getattr(torch.optim, cls)(tensors, **kwargs, **flags)

@@ -11,14 +11,15 @@ where it was saved:
 
 What is stored: ``meta`` (UTF-8 JSON: the checkpoint format, the optimizer's name, hyper-parameters,
 step counts and host scalars), ``state/<i>/<name>`` (each state buffer, host copy) and
-``params/<i>`` (each param).  ``save`` never leaves a half-written file under ``path``: a crash
-mid-write leaves the previous checkpoint intact, and its temp file
-(``<name>.<writer pid>.<random>.tmp``) is removed by the next ``save`` or ``load`` of that path
-once its writer is dead.  ``load`` reads and checks the whole file before changing anything: each
-member's declared shape, dtype and size against the optimizer before its data is read (a crafted
-file cannot make it read or allocate beyond the optimizer's own shapes), then zip CRCs, format,
-optimizer, hyper-parameters; a corrupt, truncated or crafted file is a ``ValueError`` naming the
-path and what is wrong.
+``params/<i>`` (each param); bfloat16 arrays, which ``np.save`` would describe only as two bytes
+('<V2'), as their uint16 bits, listed in the meta's ``encodings``.  ``save`` never leaves a
+half-written file under ``path``: a crash mid-write leaves the previous checkpoint intact, and
+its temp file (``<name>.<writer pid>.<random>.tmp``) is removed by the next ``save`` or ``load``
+of that path once its writer is dead.  ``load`` reads and checks the whole file before changing
+anything: each member's declared shape, dtype and size against the optimizer before its data is
+read (a crafted file cannot make it read or allocate beyond the optimizer's own shapes), then zip
+CRCs, format, optimizer, hyper-parameters; a corrupt, truncated or crafted file is a
+``ValueError`` naming the path and what is wrong.
 """
 import contextlib
 import errno
@@ -34,6 +35,8 @@ import zlib
 
 import numpy as np
 from numpy.lib import format as npy
+
+from . import _codecs
 
 CHECKPOINT_FORMAT = 1
 _META = "meta"
@@ -97,14 +100,32 @@ def _members(state_dict, values, state_names, params):
                 arrays[f"state/{i}/{name}"] = entry[name]
     for i, value in enumerate(values):
         arrays[f"params/{i}"] = value
+    encodings = _encode(arrays)
     meta = {"checkpoint_format": CHECKPOINT_FORMAT, "params": bool(params),
-            **{k: v for k, v in state_dict.items() if k != "state"}, "state": state_meta}
+            **{k: v for k, v in state_dict.items() if k != "state"}, "state": state_meta,
+            **({"encodings": encodings} if encodings else {})}
     try:
         text = json.dumps(meta, default=_json_scalar, allow_nan=True)
     except TypeError as exc:
         raise TypeError(f"cannot save the hyper-parameters: {exc}") from None
     arrays[_META] = np.frombuffer(text.encode(), dtype=np.uint8)
     return arrays
+
+
+# dtypes np.save cannot describe -> (their name in the meta's "encodings", the dtype stored)
+_ENCODED = {} if _codecs.BFLOAT16 is None else {_codecs.BFLOAT16: ("bfloat16", _codecs.BITS)}
+_DECODED = {name: dtype for dtype, (name, _) in _ENCODED.items()}
+
+
+def _encode(arrays):
+    """Replace the arrays of dtypes ``np.save`` cannot describe by their bits; returns
+    {member: encoding} of those, for the meta."""
+    encodings = {}
+    for name, array in arrays.items():
+        if array.dtype in _ENCODED:
+            encodings[name], stored = _ENCODED[array.dtype]
+            arrays[name] = array.view(stored)
+    return encodings
 
 
 def _write_atomically(path, arrays):
@@ -134,8 +155,7 @@ def load(optimizer, path, *, params=True):
     _on_ranks(optimizer, lambda: _remove_dead_temps(path), every_rank=False)
 
     def read():  # on every rank of a sharded optimizer: each takes its shard from the file
-        expected = _expected(optimizer._params, optimizer.state_names, optimizer._labels, params)
-        meta, arrays = _read(path, expected)
+        meta, arrays = _read(path, _expected(optimizer, params))
         return (_state_dict(meta, arrays, path, optimizer.state_names),
                 _param_values(meta, arrays, path, len(optimizer._params)) if params else None)
     state_dict, values = _on_ranks(optimizer, read)
@@ -213,16 +233,17 @@ def _alive(pid):
 
 
 # --------------------------------------------------------------------------------- reading
-def _expected(params, state_names, labels, want_params):
+def _expected(optimizer, want_params):
     """{member name: (shape, dtype, what it is)} of every member a checkpoint of this optimizer
-    may hold; None for members allowed but not read (the params when ``want_params`` is
-    false)."""
+    may hold (the dtype as in memory); None for members allowed but not read (the params when
+    ``want_params`` is false)."""
     expected = {_META: None}
-    for i, (param, label) in enumerate(zip(params, labels)):
+    for i, (param, label) in enumerate(zip(optimizer._params, optimizer._labels)):
         shape, dtype = tuple(param.shape), np.dtype(param.dtype)
         expected[f"params/{i}"] = (shape, dtype, f"the saved {label}") if want_params else None
-        for name in state_names:
-            expected[f"state/{i}/{name}"] = (shape, dtype, f"the saved {name!r} of {label}")
+        for name in optimizer._state_names_of(i):
+            expected[f"state/{i}/{name}"] = (shape, optimizer._buffer_dtype(i, name),
+                                              f"the saved {name!r} of {label}")
     return expected
 
 
@@ -236,13 +257,26 @@ def _read(path, expected):
         with archive:
             infos = _infos(archive, path)
             meta = _read_meta(archive, infos.pop(_META), path)
+            encodings = _encodings(meta, infos, path)
             arrays = {}
             for name, info in infos.items():
                 if name not in expected:
                     raise ValueError(f"{path}: unexpected entry {_short(name)}")
                 if expected[name] is not None:
-                    arrays[name] = _read_array(archive, info, expected[name], path)
+                    arrays[name] = _read_array(archive, info, expected[name], path,
+                                               encodings.get(name))
     return meta, arrays
+
+
+def _encodings(meta, infos, path):
+    """The meta's {member: encoding} (see _encode), checked: known encodings of members the
+    file holds."""
+    encodings = meta.get("encodings", {})
+    if not isinstance(encodings, dict) or not all(
+            isinstance(k, str) and k in infos and v in _DECODED for k, v in encodings.items()):
+        raise ValueError(f"{path}: its metadata's encodings {_short(encodings)} do not name "
+                         f"entries of the file and encodings among {sorted(_DECODED)}")
+    return encodings
 
 
 @contextlib.contextmanager
@@ -291,9 +325,10 @@ def _read_meta(archive, info, path):
     return meta
 
 
-def _read_array(archive, info, expected, path):
+def _read_array(archive, info, expected, path, encoding=None):
     """One member as an array, its .npy header checked against ``expected`` ((shape, dtype,
-    what); None for the meta bytes) before any of its data is read."""
+    what); None for the meta bytes) before any of its data is read; ``encoding``: what the meta
+    says its bits hold (bfloat16 stored as uint16)."""
     name = info.filename
     with _damaged(path, name):
         member = archive.open(info)
@@ -302,9 +337,14 @@ def _read_array(archive, info, expected, path):
             header = _npy_header(member)
         _check_header(header, info, expected, path)
         shape, fortran, dtype, _ = header
+        if encoding is not None and dtype != _ENCODED[_DECODED[encoding]][1]:
+            raise ValueError(f"{path}: its entry {_short(name)} is listed as {encoding} but "
+                             f"holds {dtype}, not {_ENCODED[_DECODED[encoding]][1]} bits")
         array = np.empty(shape, dtype, order="F" if fortran else "C")
         with _damaged(path, name):
             _fill(member, array)
+    if encoding is not None:
+        array, dtype = array.view(_DECODED[encoding]), _DECODED[encoding]
     if expected is not None and dtype != expected[1]:
         # only now, the CRC having vouched for the header: a flipped byte is "corrupt", while
         # a float64 checkpoint for float32 params is a TypeError like any dtype mismatch

@@ -15,7 +15,9 @@ may share memory, nor the grad with either (the grad may be exactly the param, a
 """
 import math
 
-from . import _math, _validation as check, dispatch
+import numpy as np
+
+from . import _codecs, _math, _validation as check, dispatch
 
 
 def _pack(scalars_type, maximize, **fields):
@@ -408,20 +410,32 @@ def check_hyper(checks, hyper):
 
 def _run(kernel_name, device, param, grad, state_names, given, h):
     """Validate one param, its grad and the state arrays the kernel needs (picked by name from
-    ``given``; the others are ignored), then run the kernel on flat views."""
+    ``given``; the others are ignored), then run the kernel on flat views.  The state arrays
+    share one dtype: the param's, or float32 or bfloat16 as ``state_dtype`` would make them."""
     check.check_param(param, "param")
     check.check_like(grad, param, "grad", "param")
     states = [given[name] for name in state_names]
     for name, state in zip(state_names, states):
         if state is None:
             raise ValueError(f"{name} is required with these options")
-        check.check_like(state, param, name, "param", writeable=True)
+    storage = _codecs.NATIVE
+    if states:
+        check.check_like(states[0], param, state_names[0], "param", writeable=True,
+                         dtype=states[0].dtype)  # all but its dtype, which is checked next
+        state_dtype = np.dtype(states[0].dtype)
+        option = None if state_dtype == np.dtype(param.dtype) else state_dtype.name
+        if option is not None and option not in _codecs.STATE_DTYPES:
+            check.check_like(states[0], param, state_names[0], "param")  # the dtype error
+        storage = _codecs.storage(param.dtype, _codecs.state_dtype_option(option), False)[0]
+        for name, state in zip(state_names, states):
+            check.check_like(state, param, name, "param", writeable=True, dtype=state_dtype)
     named = [("param", param), ("grad", grad), *zip(state_names, states)]
     backend = dispatch.backend(dispatch.resolve_device(device, named))
     _reject_shared_memory(named)  # after resolve_device: the spans are in one address space
     flat = backend.flat
-    getattr(backend, kernel_name)(flat(param), flat(grad), tuple(flat(s) for s in states),
-                                  backend.scalars_argument(h, param.dtype))
+    backend.kernel(kernel_name, storage)(
+        flat(param), flat(grad), tuple(flat(s) for s in states),
+        backend.scalars_argument(h, _codecs.compute_dtype(param.dtype)))
 
 
 def _reject_shared_memory(named):

@@ -146,3 +146,22 @@ def lion(param, grad, state, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, maxim
 RULES = {"SGD": sgd, "RMSprop": rmsprop, "Adam": adam, "AdamW": adamw, "Adagrad": adagrad,
          "Adamax": adamax, "RAdam": radam, "NAdam": nadam, "Adadelta": adadelta,
          "Lion": lion}
+
+
+def stored_step(name, param, grad, state, param_dtype, state_dtype, **kwargs):
+    """One step of ``RULES[name]`` in float64 on values kept in lower-precision storage, as a
+    kernel storing them rounds them: after the step ``param`` is rounded to ``param_dtype`` (a
+    master copy: float32) and every state array to ``state_dtype``, to nearest even (NumPy's and
+    ml_dtypes' casts).  Host scalars (step, mu_product: Python numbers) stay as they are; a
+    0-d param's buffers are NumPy scalars.  The arithmetic itself is float64, where the kernels
+    compute in float32: see the tolerance where this is used."""
+    RULES[name](param, grad, state, **kwargs)
+    param[...] = param.astype(param_dtype).astype(np.float64)
+    for key, value in state.items():
+        if is_buffer(value):
+            state[key] = np.asarray(value).astype(state_dtype).astype(np.float64)
+
+
+def is_buffer(value):
+    """A state buffer of the functions above (a host scalar is a Python number)."""
+    return isinstance(value, (np.ndarray, np.generic))

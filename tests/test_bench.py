@@ -24,7 +24,8 @@ def test_every_benchmark_case_is_distinct_and_its_step_runs(monkeypatch):
     todo = cases("all", quick=True)
     names = [(c[0], c[1], c[2], c[3], c[4]) for c in todo]
     assert len(names) == len(set(names))
-    assert {c[0] for c in todo} == {"size", "model", "optimizer", "clipping", "fresh-grads"}
+    assert {c[0] for c in todo} == {"size", "model", "optimizer", "clipping", "fresh-grads",
+                                    "low-precision"}
     seen_setups = set()
     for suite, case, optimizer, dtype, peer, sizes, setup, options in todo:
         assert loops_for(peer, sizes, optimizer, dtype) >= 1  # every peer has a cost estimate
@@ -292,3 +293,36 @@ def test_distributed_suite_runs_and_writes_its_report(tmp_path):
     assert max(two["state bytes per rank"]) == 8 * 20000 // 2
     assert two["plain state bytes"] == 8 * 20000
     assert (tmp_path / "distributed.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_low_precision_records_state_their_bytes_and_ratios():
+    """The low-precision suite states the bytes each storage keeps and moves per param (Adam:
+    8 and 28 in float32; issue 14's targets are against these) and compares every peer with
+    numba_opt's all-float32 step and torch on the same dtypes."""
+    from bench.__main__ import mixed_storage
+    expected = {("float32", ()): (8, 28), ("float32", (("state_dtype", "bfloat16"),)): (4, 20),
+                ("bfloat16", ()): (4, 14), ("float16", ()): (4, 14),
+                ("bfloat16", (("master_weights", True), ("state_dtype", "bfloat16"))): (8, 20),
+                ("bfloat16", (("master_weights", True),)): (12, 28)}
+    for (dtype, options), (state, moved) in expected.items():
+        fields = mixed_storage("Adam", dtype, dict(options))
+        assert (fields["state_bytes"], fields["moved_bytes"]) == (state, moved)
+
+    def record(dtype, peer, seconds, **options):
+        return dict(suite="low-precision", case="n=1e+07", optimizer="Adam", dtype=dtype,
+                    peer=peer, n=10_000_000, tensors=1, traffic=7, seconds=seconds, stdev=0.0,
+                    **mixed_storage("Adam", dtype, options))
+    records = [record("float32", "roof 4R/3W", 8e-3), record("float32", "numba_opt", 10e-3),
+               record("float32", "numba_opt state bfloat16", 8e-3, state_dtype="bfloat16"),
+               record("bfloat16", "numba_opt", 5e-3), record("bfloat16", "torch fused", 10e-3),
+               record("float32", "torch fused", 12e-3)]
+    rows = {(r["dtype"], r["peer"]): r for r in report.rows(records)}
+    assert rows["float32", "numba_opt state bfloat16"]["vs_float32"] == pytest.approx(1.25)
+    assert rows["bfloat16", "numba_opt"]["vs_float32"] == pytest.approx(2.0)
+    assert rows["bfloat16", "numba_opt"]["vs_torch"] == pytest.approx(2.0)
+    assert rows["float32", "numba_opt"]["vs_torch"] == pytest.approx(1.2)
+    assert rows["float32", "numba_opt state bfloat16"]["vs_torch"] is None
+    # useful bandwidth counts the bytes each storage moves: 14 B a param in bfloat16
+    assert rows["bfloat16", "numba_opt"]["gbs"] == pytest.approx(14 * 1e7 / 5e-3 / 1e9)
+    table = report.markdown(records)
+    assert "| Adam | numba_opt | bfloat16 | bfloat16 | 4 | 14 | 5.000 ms |" in table

@@ -12,6 +12,7 @@ import bisect
 import numpy as np
 
 from .. import _validation as check, dispatch
+from .._codecs import bits, is_low_precision
 
 _ndarray = np.ndarray
 
@@ -26,8 +27,10 @@ class Intake:
         if self.multi_tensor:
             # stand-ins for absent or unusual grads in the address pass (made now, while the
             # params are writeable: one compiled signature)
-            self.param_flats = [p.ravel("K") for p in params]
-            self.layouts = [(p.shape, p.dtype, p.strides) for p in params]
+            self.param_flats = [bits(p.ravel("K")) for p in params]
+            # what a grad must match, and whether the kernels take it as bits (bfloat16, float16)
+            self.layouts = [(p.shape, p.dtype, p.strides, is_low_precision(p.dtype))
+                            for p in params]
             dtypes = [p.dtype for p in params]
             self.dtype_groups = [np.array([i for i, d in enumerate(dtypes) if d == dtype],
                                           dtype=np.int64) for dtype in dict.fromkeys(dtypes)]
@@ -50,7 +53,7 @@ class Intake:
             self._check_each(grads)
             self._reject_grads_in_params(grads)
             flat = self.backend.flat
-            flats, addresses = [None if g is None else flat(g) for g in grads], None
+            flats, addresses = [None if g is None else bits(flat(g)) for g in grads], None
             absent = [k for k, g in enumerate(grads) if g is None]
         per_bucket = []
         for bucket in self.buckets:
@@ -58,9 +61,8 @@ class Intake:
             count = len(mine) - sum(g is None for g in mine) if absent else len(mine)
             presence = "all" if count == len(mine) else "some" if count else "none"
             joined = presence == "all" and bucket.param_span is not None
-            per_bucket.append((mine, presence,
-                               self.backend.span([grads[i] for i in bucket.indices])
-                               if joined else None))
+            grad_span = self.backend.span([grads[i] for i in bucket.indices]) if joined else None
+            per_bucket.append((mine, presence, None if grad_span is None else bits(grad_span)))
         return tuple(grads), per_bucket, addresses
 
     def check_params_writeable(self):
@@ -78,13 +80,14 @@ class Intake:
         per unusual grad."""
         flats, unusual, absent = [], [], []
         append = flats.append
-        for k, (grad, param, stand_in, (shape, dtype, strides)) in enumerate(
+        for k, (grad, param, stand_in, (shape, dtype, strides, coded)) in enumerate(
                 zip(grads, self.params, self.param_flats, self.layouts)):
             if not param.flags.writeable:  # made read-only since the optimizer was built
                 self.check_params_writeable()
             if (grad.__class__ is _ndarray and grad.dtype is dtype and grad.shape == shape
                     and grad.strides == strides and grad.flags.writeable):
-                append(grad.ravel("K"))  # contiguous like the param: a view, no copy
+                # contiguous like the param: a view, no copy
+                append(bits(grad.ravel("K")) if coded else grad.ravel("K"))
             elif grad is None:
                 append(stand_in)  # its own param passes the aliasing check
                 absent.append(k)
@@ -98,7 +101,7 @@ class Intake:
         if clash is not None:
             self._shares_memory(*clash)
         for k in unusual:  # read-only grads and ndarray subclasses (np.memmap)
-            view = _ndarray.view(grads[k], _ndarray).ravel("K")
+            view = bits(_ndarray.view(grads[k], _ndarray).ravel("K"))
             flats[k] = view
             start, end = check.data_span(view)
             addresses[k] = start

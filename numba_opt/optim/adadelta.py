@@ -9,9 +9,11 @@ class Adadelta(Optimizer):
     hyper_checks = F.ADADELTA_HYPER
 
     def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, maximize=False,
-                 device="auto"):
+                 device="auto", *,
+                 state_dtype=None, master_weights=False):
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
-                                      maximize=maximize), device)
+                                      maximize=maximize), device,
+                         state_dtype, master_weights)
 
     def _layout(self, hyper):
         return F.adadelta_layout()

@@ -10,10 +10,12 @@ class Adagrad(Optimizer):
     step_fields = F.ADAGRAD_STEP_FIELDS
 
     def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
-                 initial_accumulator_value=0.0, eps=1e-10, maximize=False, device="auto"):
+                 initial_accumulator_value=0.0, eps=1e-10, maximize=False, device="auto", *,
+                 state_dtype=None, master_weights=False):
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value,
-                                      eps=eps, maximize=maximize), device)
+                                      eps=eps, maximize=maximize), device,
+                         state_dtype, master_weights)
 
     def _layout(self, hyper):
         return F.adagrad_layout()

@@ -15,10 +15,12 @@ class Adam(Optimizer):
     step_fields = F.ADAM_STEP_FIELDS
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 amsgrad=False, maximize=False, decoupled_weight_decay=False, device="auto"):
+                 amsgrad=False, maximize=False, decoupled_weight_decay=False, device="auto", *,
+                 state_dtype=None, master_weights=False):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       amsgrad=amsgrad, maximize=maximize,
-                                      decoupled_weight_decay=decoupled_weight_decay), device)
+                                      decoupled_weight_decay=decoupled_weight_decay), device,
+                         state_dtype, master_weights)
 
     def _layout(self, hyper):
         return F.adam_layout(hyper["amsgrad"])
@@ -34,7 +36,9 @@ class AdamW(Adam):
     """Adam with decoupled weight decay (torch.optim.AdamW): p <- p*(1 - lr*wd) before the update."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, maximize=False, device="auto"):
+                 amsgrad=False, maximize=False, device="auto", *,
+                 state_dtype=None, master_weights=False):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=True,
-                         device=device)
+                         device=device, state_dtype=state_dtype,
+                         master_weights=master_weights)

@@ -13,9 +13,11 @@ class Adamax(Optimizer):
     step_fields = F.ADAMAX_STEP_FIELDS
 
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 maximize=False, device="auto"):
+                 maximize=False, device="auto", *,
+                 state_dtype=None, master_weights=False):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                                      maximize=maximize), device)
+                                      maximize=maximize), device,
+                         state_dtype, master_weights)
 
     def _layout(self, hyper):
         return F.adamax_layout()

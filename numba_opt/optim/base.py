@@ -33,11 +33,13 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .. import _fork, _math, _validation as check, dispatch
+from .. import _codecs, _fork, _math, _validation as check, dispatch
+from .._codecs import bits
 from ..flat import FlatParams
 from ._grads import Intake
 
 STATE_DICT_FORMAT = 1
+MASTER = "master_param"  # the float32 copy of a bfloat16 / float16 param (master_weights=True)
 _NO_CLIPPING = (1.0, math.inf)  # the grad_scale and clip_value fields of the scalars, when off
 
 
@@ -68,20 +70,26 @@ class _States(list):
 
 
 class _Bucket:
-    """The params of one group that share a dtype, and their flat state."""
+    """The params of one group that share a dtype, and their flat state.  The kernels see the
+    params, grads and buffers as ``bits`` views (uint16 for bfloat16 and float16 arrays)."""
 
-    def __init__(self, group_index, indices, params, backend, host_state):
+    def __init__(self, group_index, indices, params, backend, host_state, storage, state_dtype):
         self.group_index = group_index
         self.host_state = host_state
         self.backend = backend
         self.indices = indices
         self.params = params
-        self.flat_params = [backend.flat(p) for p in params]
+        self.flat_params = [bits(backend.flat(p)) for p in params]
         ends = list(itertools.accumulate(int(np.prod(p.shape)) for p in params))
         self.bounds = list(zip([0] + ends[:-1], ends))  # each param's [start, stop) in the state
         self.size = ends[-1]
         self.dtype = np.dtype(params[0].dtype)
-        self.param_span = backend.span(params)  # None unless the params lie back to back
+        # the kernels' codecs, the dtype of the state buffers (the master copy is float32) and
+        # the dtype the rules compute in, which the scalars take
+        self.storage, self.state_dtype = storage, state_dtype
+        self.compute_dtype = _codecs.compute_dtype(self.dtype)
+        span = backend.span(params)  # None unless the params lie back to back
+        self.param_span = None if span is None else bits(span)
         # a multi-tensor table over the bucket's arrays, where the backend has such loops
         self.table = None if not getattr(backend, "MULTI_TENSOR", False) else (
             np.array(indices, dtype=np.int64),
@@ -98,7 +106,8 @@ class _Bucket:
         self.per_param = None  # after params diverged: [[step, started set, host], ...] per param
         # the last scalars argument, and the fresh-state names and clipping it was made for
         self.scalars = self.scalars_fresh = self.grad_fields = None
-        self.layout = None  # the (kernel, state names) of the cached calls below
+        self.layout = None  # the group's (kernel name, state names) the calls below are for
+        self.names = None   # the buffers those calls update: the state names, then MASTER
         # the whole bucket as one kernel call: over its span, or over its table
         self.span_call = self.span_states = self.table_call = self.table_states = None
         self.param_calls = None  # [(kernel call, its state tuple)] per param
@@ -109,16 +118,29 @@ class _Bucket:
             return self.step, self.started, self.host
         return self.per_param[j]
 
-    def use_layout(self, kernel, names):
-        """Bind the kernel calls and their state tuples (the buffers must exist)."""
+    def use_layout(self, layout, kernel, names):
+        """Bind the kernel calls and their buffer tuples (the buffers must exist) for the group
+        ``layout``: ``kernel`` updates the buffers ``names``."""
         self.span_call = kernel.bind(self.size)
-        self.span_states = tuple(self.buffers[n] for n in names)
+        self.span_states = tuple(bits(self.buffers[n]) for n in names)
         if self.table is not None:
             self.table_call = kernel.bind_table(self.size)
-            self.table_states = self.backend.table_states(self.span_states, self.dtype)
-        self.param_calls = [(kernel.bind(p.size), tuple(self.views[n][j] for n in names))
+            self.table_states = self.backend.table_states(self.span_states, self.compute_dtype)
+        self.param_calls = [(kernel.bind(p.size), tuple(bits(self.views[n][j]) for n in names))
                             for j, p in enumerate(self.flat_params)]
-        self.layout = (kernel, names)
+        self.layout, self.names = layout, names
+
+    def start_master(self, j=None):
+        """Set the master copy of param j (of every param when None) to the param's value, at
+        its first step (exact: float32 holds every bfloat16 and float16 value)."""
+        codec = self.storage.param
+        if j is not None:
+            self.backend.widen(self.views[MASTER][j], self.flat_params[j], codec)
+        elif self.param_span is not None:
+            self.backend.widen(self.buffers[MASTER], self.param_span, codec)
+        else:
+            for view, param in zip(self.views[MASTER], self.flat_params):
+                self.backend.widen(view, param, codec)
 
 
 class Optimizer:
@@ -130,8 +152,10 @@ class Optimizer:
     #: per-param host scalars kept beside the step count: name -> initial value
     host_state = {}
 
-    def __init__(self, params, defaults, device="auto"):
+    def __init__(self, params, defaults, device="auto", state_dtype=None, master_weights=False):
         self.defaults = dict(defaults)
+        self._state_dtype = _codecs.state_dtype_option(state_dtype)
+        self._master_weights = check.flag("master_weights", master_weights)
         groups, names = _normalise_params(params)
         params_flat = [p for group in groups for p in group["params"]]
         self._labels = ([f"params[{n!r}]" for n in names] if names is not None
@@ -140,6 +164,11 @@ class Optimizer:
         for param, label in zip(params_flat, self._labels):
             check.check_param(param, label)
         _reject_shared_memory(params_flat, self._labels)
+        if master_weights and not any(_codecs.is_low_precision(p.dtype) for p in params_flat):
+            raise TypeError(f"master_weights=True keeps a float32 copy of bfloat16 and float16 "
+                            f"params, but no param is either ({self._labels[0]} is "
+                            f"{params_flat[0].dtype}); float32 and float64 params are updated "
+                            "directly")
 
         self.param_groups = []
         group_indices = []
@@ -160,12 +189,17 @@ class Optimizer:
         for gi, indices in enumerate(group_indices):
             for dtype in dict.fromkeys(np.dtype(params_flat[i].dtype) for i in indices):
                 members = [i for i in indices if np.dtype(params_flat[i].dtype) == dtype]
+                storage, buffer_dtype = _codecs.storage(dtype, self._state_dtype, master_weights,
+                                                        self._labels[members[0]])
                 bucket = _Bucket(gi, members, [params_flat[i] for i in members], self._backend,
-                                 self.host_state)
+                                 self.host_state, storage, buffer_dtype)
                 for j, i in enumerate(members):
                     self._bucket_of[i] = (bucket, j)
                 self._buckets.append(bucket)
-        # per group: (hyper-parameters, kernel, state names, the group's values when checked)
+        if any(bucket.storage.master for bucket in self._buckets):
+            self.state_names = type(self).state_names + (MASTER,)
+        # per group: (hyper-parameters, kernel name, state names, the group's values when
+        # checked, its list entries)
         self._group_cache = [None] * len(self.param_groups)
         self._intake = Intake(params_flat, self._labels, self._buckets, self._backend,
                               self.device)
@@ -238,9 +272,9 @@ class Optimizer:
         stepping = [(bucket, bucket_seen) for bucket, bucket_seen in zip(self._buckets, seen[1])
                     if bucket_seen[1] != "none"]
         for bucket, _ in stepping:
-            hyper, kernel, names = self._group_cache[bucket.group_index][:3]
-            if bucket.layout != (kernel, names):
-                self._use_layout(bucket, hyper, kernel, names)
+            hyper, kernel_name, names = self._group_cache[bucket.group_index][:3]
+            if bucket.layout != (kernel_name, names):
+                self._use_layout(bucket, hyper, kernel_name, names)
         # --- from here on, params and state change
         for bucket, (bucket_grads, presence, grad_span) in stepping:
             if presence == "all" and bucket.per_param is None:
@@ -268,20 +302,22 @@ class Optimizer:
         """The global L2 norm of all grads (float64 accumulation, one read pass)."""
         total = 0.0
         for bucket, (bucket_grads, presence, grad_span) in zip(self._buckets, seen[1]):
+            codec = bucket.storage.param
             if grad_span is not None:
-                total += self._backend.sum_squares(grad_span)
+                total += self._backend.sum_squares(grad_span, codec)
             elif presence == "all" and bucket.table is not None:  # one pass over the table
                 total += self._backend.table_sum_squares(seen[2], bucket.table,
-                                                         bucket.flat_params[0])
+                                                         bucket.flat_params[0], codec)
             else:
-                total += sum(self._backend.sum_squares(g) for g in bucket_grads if g is not None)
+                total += sum(self._backend.sum_squares(g, codec)
+                             for g in bucket_grads if g is not None)
         return math.sqrt(total)
 
     def _first_nonfinite(self, grads):
         """The label of the first grad holding inf or NaN (or whose squares overflow)."""
         for grad, label in zip(grads, self._labels):
-            if grad is not None and not math.isfinite(
-                    self._backend.sum_squares(self._backend.flat(grad))):
+            if grad is not None and not math.isfinite(self._backend.sum_squares(
+                    bits(self._backend.flat(grad)), _codecs.codec_of(grad.dtype))):
                 return "grad for " + label
         return "a grad"
 
@@ -289,8 +325,8 @@ class Optimizer:
         """One step of a bucket whose params all step together.  ``grads``: their flat views;
         ``grad_span``: the same as one span, or None; ``grad_addresses``: every grad's address
         (for the multi-tensor table), or None."""
-        hyper, kernel, names = self._group_cache[bucket.group_index][:3]
-        started = bucket.started
+        hyper = self._group_cache[bucket.group_index][0]
+        started, names = bucket.started, bucket.names
         fresh = () if len(started) == len(names) else tuple(n for n in names if n not in started)
         step = bucket.step + 1
         host = self._advance_host(hyper, step, bucket.host)
@@ -299,7 +335,7 @@ class Optimizer:
         scalars = bucket.scalars
         if scalars is None or bucket.scalars_fresh != fresh:
             scalars = self._backend.scalars_argument(self._scalars(hyper, step, fresh, **host),
-                                                     bucket.dtype)
+                                                     bucket.compute_dtype)
         elif self.step_fields:
             scalars = self._backend.update_scalars(scalars, self._step_indices,
                                                    self._step_scalars(hyper, step, **host))
@@ -307,6 +343,8 @@ class Optimizer:
         if scalars is not bucket.scalars or bucket.grad_fields != grad_fields:
             scalars = self._backend.update_scalars(scalars, (0, 1), grad_fields)
         bucket.scalars, bucket.scalars_fresh, bucket.grad_fields = scalars, fresh, grad_fields
+        if MASTER in fresh:
+            bucket.start_master()
         if grad_span is not None:  # params and grads each one span: one call
             bucket.span_call(bucket.param_span, grad_span, *bucket.span_states, scalars)
         elif bucket.table_call is not None:  # separate arrays: one multi-tensor call
@@ -319,36 +357,44 @@ class Optimizer:
         if fresh:
             started.update(names)
 
-    def _use_layout(self, bucket, hyper, kernel, names):
-        for name in names:
+    def _use_layout(self, bucket, hyper, kernel_name, names):
+        buffers = names + (MASTER,) if bucket.storage.master else names
+        for name in buffers:
             if name not in bucket.buffers:
                 self._allocate(bucket, name, hyper)
-        bucket.use_layout(kernel, names)
+        bucket.use_layout((kernel_name, names), self._backend.kernel(kernel_name, bucket.storage),
+                          buffers)
         if self._step_indices is None:  # where the step_fields sit in the scalars namedtuple
-            fields = _math.SCALARS[_math.KERNELS[kernel.__name__][1]]._fields
+            fields = _math.SCALARS[_math.KERNELS[kernel_name][1]]._fields
             self._step_indices = [fields.index(name) for name in self.step_fields]
 
     def _step_params(self, bucket, grads):
         """Param by param, each with its own step count (once some grads were None)."""
-        hyper, kernel, names = self._group_cache[bucket.group_index][:3]
+        hyper, names = self._group_cache[bucket.group_index][0], bucket.names
         if bucket.per_param is None:
             bucket.per_param = [[bucket.step, set(bucket.started), bucket.host]
                                 for _ in bucket.params]
-        for param, grad, (call, states), history in zip(bucket.flat_params, grads,
-                                                        bucket.param_calls, bucket.per_param):
+        for j, (param, grad, (call, states), history) in enumerate(zip(
+                bucket.flat_params, grads, bucket.param_calls, bucket.per_param)):
             if grad is None:
                 continue
             fresh = tuple(n for n in names if n not in history[1])
             history[0] += 1
             history[2] = self._advance_host(hyper, history[0], history[2])
             scalars = self._backend.update_scalars(self._backend.scalars_argument(
-                self._scalars(hyper, history[0], fresh, **history[2]), bucket.dtype), (0, 1),
-                _signed(self._grad_fields, hyper))
+                self._scalars(hyper, history[0], fresh, **history[2]), bucket.compute_dtype),
+                (0, 1), _signed(self._grad_fields, hyper))
+            if MASTER in fresh:
+                bucket.start_master(j)
             call(param, grad, *states, scalars)
             history[1].update(names)
 
     def _allocate(self, bucket, name, hyper):
-        buffer = self._backend.full(bucket.size, bucket.dtype, self._initial_value(name, hyper))
+        if name == MASTER:  # filled from the params at their first step (Bucket.start_master)
+            buffer = self._backend.full(bucket.size, _codecs.FLOAT32, 0.0)
+        else:
+            buffer = self._backend.full(bucket.size, bucket.state_dtype,
+                                        self._initial_value(name, hyper))
         bucket.buffers[name] = buffer
         bucket.views[name] = [buffer[start:stop] for start, stop in bucket.bounds]
 
@@ -382,10 +428,9 @@ class Optimizer:
         # 0-d arrays (lr=np.array(0.1)) as their numbers
         hyper = {k: _frozen(v) for k, v in group.items() if k != "params"}
         kernel_name, names = self._layout(hyper)
-        kernel = getattr(self._backend, kernel_name)
         # the entries that can change in place, and their frozen values: compared every step
         mutable = tuple((k, v) for k, v in hyper.items() if _mutable(group[k]))
-        self._group_cache[gi] = (hyper, kernel, names, tuple(group.values()), mutable)
+        self._group_cache[gi] = (hyper, kernel_name, names, tuple(group.values()), mutable)
         for bucket in self._buckets:
             if bucket.group_index == gi:
                 bucket.scalars = None
@@ -552,20 +597,65 @@ class Optimizer:
                 self.host_checks[key](at, value)
             elif key not in self.state_names:
                 raise ValueError(f"{at}: {type(self).__name__} has no state {key!r}")
+            elif self._buffer_dtype(i, key) is None:
+                raise ValueError(f"{at}: {label} has no {key!r} (master_weights keeps float32 "
+                                 "copies of bfloat16 and float16 params only)")
             elif not isinstance(value, np.ndarray):
                 raise TypeError(f"{at} must be a NumPy array, got {type(value).__name__}")
             elif value.shape != tuple(param.shape):
                 raise ValueError(f"{at} has shape {value.shape}, {label} has "
                                  f"{tuple(param.shape)}")
-            elif value.dtype != param.dtype:
-                raise TypeError(f"{at} has dtype {value.dtype}, {label} has {param.dtype}")
-        self._check_history(f"{where} ({label})", saved)
+            elif value.dtype != self._buffer_dtype(i, key):
+                raise TypeError(f"{at} has dtype {value.dtype}, the optimizer keeps {key!r} of "
+                                f"{label} ({param.dtype}) in {self._buffer_dtype(i, key)}"
+                                f"{self._dtype_options()}")
+        self._check_history(f"{where} ({label})", saved, self._state_names_of(i))
         return saved
 
-    def _check_history(self, where, saved):
-        """A param's step count and the buffers and host scalars it holds must agree."""
+    def _buffer_dtype(self, i, name):
+        """The dtype of param i's state buffer ``name``; None if it has no such buffer."""
+        bucket = self._bucket_of[i][0]
+        if name == MASTER:
+            return _codecs.FLOAT32 if bucket.storage.master else None
+        return bucket.state_dtype
+
+    def _state_names_of(self, i):
+        """The state buffers param i may have (MASTER only for master-weighted params)."""
+        if MASTER in self.state_names and not self._bucket_of[i][0].storage.master:
+            return type(self).state_names
+        return self.state_names
+
+    def _dtype_options(self):
+        return f" (state_dtype={self._state_dtype!r}, master_weights={self._master_weights})"
+
+    @property
+    def state_dtype(self):
+        """None (the state takes the dtype the update works in: the param's, or float32 with
+        master weights), 'float32' or 'bfloat16'; fixed when the optimizer is made."""
+        return self._state_dtype
+
+    @state_dtype.setter
+    def state_dtype(self, value):
+        raise AttributeError("state_dtype is fixed when the optimizer is made (its buffers are "
+                             "allocated in it); make a new optimizer with the state_dtype "
+                             "you want")
+
+    @property
+    def master_weights(self):
+        """Whether bfloat16 and float16 params have a float32 master copy in the state; fixed
+        when the optimizer is made."""
+        return self._master_weights
+
+    @master_weights.setter
+    def master_weights(self, value):
+        raise AttributeError("master_weights is fixed when the optimizer is made; make a new "
+                             "optimizer with the master_weights you want")
+
+    def _check_history(self, where, saved, names):
+        """A param's step count and the buffers (of ``names``) and host scalars it holds must
+        agree."""
         step = saved["step"]
-        held = [k for k in self.state_names if k in saved]
+        held = [k for k in names if k in saved]
         if step == 0:
             if held:
                 raise ValueError(f"{where} has step 0 but holds {held}: a param that never "
@@ -575,8 +665,7 @@ class Optimizer:
                 raise ValueError(f"{where} has step 0 but {moved} differ from their initial "
                                  f"values {[self.host_state[k] for k in moved]}")
             return
-        absent = [k for k in self.state_names
-                  if k not in saved and k not in self.switched_states]
+        absent = [k for k in names if k not in saved and k not in self.switched_states]
         if absent:
             raise ValueError(f"{where} has stepped {step} times but lacks {absent}: every "
                              f"{type(self).__name__} step updates it, and resuming without it "

@@ -9,9 +9,11 @@ class Lion(Optimizer):
     hyper_checks = F.LION_HYPER
 
     def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, maximize=False,
-                 device="auto"):
+                 device="auto", *,
+                 state_dtype=None, master_weights=False):
         super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay,
-                                      maximize=maximize), device)
+                                      maximize=maximize), device,
+                         state_dtype, master_weights)
 
     def _layout(self, hyper):
         return F.lion_layout()

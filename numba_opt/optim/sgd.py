@@ -12,10 +12,12 @@ class SGD(Optimizer):
     switched_states = ("momentum_buffer",)  # by momentum > 0
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
-                 nesterov=False, maximize=False, device="auto"):
+                 nesterov=False, maximize=False, device="auto", *,
+                 state_dtype=None, master_weights=False):
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=nesterov,
-                                      maximize=maximize), device)
+                                      maximize=maximize), device,
+                         state_dtype, master_weights)
 
     def _check(self, hyper):
         F.check_sgd(**hyper)
