@@ -383,6 +383,7 @@ class ZeroRedundancyOptimizer:
             self._group_indices.append(list(range(start, start + len(filled["params"]))))
             start += len(filled["params"])
         self._optimizer_class, self._defaults = optimizer_class, dict(defaults)
+        self._templates = {np.dtype(arrays[0].dtype): self._template}  # see _plain_like
         self.defaults = self._template.defaults
         self.state_names = optimizer_class.state_names
         self._params, self._labels, self._names = arrays, labels, names
@@ -668,6 +669,22 @@ class ZeroRedundancyOptimizer:
             _unpack(self._backend, buffer, vector, self._flats)
 
     # ------------------------------------------------------------------------------ the state
+    def _plain_like(self, i):
+        """A plain optimizer_class over an empty view of param i: what the unsharded optimizer
+        would keep for a param of that dtype (its state buffers and their dtypes), for
+        nopt.load's checks of each member of a checkpoint."""
+        dtype = np.dtype(self._params[i].dtype)
+        if dtype not in self._templates:
+            self._templates[dtype] = self._optimizer_class(
+                [self._backend.flat(self._params[i])[0:0]], **self._defaults)
+        return self._templates[dtype]
+
+    def _state_names_of(self, i):
+        return self._plain_like(i)._state_names_of(0)
+
+    def _buffer_dtype(self, i, name):
+        return self._plain_like(i)._buffer_dtype(0, name)
+
     def _checkpoint_collective(self, action, every_rank):
         """``nopt.save`` / ``nopt.load``'s hook: ``action()`` on every rank (reading the file:
         each rank takes its shard) or on rank 0 only (writing it); an error on any rank is
