@@ -1,0 +1,93 @@
+"""Mutation testing of numba_opt with cosmic-ray: ``make mutation`` (on demand, not in CI).
+
+Usage: python tools/mutation/run.py --python PROJECT_PYTHON [SESSION ...] [--report-only]
+
+Each SESSION is a tools/mutation/<name>.toml (default: all of them).  cosmic-ray writes each
+mutant into the source file on disk, runs the session's test command, and puts the file back.
+The tests run with NUMBA_DISABLE_JIT=1: numba compiles nothing, so a mutant of the rules in
+_math.py is exercised as plain Python instead of costing ~2 minutes of kernel compilation, and
+no stale on-disk kernel can hide it; NUMBA_CACHE_DIR points at a temporary folder all the same,
+so the user's kernel cache is never touched.  Prints the score and every survivor's diff.
+This script runs under the cosmic-ray virtual environment; the tests under PROJECT_PYTHON.
+"""
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+SESSIONS = HERE / "sessions"  # the sqlite work databases (git-ignored): re-running resumes
+
+
+def run(*command, env=None):
+    subprocess.run(command, check=True, cwd=ROOT, env=env)
+
+
+def report(name):
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import TestOutcome
+    counts = {"killed": 0, "survived": 0, "incompetent": 0}
+    survivors = []
+    with use_db(str(SESSIONS / f"{name}.sqlite"), WorkDB.Mode.open) as db:
+        pending = db.num_work_items - db.num_results
+        for item, result in db.completed_work_items:
+            if result.test_outcome is None:  # skipped by the operator filter
+                continue
+            counts[result.test_outcome.value] += 1
+            if result.test_outcome == TestOutcome.SURVIVED:
+                survivors.append((item, result))
+        skipped = sum(1 for _, r in db.completed_work_items if r.test_outcome is None)
+    tested = counts["killed"] + counts["survived"]
+    score = 100.0 * counts["killed"] / tested if tested else float("nan")
+    print(f"== {name}: {counts['killed']} killed / {tested} run ({score:.1f} %), "
+          f"{counts['survived']} survived, {counts['incompetent']} incompetent, "
+          f"{skipped} filtered out, {max(pending - skipped, 0)} not run yet")
+    for item, result in survivors:
+        for m in item.mutations:
+            print(f"-- SURVIVED {m.module_path}:{m.start_pos[0]} {m.operator_name} "
+                  f"#{m.occurrence} ({item.job_id})")
+        print(result.diff)
+    return counts
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--python", required=True, help="the project's python (numpy, numba, torch)")
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--fresh", action="store_true", help="discard earlier results and re-run")
+    parser.add_argument("sessions", nargs="*")
+    args = parser.parse_args()
+    names = args.sessions or sorted(p.stem for p in HERE.glob("*.toml") if p.stem != "operators")
+    SESSIONS.mkdir(exist_ok=True)
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1", NUMBA_ENABLE_CUDASIM="0",
+               PYTHONPATH=str(ROOT), NUMBA_CACHE_DIR=tempfile.mkdtemp(prefix="numba_opt_mut_"),
+               PATH=str(Path(args.python).absolute().parent) + os.pathsep + os.environ["PATH"])
+    bin_dir = Path(sys.executable).parent
+    totals = {"killed": 0, "survived": 0, "incompetent": 0}
+    for name in names:
+        config, session = HERE / f"{name}.toml", SESSIONS / f"{name}.sqlite"
+        if not args.report_only:
+            dirty = subprocess.run(["git", "status", "--porcelain", "numba_opt"], cwd=ROOT,
+                                   capture_output=True, text=True, check=True).stdout
+            if dirty:  # cosmic-ray edits these files in place: never mix in unsaved work
+                sys.exit(f"numba_opt/ has uncommitted changes; commit or stash them first:\n{dirty}")
+            if args.fresh or not session.exists():
+                session.unlink(missing_ok=True)
+                run(bin_dir / "cosmic-ray", "init", config, session)
+                run(bin_dir / "cr-filter-operators", session, HERE / "operators.toml")
+            start = time.perf_counter()
+            run(bin_dir / "cosmic-ray", "exec", config, session, env=env)
+            print(f"== {name}: exec took {time.perf_counter() - start:.0f} s")
+        for key, value in report(name).items():
+            totals[key] += value
+    tested = totals["killed"] + totals["survived"]
+    if tested:
+        print(f"== total: {totals['killed']} killed / {tested} ({100 * totals['killed'] / tested:.1f} %)")
+
+
+if __name__ == "__main__":
+    main()
