@@ -27,6 +27,19 @@ def run(*command, env=None):
     subprocess.run(command, check=True, cwd=ROOT, env=env)
 
 
+def sample(session, keep, seed=17):
+    """Keep ``keep`` pending mutants, drawn at random (seeded: the same ones each time), and mark
+    the rest skipped: a cheaper run for the big modules.  The report says it was a sample."""
+    import random
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import WorkerOutcome, WorkResult
+    with use_db(str(session), WorkDB.Mode.open) as db:
+        pending = sorted(item.job_id for item in db.pending_work_items)
+        for job_id in set(pending) - set(random.Random(seed).sample(pending, min(keep, len(pending)))):
+            db.set_result(job_id, WorkResult(output="Not in the sample",
+                                             worker_outcome=WorkerOutcome.SKIPPED))
+
+
 def report(name):
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import TestOutcome
@@ -35,7 +48,7 @@ def report(name):
     with use_db(str(SESSIONS / f"{name}.sqlite"), WorkDB.Mode.open) as db:
         pending = db.num_work_items - db.num_results
         for item, result in db.completed_work_items:
-            if result.test_outcome is None:  # skipped by the operator filter
+            if result.test_outcome is None:  # skipped: the operator filter, or not in a sample
                 continue
             counts[result.test_outcome.value] += 1
             if result.test_outcome == TestOutcome.SURVIVED:
@@ -59,6 +72,8 @@ def main():
     parser.add_argument("--python", required=True, help="the project's python (numpy, numba, torch)")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--fresh", action="store_true", help="discard earlier results and re-run")
+    parser.add_argument("--sample", type=int, metavar="N",
+                        help="with a fresh session: test only N mutants drawn at random")
     parser.add_argument("sessions", nargs="*")
     args = parser.parse_args()
     names = args.sessions or sorted(p.stem for p in HERE.glob("*.toml") if p.stem != "operators")
@@ -79,6 +94,10 @@ def main():
                 session.unlink(missing_ok=True)
                 run(bin_dir / "cosmic-ray", "init", config, session)
                 run(bin_dir / "cr-filter-operators", session, HERE / "operators.toml")
+                if args.sample:
+                    sample(session, args.sample)
+                # the unmutated code must pass the session's tests, or every mutant is "killed"
+                run(bin_dir / "cosmic-ray", "baseline", config, env=env)
             start = time.perf_counter()
             run(bin_dir / "cosmic-ray", "exec", config, session, env=env)
             print(f"== {name}: exec took {time.perf_counter() - start:.0f} s")
