@@ -58,7 +58,7 @@ def report(name):
     score = 100.0 * counts["killed"] / tested if tested else float("nan")
     print(f"== {name}: {counts['killed']} killed / {tested} run ({score:.1f} %), "
           f"{counts['survived']} survived, {counts['incompetent']} incompetent, "
-          f"{skipped} filtered out, {max(pending - skipped, 0)} not run yet")
+          f"{skipped} filtered out or not sampled, {pending} not run yet")
     for item, result in survivors:
         for m in item.mutations:
             print(f"-- SURVIVED {m.module_path}:{m.start_pos[0]} {m.operator_name} "
@@ -82,6 +82,9 @@ def main():
                PYTHONPATH=str(ROOT), NUMBA_CACHE_DIR=tempfile.mkdtemp(prefix="numba_opt_mut_"),
                PATH=str(Path(args.python).absolute().parent) + os.pathsep + os.environ["PATH"])
     bin_dir = Path(sys.executable).parent
+    # the test commands run pytest in forks of one warm process (warm.py): torch's import alone
+    # takes 3-10 s, which would otherwise be paid by every mutant
+    env["MUTATION_SOCKET"] = str(Path(env["NUMBA_CACHE_DIR"]) / "warm.sock")
     totals = {"killed": 0, "survived": 0, "incompetent": 0}
     for name in names:
         config, session = HERE / f"{name}.toml", SESSIONS / f"{name}.sqlite"
@@ -90,23 +93,35 @@ def main():
                                    capture_output=True, text=True, check=True).stdout
             if dirty:  # cosmic-ray edits these files in place: never mix in unsaved work
                 sys.exit(f"numba_opt/ has uncommitted changes; commit or stash them first:\n{dirty}")
-            if args.fresh or not session.exists():
-                session.unlink(missing_ok=True)
-                run(bin_dir / "cosmic-ray", "init", config, session)
-                run(bin_dir / "cr-filter-operators", session, HERE / "operators.toml")
-                if args.sample:
-                    sample(session, args.sample)
-                # the unmutated code must pass the session's tests, or every mutant is "killed"
-                run(bin_dir / "cosmic-ray", "baseline", config, env=env)
-            start = time.perf_counter()
-            run(bin_dir / "cosmic-ray", "exec", config, session, env=env)
-            print(f"== {name}: exec took {time.perf_counter() - start:.0f} s")
+            server = subprocess.Popen([args.python, str(HERE / "warm.py"), "serve",
+                                       env["MUTATION_SOCKET"], "numpy", "numba", "torch"],
+                                      cwd=ROOT, env=env)
+            while not os.path.exists(env["MUTATION_SOCKET"]) and server.poll() is None:
+                time.sleep(0.2)
+            try:
+                exec_session(args, config, session, bin_dir, env)
+            finally:
+                server.terminate()
+                server.wait()
         for key, value in report(name).items():
             totals[key] += value
     tested = totals["killed"] + totals["survived"]
     if tested:
         print(f"== total: {totals['killed']} killed / {tested} ({100 * totals['killed'] / tested:.1f} %)")
 
+
+def exec_session(args, config, session, bin_dir, env):
+    if args.fresh or not session.exists():
+        session.unlink(missing_ok=True)
+        run(bin_dir / "cosmic-ray", "init", config, session)
+        run(bin_dir / "cr-filter-operators", session, HERE / "operators.toml")
+        if args.sample:
+            sample(session, args.sample)
+        # the unmutated code must pass the session's tests, or every mutant is "killed"
+        run(bin_dir / "cosmic-ray", "baseline", config, env=env)
+    start = time.perf_counter()
+    run(bin_dir / "cosmic-ray", "exec", config, session, env=env)
+    print(f"== {config.stem}: exec took {time.perf_counter() - start:.0f} s", flush=True)
 
 if __name__ == "__main__":
     main()
