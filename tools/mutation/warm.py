@@ -18,13 +18,16 @@ _END = b"\0exit="
 
 
 def serve(path, modules):
+    import contextlib
     import importlib
+    import io
     import signal
     for name in modules:
         importlib.import_module(name)
     import pytest
     # load pytest's plugins (hypothesis's among them) here too, not once per child
-    pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", os.devnull])
+    with contextlib.redirect_stdout(io.StringIO()):
+        pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", os.devnull])
     sys.dont_write_bytecode = True  # a mutant may keep its original's size and mtime second
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     timeout = int(os.environ.get("MUTATION_TIMEOUT", "120"))
