@@ -141,3 +141,175 @@ def test_a_saved_beta1_outside_zero_one_is_refused(bad):
     limits = [dict(limit, base_momentum=bad) for limit in saved["limits"]]
     with pytest.raises(ValueError, match="base_momentum"):
         sched.load_state_dict({**saved, "limits": limits})
+
+
+DEFAULTS = {  # each scheduler with only its required arguments: the defaults must be torch's
+    "StepLR": dict(step_size=3), "MultiStepLR": dict(milestones=[2, 4]),
+    "ExponentialLR": dict(gamma=0.9), "CosineAnnealingLR": dict(T_max=5), "LinearLR": {},
+    "OneCycleLR": dict(max_lr=0.5, total_steps=20),
+}
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of")
+@pytest.mark.parametrize("name", list(DEFAULTS))
+def test_default_arguments_give_torchs_schedule(name):
+    ours, theirs = both(momentum=0.9)
+    mine = getattr(S, name)(ours, **DEFAULTS[name])
+    torchs = getattr(torch.optim.lr_scheduler, name)(theirs, **DEFAULTS[name])
+    for _ in range(12):
+        mine.step()
+        torchs.step()
+        assert mine.get_last_lr() == pytest.approx(torchs.get_last_lr(), rel=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of")
+def test_a_chain_of_three_reports_the_last_schedulers_lr_as_torch():
+    ours, theirs = both()
+    mine = S.ChainedScheduler([S.LinearLR(ours, start_factor=0.5, total_iters=3),
+                               S.ExponentialLR(ours, gamma=0.9), S.StepLR(ours, step_size=2)])
+    t = torch.optim.lr_scheduler
+    torchs = t.ChainedScheduler([t.LinearLR(theirs, start_factor=0.5, total_iters=3),
+                                 t.ExponentialLR(theirs, gamma=0.9), t.StepLR(theirs, step_size=2)])
+    for _ in range(6):
+        mine.step()
+        torchs.step()
+        assert mine.get_last_lr() == pytest.approx(torchs.get_last_lr(), rel=1e-12)
+
+
+def one_cycle_state(**changes):
+    sched = BOUNDARY["onecycle-momentum"][0](make_optimizer("SGD"))
+    return sched, {**sched.state_dict(), **changes}
+
+
+def phases(saved, edit):
+    out = [list(p) for p in saved["phases"]]
+    edit(out)
+    return out
+
+
+# OneCycleLR / ReduceLROnPlateau / SequentialLR states broken one way each: all refused
+def _corruptions():
+    _, s = one_cycle_state()
+    limit = s["limits"][0]
+    no_momentum = {k: v for k, v in limit.items() if not k.endswith("momentum")}
+    return {
+        "limits not a list": dict(limits=limit),
+        "limits one short": dict(limits=s["limits"][:1]),
+        "limit not a dict": dict(limits=[list(limit.items())] * 2),
+        "limit lacks a momentum": dict(limits=[no_momentum] * 2),
+        "limit lr negative": dict(limits=[dict(limit, max_lr=-0.1)] * 2),
+        "phases not a list": dict(phases="cos"),
+        "four phases": dict(phases=s["phases"] * 2),
+        "phase names swapped": dict(phases=phases(s, lambda p: p[0].__setitem__(1, "min_lr"))),
+        "phase not a list": dict(phases=phases(s, lambda p: p.__setitem__(0, 2.0))),
+        "phase end not a number": dict(phases=phases(s, lambda p: p[0].__setitem__(0, "2"))),
+        "last phase ends early": dict(phases=phases(s, lambda p: p[-1].__setitem__(0, 4.0))),
+        "last phase ends late": dict(phases=phases(s, lambda p: p[-1].__setitem__(0, 6.0))),
+        "empty first phase": dict(phases=phases(s, lambda p: p[0].__setitem__(0, 0))),
+        "cycle_momentum not a flag": dict(cycle_momentum=1),
+        "not cycling, momentum limits kept": dict(cycle_momentum=False),
+        "use_beta1 for SGD": dict(use_beta1=True),
+        "past total_steps": dict(last_epoch=7),
+        "anneal_strategy unknown": dict(anneal_strategy="exp"),
+        "anneal_strategy not a str": dict(anneal_strategy=1),
+    }
+
+
+CORRUPTIONS = _corruptions()
+
+
+@pytest.mark.parametrize("what", list(CORRUPTIONS))
+def test_a_broken_one_cycle_state_is_refused(what):
+    sched, _ = one_cycle_state()
+    before = sched.state_dict()
+    with pytest.raises((ValueError, TypeError)):
+        sched.load_state_dict({**before, **CORRUPTIONS[what]})
+    assert sched.state_dict() == before
+
+
+def test_a_one_cycle_state_at_its_last_step_loads():
+    sched, saved = one_cycle_state(last_epoch=6)  # last_epoch == total_steps is still valid
+    sched.load_state_dict(saved)
+    assert sched.last_epoch == 6
+
+
+@pytest.mark.parametrize("changes", [
+    dict(mode="up"), dict(mode=1), dict(threshold_mode="log"), dict(threshold_mode=None),
+    dict(cooldown=1, cooldown_counter=2), dict(best="low"), dict(best=True),
+    dict(_last_lr=[0.1]), dict(patience=1.5),
+], ids=repr)
+def test_a_broken_plateau_state_is_refused(changes):
+    sched = S.ReduceLROnPlateau(make_optimizer("SGD"))
+    before = sched.state_dict()
+    with pytest.raises((ValueError, TypeError)):
+        sched.load_state_dict({**before, **changes})
+    assert sched.state_dict() == before
+
+
+def test_plateau_states_with_infinite_or_plain_best_load():
+    sched = S.ReduceLROnPlateau(make_optimizer("SGD"), mode="max")
+    for best in (-np.inf, np.inf, 2, 0.5):
+        sched.load_state_dict({**sched.state_dict(), "best": best})
+        assert sched.best == best and isinstance(sched.best, float)
+
+
+class NotedStepLR(S.StepLR):
+    """A subclass written outside numba_opt, with an attribute of its own."""
+
+    def __init__(self, optimizer, note, **kwargs):
+        self.note = note
+        super().__init__(optimizer, **kwargs)
+
+
+def test_a_subclass_from_elsewhere_saves_and_loads_its_own_attributes():
+    sched = NotedStepLR(make_optimizer("SGD"), note={"run": 1}, step_size=2)
+    sched.step()
+    saved = sched.state_dict()
+    assert saved["note"] == {"run": 1}
+    twin = NotedStepLR(make_optimizer("SGD"), note={"run": 2}, step_size=2)
+    twin.load_state_dict(saved)
+    assert twin.note == {"run": 1} and twin.last_epoch == sched.last_epoch
+    with pytest.raises(ValueError, match="unknown keys"):  # its keys are still exact
+        twin.load_state_dict({**saved, "other": 0})
+    plain = S.StepLR(make_optimizer("SGD"), step_size=2)
+    with pytest.raises(ValueError, match="unknown keys"):  # and numba_opt's own take no extras
+        plain.load_state_dict({**plain.state_dict(), "note": 1})
+
+
+class Foreign:
+    """A scheduler from elsewhere in a chain: it loads its own state."""
+
+    def __init__(self, optimizer):
+        self.optimizer, self.loaded = optimizer, None
+
+    def step(self):
+        pass
+
+    def get_last_lr(self):
+        return [g["lr"] for g in self.optimizer.param_groups]
+
+    def state_dict(self):
+        return {"mine": 7}
+
+    def load_state_dict(self, state):
+        self.loaded = state
+
+
+def test_a_chain_hands_a_foreign_scheduler_its_own_state():
+    opt = make_optimizer("SGD")
+    foreign = Foreign(opt)
+    chain = S.ChainedScheduler([S.StepLR(opt, step_size=2), foreign])
+    chain.step()
+    chain.load_state_dict(chain.state_dict())
+    assert foreign.loaded == {"mine": 7}
+
+
+@pytest.mark.parametrize("milestones", [[], [3, 5], [0], [2.5]], ids=repr)
+def test_a_sequential_state_with_wrong_milestones_is_refused(milestones):
+    opt = make_optimizer("SGD")
+    seq = S.SequentialLR(opt, [S.StepLR(opt, step_size=2), S.ExponentialLR(opt, gamma=0.9)],
+                         milestones=[3])
+    before = seq.state_dict()
+    with pytest.raises((ValueError, TypeError)):
+        seq.load_state_dict({**before, "milestones": milestones})
+    assert seq.state_dict() == before
