@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-gpu bench bench-quick cold-start clean
+.PHONY: demo test test-gpu bench bench-quick cold-start mutation mutation-report clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,5 +35,22 @@ bench-quick: $(STAMP)
 cold-start: $(STAMP)
 	$(PY) bench/cold_start.py
 
+# Mutation testing, on demand only (not part of test, never in CI): cosmic-ray mutates the listed
+# modules on disk and runs a test selection per module with NUMBA_DISABLE_JIT=1; prints the score
+# and every survivor.  Hours on 2 cores for all sessions: name some with SESSIONS="math
+# lr_scheduler"; a stopped run resumes where it was.  See tests/MUTATION.md.
+MUT_VENV := .venv-mut
+SESSIONS ?=
+$(MUT_VENV)/.installed:
+	$(PYTHON) -m venv $(MUT_VENV)
+	$(MUT_VENV)/bin/pip install --quiet 'cosmic-ray==8.7.0'
+	touch $@
+
+mutation: $(STAMP) $(MUT_VENV)/.installed
+	$(MUT_VENV)/bin/python tools/mutation/run.py --python $(PY) $(SESSIONS)
+
+mutation-report: $(MUT_VENV)/.installed
+	$(MUT_VENV)/bin/python tools/mutation/run.py --python $(PY) --report-only $(SESSIONS)
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(MUT_VENV) build *.egg-info

@@ -424,7 +424,10 @@ def table_sum_squares(grad_addresses, table, like, codec="native"):
 
 
 # --------------------------------------------------------------------- multi-tensor tables
-MULTI_TENSOR = True  # optim.base steps a bucket of separate arrays in one table call
+# optim.base steps a bucket of separate arrays in one table call.  Not under NUMBA_DISABLE_JIT
+# (the mutation runs, tests/MUTATION.md): the table loop reads memory through the ``_pointer``
+# intrinsic, which has no Python form, so the buckets step array by array there.
+MULTI_TENSOR = not numba.config.DISABLE_JIT
 
 
 def table_states(states, dtype):

@@ -1,4 +1,5 @@
 """The table of optimizers under test and the problem they are run on."""
+import numba
 import numpy as np
 
 import numba_opt as nopt
@@ -53,6 +54,11 @@ NOT_IN_TORCH = {"Lion"}
 
 # Small shapes (serial kernels), a 0-d param, and one above SERIAL_BELOW (parallel kernels).
 SHAPES = [(7, 5), (5,), (3, 4, 2), (), (130, 130)]
+if numba.config.DISABLE_JIT:
+    # The mutation runs (tests/MUTATION.md) step the rules as Python: there are no parallel
+    # kernels to reach, and 16900 elements x 25 steps per case would take minutes.  Still five
+    # params: tests count them.
+    SHAPES = SHAPES[:-1] + [(6, 4)]
 STEPS = 25
 
 TOLERANCE = {np.float32: dict(rtol=1e-5, atol=1e-6), np.float64: dict(rtol=1e-12, atol=1e-13)}

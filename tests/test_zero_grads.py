@@ -3,6 +3,7 @@
 Random grads are never exactly 0, so rules that treat 0 specially (Lion's sign(0) = 0, a 0 / 0
 in a denominator with eps = 0 guarded by eps, moments that stay exactly 0) need their own test:
 some rows of every param get a zero grad at every step, other elements at random steps."""
+import numba
 import numpy as np
 import pytest
 
@@ -10,6 +11,8 @@ from cases import CASES, STEPS, TOLERANCE, case_id, make_grads, make_params, opt
 from reference import RULES
 
 SHAPES = [(7, 5), (40, 30), (300, 70)]  # the last one above SERIAL_BELOW: parallel loops too
+if numba.config.DISABLE_JIT:  # the mutation runs (tests/MUTATION.md): no parallel loops, Python speed
+    SHAPES = SHAPES[:-1]
 
 
 def frozen_rows(param):
