@@ -57,7 +57,7 @@ except (ImportError, RuntimeError) as exc:  # RuntimeError: mpi4py found no MPI 
 from . import _fork, _validation as check, dispatch
 from .flat import FlatParams
 from .optim.base import (STATE_DICT_FORMAT, Optimizer, _check_clipping, _clip_scale,
-                         _normalise_params, _reject_shared_memory)
+                         _normalise_params, _reject_shared_memory, grad_list)
 
 __all__ = ["broadcast_params", "average_gradients", "ZeroRedundancyOptimizer"]
 
@@ -109,6 +109,18 @@ def _describe(array):
 def _labels(names, count, prefix="params"):
     return ([f"{prefix}[{n!r}]" for n in names] if names is not None
             else [f"{prefix}[{i}]" for i in range(count)])
+
+
+def _checked_params(params):
+    """(groups, arrays, labels, names) of ``params`` as the optimizers take them, each array
+    checked as a param, none sharing memory (this rank's checks, before any collective)."""
+    groups, names = _normalise_params(params)
+    arrays = [p for group in groups for p in group["params"]]
+    labels = _labels(names, len(arrays))
+    for array, label in zip(arrays, labels):
+        check.check_param(array, label)
+    _reject_shared_memory(arrays, labels)
+    return groups, arrays, labels, names
 
 
 def _agree(comm, local):
@@ -227,14 +239,8 @@ def broadcast_params(params, comm=None, root=0):
         raise ValueError(f"root is {root}, but the communicator has {comm.Get_size()} ranks")
 
     def local():
-        groups, names = _normalise_params(params)
-        arrays = [p for group in groups for p in group["params"]]
-        labels = _labels(names, len(arrays))
-        for array, label in zip(arrays, labels):
-            check.check_param(array, label)
-        _reject_shared_memory(arrays, labels)
-        device = dispatch.resolve_device("auto", zip(labels, arrays))
-        return arrays, labels, names, device
+        groups, arrays, labels, names = _checked_params(params)
+        return arrays, labels, names, dispatch.resolve_device("auto", zip(labels, arrays))
 
     arrays, labels, names, device = _agree(comm, local)
     _same_on_every_rank(comm, [("root", root)] + _arrays_items(arrays, labels, names),
@@ -363,12 +369,7 @@ class ZeroRedundancyOptimizer:
         if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, Optimizer)):
             raise TypeError("optimizer_class must be a numba_opt optimizer class (nopt.Adam, "
                             f"...), got {optimizer_class!r}")
-        groups, names = _normalise_params(params)
-        arrays = [p for group in groups for p in group["params"]]
-        labels = _labels(names, len(arrays))
-        for array, label in zip(arrays, labels):
-            check.check_param(array, label)
-        _reject_shared_memory(arrays, labels)
+        groups, arrays, labels, names = _checked_params(params)
         self.device = dispatch.resolve_device(defaults.get("device", "auto"),
                                               zip(labels, arrays))
         self._backend = dispatch.backend(self.device)
@@ -500,23 +501,7 @@ class ZeroRedundancyOptimizer:
         return norm
 
     def _grad_list(self, grads):
-        """grads as a list aligned with the params (as Optimizer's)."""
-        if self._names is not None:
-            if not isinstance(grads, Mapping):
-                raise TypeError("params were given by name, so grads must be a dict with the "
-                                f"same names, got {type(grads).__name__}")
-            if set(grads) != set(self._names):
-                missing = [n for n in self._names if n not in grads]
-                extra = [n for n in grads if n not in set(self._names)]
-                raise ValueError(f"grads names do not match params: missing {missing}, "
-                                 f"unknown {extra}")
-            return [grads[n] for n in self._names]
-        if not isinstance(grads, (list, tuple)):
-            raise TypeError("grads must be a list or tuple with one array per param, in "
-                            f"param order, got {type(grads).__name__}")
-        if len(grads) != len(self._params):
-            raise ValueError(f"got {len(grads)} grads for {len(self._params)} params")
-        return grads
+        return grad_list(grads, self._names, len(self._params))
 
     def _checked_grads(self, grads):
         """Each grad matches its param; per vector, the grads as one span (or None).  Grads that

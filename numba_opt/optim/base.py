@@ -400,27 +400,7 @@ class Optimizer:
 
     # ------------------------------------------------------------------------ grads and groups
     def _grad_list(self, grads):
-        """grads as a list aligned with the params (structure checked, arrays not yet)."""
-        if self._names is not None:
-            if not isinstance(grads, Mapping):
-                raise TypeError("params were given by name, so grads must be a dict with the "
-                                f"same names, got {type(grads).__name__}")
-            try:
-                if len(grads) == len(self._names):  # all names found and none unknown
-                    return [grads[n] for n in self._names]
-            except KeyError:
-                pass
-            # a name the optimizer does not have would never be trained: refuse it too
-            missing = [n for n in self._names if n not in grads]
-            extra = [n for n in grads if n not in set(self._names)]
-            raise ValueError(f"grads names do not match params: missing {missing}, "
-                             f"unknown {extra}")
-        if not isinstance(grads, (list, tuple)):
-            raise TypeError("grads must be a list or tuple with one array per param, in "
-                            f"param order, got {type(grads).__name__}")
-        if len(grads) != len(self._params):
-            raise ValueError(f"got {len(grads)} grads for {len(self._params)} params")
-        return grads
+        return grad_list(grads, self._names, len(self._params))
 
     def _refresh_group(self, gi):
         group = self.param_groups[gi]
@@ -712,6 +692,31 @@ def _mutable(value):
     """Whether a hyper-parameter can change in place (a list, an array, or a tuple of them)."""
     return isinstance(value, (list, np.ndarray)) or (
         isinstance(value, tuple) and any(_mutable(v) for v in value))
+
+
+def grad_list(grads, names, count):
+    """``grads`` as a list aligned with ``count`` params (named ``names``, or in order when None):
+    the structure checked, the arrays not yet (the data-parallel wrapper uses it too)."""
+    if names is not None:
+        if not isinstance(grads, Mapping):
+            raise TypeError("params were given by name, so grads must be a dict with the "
+                            f"same names, got {type(grads).__name__}")
+        try:
+            if len(grads) == len(names):  # all names found and none unknown
+                return [grads[n] for n in names]
+        except KeyError:
+            pass
+        # a name the optimizer does not have would never be trained: refuse it too
+        missing = [n for n in names if n not in grads]
+        extra = [n for n in grads if n not in set(names)]
+        raise ValueError(f"grads names do not match params: missing {missing}, "
+                         f"unknown {extra}")
+    if not isinstance(grads, (list, tuple)):
+        raise TypeError("grads must be a list or tuple with one array per param, in "
+                        f"param order, got {type(grads).__name__}")
+    if len(grads) != count:
+        raise ValueError(f"got {len(grads)} grads for {count} params")
+    return grads
 
 
 def _check_clipping(max_grad_norm, clip_value, skip_if_nonfinite, error_if_nonfinite):
