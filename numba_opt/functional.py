@@ -4,14 +4,16 @@ For each optimizer this module holds:
 - ``<name>_layout(...)``: which kernel runs and which state buffers it updates, in kernel order;
 - ``<name>_scalars(...)``: every per-step scalar (bias corrections, 1 - beta, lr / bc1 ...)
   computed once in float64, packed in the ``_math`` namedtuple (the backend casts it to the
-  array dtype: ``scalars_argument``);
+  dtype the kernel computes in, float32 for bfloat16 and float16 params: ``scalars_argument``);
 - ``<name>_step(param, grad, *state, ...)``: the public function for users who keep their own
   state.  It validates everything, then updates ``param`` and the state arrays in place.
 
 The optimizer classes (``numba_opt.optim``) use the same layout and scalars functions, so the host
 arithmetic exists once.  Each ``*_step`` works on one array; its state arrays must match the param
-in shape, dtype, memory order and device, and are updated in place.  No two of param and state
-may share memory, nor the grad with either (the grad may be exactly the param, as in the classes).
+in shape, memory order and device, and are updated in place.  They share one dtype: the param's,
+or float32 or bfloat16 for float32, bfloat16 and float16 params (what ``state_dtype=`` gives the
+classes); the grad has the param's.  No two of param and state may share memory, nor the grad
+with either (the grad may be exactly the param, as in the classes).
 """
 import math
 
