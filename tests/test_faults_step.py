@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -281,8 +282,13 @@ def test_checkpoints_saved_from_another_thread_hold_one_whole_step(tmp_path):
 
     watcher = threading.Thread(target=saver)
     watcher.start()
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         opt.step(grads)
+        if step % 10 == 0:  # let the saver finish a save mid-run (a first compile or a slow
+            saved = len(paths)  # disk could otherwise leave it behind all the steps)
+            deadline = time.monotonic() + 60
+            while len(paths) == saved and time.monotonic() < deadline:
+                time.sleep(0.001)
     done.set()
     watcher.join()
     checked = 0
