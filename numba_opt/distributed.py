@@ -57,7 +57,8 @@ except (ImportError, RuntimeError) as exc:  # RuntimeError: mpi4py found no MPI 
 from . import _fork, _validation as check, dispatch
 from .flat import FlatParams
 from .optim.base import (STATE_DICT_FORMAT, Optimizer, _check_clipping, _clip_scale,
-                         _normalise_params, _reject_shared_memory, grad_list)
+                         _normalise_params, _reject_shared_memory, checked_header,
+                         grad_list)
 
 __all__ = ["broadcast_params", "average_gradients", "ZeroRedundancyOptimizer"]
 
@@ -742,18 +743,7 @@ class ZeroRedundancyOptimizer:
     def _checked_load(self, state_dict):
         """(step_count, hyper-parameters per group, state per param index), checked as
         Optimizer.load_state_dict checks them, naming the full params."""
-        if not isinstance(state_dict, Mapping):
-            raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
-        missing = {"format", "optimizer", "step_count", "param_groups", "state"} - set(state_dict)
-        if missing:
-            raise ValueError(f"state_dict is missing {sorted(missing)}")
-        if state_dict["format"] != STATE_DICT_FORMAT:
-            raise ValueError(f"state_dict format {state_dict['format']!r} is not "
-                             f"{STATE_DICT_FORMAT}")
-        name = self._optimizer_class.__name__
-        if state_dict["optimizer"] != name:
-            raise ValueError(f"state_dict comes from {state_dict['optimizer']}, not {name}")
-        step_count = check.count("state_dict['step_count']", state_dict["step_count"])
+        step_count = checked_header(state_dict, self._optimizer_class.__name__)
         groups, entries = state_dict["param_groups"], state_dict["state"]
         if not (isinstance(groups, (list, tuple)) and all(isinstance(g, Mapping)
                                                           for g in groups)):

@@ -494,18 +494,7 @@ class Optimizer:
         step, and a state_dict saved before then lacks it.  The limitation: such a buffer
         deleted by hand cannot be told from that case, and starts afresh; nor can a whole
         entry deleted for a param that did step (params with None grads never step)."""
-        if not isinstance(state_dict, Mapping):
-            raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
-        missing = {"format", "optimizer", "step_count", "param_groups", "state"} - set(state_dict)
-        if missing:
-            raise ValueError(f"state_dict is missing {sorted(missing)}")
-        if state_dict["format"] != STATE_DICT_FORMAT:
-            raise ValueError(f"state_dict format {state_dict['format']!r} is not "
-                             f"{STATE_DICT_FORMAT}")
-        if state_dict["optimizer"] != type(self).__name__:
-            raise ValueError(f"state_dict comes from {state_dict['optimizer']}, not "
-                             f"{type(self).__name__}")
-        step_count = check.count("state_dict['step_count']", state_dict["step_count"])
+        step_count = checked_header(state_dict, type(self).__name__)
         new_hyper = self._checked_groups(state_dict["param_groups"])
         saved_state = state_dict["state"]
         if not isinstance(saved_state, Mapping):
@@ -692,6 +681,23 @@ def _mutable(value):
     """Whether a hyper-parameter can change in place (a list, an array, or a tuple of them)."""
     return isinstance(value, (list, np.ndarray)) or (
         isinstance(value, tuple) and any(_mutable(v) for v in value))
+
+
+def checked_header(state_dict, optimizer_name):
+    """The step count of a state_dict of ``optimizer_name``, after checking its kind, keys,
+    format and optimizer (the data-parallel wrapper checks its state_dicts with it too)."""
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
+    missing = {"format", "optimizer", "step_count", "param_groups", "state"} - set(state_dict)
+    if missing:
+        raise ValueError(f"state_dict is missing {sorted(missing)}")
+    if state_dict["format"] != STATE_DICT_FORMAT:
+        raise ValueError(f"state_dict format {state_dict['format']!r} is not "
+                         f"{STATE_DICT_FORMAT}")
+    if state_dict["optimizer"] != optimizer_name:
+        raise ValueError(f"state_dict comes from {state_dict['optimizer']}, not "
+                         f"{optimizer_name}")
+    return check.count("state_dict['step_count']", state_dict["step_count"])
 
 
 def grad_list(grads, names, count):
