@@ -1,6 +1,7 @@
 """The numba_opt benchmark suite (pyperf).  Every peer of a case is measured in the same run.
 
-    python -m bench [--quick] [--suite size|model|optimizer|clipping|fresh-grads|low-precision|all]
+    python -m bench [--quick] [--suite size|model|optimizer|clipping|fresh-grads|low-precision|
+                               memory|all]
                     [--out DIR] [pyperf opts]
     python -m bench --suite training-loop [--quick] [--out DIR] [pyperf opts]
     python -m bench --suite distributed [--ranks 1 2 4] [--size N] [--quick] [--out DIR]
@@ -13,6 +14,9 @@ Suites:
 - low-precision: Adam at 1e7 (and 3e7) params: float32 params and state, float32 params with
   bfloat16 state, bfloat16 params and state, bfloat16 params with float32 master copies, float16
   params; with the bytes per param each keeps and moves (issue 14);
+- memory:    Adam at 1e7 params: float32 state, bfloat16 state, int8 state (where numba_opt has
+  it), bfloat16 params and state, torch fused on float32 and bfloat16 tensors; the state bytes
+  per param measured from each optimizer's state arrays after a step, and the step time;
 - training-loop (not in 'all': about 10 minutes): Adam inside a NumPy training loop with fresh
   grads each step, idle and with a busy core; its own runner, see bench/training_loop.py.
 - distributed (not in 'all'; needs the mpi extra): ZeRO-1 Adam over MPI for 1, 2, 4 ranks, step
@@ -34,7 +38,7 @@ import pyperf
 # pyperf re-runs this file as a script in its worker processes: make ``bench`` importable there
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import report  # noqa: E402
-from numba_opt import benchmarking as peers  # noqa: E402
+from numba_opt import _codecs, benchmarking as peers  # noqa: E402
 
 SIZES = [1_000, 10_000, 100_000, 1_000_000, 10_000_000, 30_000_000]
 QUICK_SIZES = [1_000, 100_000, 10_000_000]
@@ -146,25 +150,40 @@ def cases(suite, quick):
             if has_torch:
                 add("clipping", case, "Adam", "float32", "torch clip_grad_norm_ + fused",
                     sizes, peers.torch_clipped)
+    def storage_cases(suite_name, n, storages, roof=True):
+        """Adam at n params on each (dtype, peer, options) storage, beside torch fused on
+        float32 and bfloat16 tensors (torch keeps the state in the param's dtype)."""
+        case, sizes = f"n={n:.0e}", [n]
+        if roof:
+            add(suite_name, case, "Adam", "float32", "roof 4R/3W", sizes, peers.roof)
+        for dtype, peer, options in storages:
+            add(suite_name, case, "Adam", dtype, peer, sizes, peers.numba_opt_list, **options)
+        if has_torch:
+            for dtype in ("float32", "bfloat16"):
+                add(suite_name, case, "Adam", dtype, "torch fused", sizes, peers.torch_optim,
+                    mode="fused")
+
     if suite in ("low-precision", "all"):
-        # (dtype, peer, options): what each storage costs in bytes and time, Adam at 1e7
-        storages = [("float32", "numba_opt", {}),
-                    ("float32", "numba_opt state bfloat16", dict(state_dtype="bfloat16")),
-                    ("bfloat16", "numba_opt", {}),
-                    ("bfloat16", "numba_opt master_weights",
-                     dict(master_weights=True, state_dtype="bfloat16")),
-                    ("float16", "numba_opt", {})]
+        # what each storage costs in bytes and time, Adam at 1e7
         for n in (10_000_000,) if quick else (10_000_000, 30_000_000):
-            case, sizes = f"n={n:.0e}", [n]
-            add("low-precision", case, "Adam", "float32", "roof 4R/3W", sizes, peers.roof)
-            for dtype, peer, options in storages:
-                add("low-precision", case, "Adam", dtype, peer, sizes, peers.numba_opt_list,
-                    **options)
-            if has_torch:  # torch keeps the state in the param's dtype
-                for dtype in ("float32", "bfloat16"):
-                    add("low-precision", case, "Adam", dtype, "torch fused", sizes,
-                        peers.torch_optim, mode="fused")
+            storage_cases("low-precision", n, [
+                STORAGE_FLOAT32, STORAGE_BFLOAT16_STATE, STORAGE_BFLOAT16,
+                ("bfloat16", "numba_opt master_weights",
+                 dict(master_weights=True, state_dtype="bfloat16")),
+                ("float16", "numba_opt", {})])
+    if suite in ("memory", "all"):
+        # the state each storage keeps, measured from its arrays after a step, and its time
+        int8 = [("float32", "numba_opt state int8", dict(state_dtype="int8"))]
+        storage_cases("memory", 10_000_000, [STORAGE_FLOAT32, STORAGE_BFLOAT16_STATE]
+                      + (int8 if "int8" in _codecs.STATE_DTYPES else []) + [STORAGE_BFLOAT16],
+                      roof=False)
     return out
+
+
+# (param dtype, peer, options) of the storages both the low-precision and memory suites time
+STORAGE_FLOAT32 = ("float32", "numba_opt", {})
+STORAGE_BFLOAT16_STATE = ("float32", "numba_opt state bfloat16", dict(state_dtype="bfloat16"))
+STORAGE_BFLOAT16 = ("bfloat16", "numba_opt", {})
 
 
 # Rough costs per peer: (per call, per tensor, bytes per second).  Used only to pick how many
@@ -191,6 +210,16 @@ def mixed_storage(optimizer, dtype, options):
     state_bytes, moved = peers.storage_bytes(optimizer, dtype, state_dtype,
                                              options.get("master_weights", False))
     return dict(state_dtype=state_dtype, state_bytes=state_bytes, moved_bytes=moved)
+
+
+def measured_storage(setup, sizes, optimizer, dtype, options):
+    """The memory suite's record fields: the state bytes per param measured from the state
+    arrays the optimizer holds after a step (per-block scales and master copies included), and
+    the bytes a step moves with that much state."""
+    state_bytes = peers.measured_state_bytes(setup, sizes, dtype, optimizer, **options)
+    master = options.get("master_weights", False)
+    return dict(state_dtype=options.get("state_dtype"), state_bytes=state_bytes,
+                moved_bytes=peers.moved_bytes(dtype, state_bytes, master))
 
 
 _STEPS = {}  # benchmark name -> its step function, built once per worker process
@@ -226,7 +255,7 @@ def main():
                            add_cmdline_args=forward_options)
     runner.argparser.add_argument("--suite",
                                   choices=["size", "model", "optimizer", "clipping",
-                                           "fresh-grads", "low-precision", "all",
+                                           "fresh-grads", "low-precision", "memory", "all",
                                            "training-loop", "distributed"],
                                   default="all")
     runner.argparser.add_argument("--quick", action="store_true",
@@ -248,6 +277,8 @@ def main():
                                 stdev=bench.stdev() if len(bench.get_values()) > 1 else 0.0))
             if suite == "low-precision":
                 records[-1].update(mixed_storage(optimizer, dtype, options))
+            elif suite == "memory":
+                records[-1].update(measured_storage(setup, sizes, optimizer, dtype, options))
     if args.worker or not records:
         return
     paths = report.write(records, args.out, machine=report.machine_description())

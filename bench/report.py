@@ -1,9 +1,10 @@
 """Tables and plots from benchmark records (dicts with suite, case, optimizer, dtype, peer, n,
-tensors, traffic, seconds, stdev; the low-precision suite's also state_dtype, state_bytes and
-moved_bytes per param).  Ratios compare peers of the same case measured in one run:
+tensors, traffic, seconds, stdev; the low-precision and memory suites' also state_dtype,
+state_bytes and moved_bytes per param: from the dtypes in the former, measured from the
+optimizers' state arrays in the latter).  Ratios compare peers of the same case measured in one run:
 'vs torch fused' = torch fused time / this time (above 1: faster than torch);
 'of roof' = this row's useful bandwidth / the roof's bandwidth;
-'vs float32' (low-precision suite) = numba_opt's all-float32 time / this time."""
+'vs float32' (low-precision and memory suites) = numba_opt's all-float32 time / this time."""
 import json
 import os
 import platform
@@ -99,8 +100,8 @@ def markdown(records, machine=""):
         if mixed:
             base = "" if row["vs_float32"] is None else f"{row['vs_float32']:.2f}x"
             lines.append(f"| {row['optimizer']} | {row['peer']} | {row['dtype']} | "
-                         f"{row['state_dtype'] or row['dtype']} | {row['state_bytes']} | "
-                         f"{row['moved_bytes']} | {_time(row['seconds'])} | {row['gbs']:.1f} | "
+                         f"{row['state_dtype'] or row['dtype']} | {row['state_bytes']:.4g} | "
+                         f"{row['moved_bytes']:.4g} | {_time(row['seconds'])} | {row['gbs']:.1f} | "
                          f"{base} | {vs} | {of_roof} |")
         else:
             lines.append(f"| {row['optimizer']} | {row['peer']} | {_time(row['seconds'])} | "
@@ -118,7 +119,8 @@ def plot(records, path):
         ("size", _size_panel),
         ("model", lambda ax, rs: _bars_panel(ax, rs, "Model-shaped parameter lists")),
         ("clipping", lambda ax, rs: _bars_panel(
-            ax, rs, "Adam + global-norm clipping: fused vs clip-then-step")))
+            ax, rs, "Adam + global-norm clipping: fused vs clip-then-step")),
+        ("memory", _memory_panel))
         if any(r["suite"] == suite for r in records)]
     if not panels:
         panels = [("size", _size_panel)]
@@ -144,6 +146,19 @@ def _size_panel(ax, size):
     ax.grid(True, which="both", alpha=0.3)
     if size:
         ax.legend(fontsize=8)
+
+
+def _memory_panel(ax, records):
+    """Step time against the state bytes per param, a labelled point per storage."""
+    for r in records:
+        label = f"{r['peer']}: {r['dtype']} params, {r['state_dtype'] or r['dtype']} state"
+        ax.plot(r["state_bytes"], r["seconds"] * 1e3, "s" if r["peer"].startswith("torch")
+                else "o", markersize=8, label=label)
+    ax.set(xlabel="state bytes per param (measured)", ylabel="ms per Adam step",
+           title=f"Adam, {records[0]['case']}: state memory and step time", xlim=(0, None),
+           ylim=(0, None))
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
 
 
 def _bars_panel(ax, records, title):

@@ -65,21 +65,60 @@ def numba_opt_list(sizes, dtype, optimizer="Adam", loops=None, **options):
     cls, kwargs = OPTIMIZERS[optimizer]
     params, grads = arrays(sizes, dtype), arrays(sizes, dtype, seed=1)
     opt = getattr(nopt, cls)(params, **kwargs, **options)
-    return lambda: opt.step(grads)
+
+    def step():
+        opt.step(grads)
+    step.optimizer = opt  # whose state the memory suite measures
+    return step
 
 
 def storage_bytes(optimizer, dtype, state_dtype=None, master_weights=False):
     """(state bytes per param, bytes one step reads and writes per param) of numba_opt's
     kernel on params of ``dtype`` with these options (torch's fused kernels move the same for
-    the same dtypes): the param is read and written, the grad read, each state buffer read and
-    written; a master copy is read and written instead of reading the param."""
+    the same dtypes), from the dtypes: see ``moved_bytes``."""
     states = (TRAFFIC[optimizer] - 3) // 2
-    param = np.dtype(dtype).itemsize
     storage, state = _codecs.storage(dtype, _codecs.state_dtype_option(state_dtype),
                                      master_weights)
     state_bytes = states * state.itemsize + 4 * storage.master
-    moved = (param if storage.master else 2 * param) + param + 2 * state_bytes
-    return state_bytes, moved
+    return state_bytes, moved_bytes(dtype, state_bytes, storage.master)
+
+
+def moved_bytes(dtype, state_bytes, master=False):
+    """Bytes one step reads and writes per param of ``dtype`` with ``state_bytes`` of state (a
+    master copy included): the param is read and written, the grad read, the state read and
+    written; with a master copy the param is only written (the copy is read instead)."""
+    param = np.dtype(dtype).itemsize
+    return (param if master else 2 * param) + param + 2 * state_bytes
+
+
+def state_nbytes(optimizer):
+    """Bytes of every array in ``optimizer.state`` (numba_opt's list or dict of per-param dicts,
+    torch's dict keyed by tensor): NumPy and device arrays, torch tensors, inside dicts, lists
+    and tuples (a quantized buffer's codes and per-block scales alike); each array counted once.
+    """
+    seen = set()
+
+    def nbytes(value):
+        if isinstance(value, dict):
+            return sum(nbytes(v) for v in value.values())
+        if isinstance(value, (list, tuple)):
+            return sum(nbytes(v) for v in value)
+        size = getattr(value, "nbytes", None)
+        if not isinstance(size, (int, np.integer)) or id(value) in seen:
+            return 0  # step counters (ints) and the like
+        seen.add(id(value))
+        return int(size)
+    state = optimizer.state
+    return nbytes(list(state.values()) if isinstance(state, dict) else list(state))
+
+
+def measured_state_bytes(setup, sizes, dtype, optimizer="Adam", **options):
+    """State bytes per param of the optimizer a benchmark ``setup`` makes (numba_opt's or
+    torch's), measured from its state arrays after one step."""
+    step = setup(sizes, np.dtype(dtype), optimizer=optimizer, **options)
+    step()
+    owner = getattr(step, "optimizer", None) or step.__self__  # torch's bound opt.step
+    return state_nbytes(owner) / sum(sizes)
 
 
 def numba_opt_fresh_grads(sizes, dtype, optimizer="Adam", pool=64):
@@ -213,6 +252,7 @@ def torch_optim(sizes, dtype, optimizer="Adam", mode="fused", device="cpu"):
     def step():
         opt.step()
         torch.cuda.synchronize()
+    step.optimizer = opt
     return step
 
 

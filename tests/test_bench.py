@@ -25,7 +25,7 @@ def test_every_benchmark_case_is_distinct_and_its_step_runs(monkeypatch):
     names = [(c[0], c[1], c[2], c[3], c[4]) for c in todo]
     assert len(names) == len(set(names))
     assert {c[0] for c in todo} == {"size", "model", "optimizer", "clipping", "fresh-grads",
-                                    "low-precision"}
+                                    "low-precision", "memory"}
     seen_setups = set()
     for suite, case, optimizer, dtype, peer, sizes, setup, options in todo:
         assert loops_for(peer, sizes, optimizer, dtype) >= 1  # every peer has a cost estimate
@@ -326,3 +326,46 @@ def test_low_precision_records_state_their_bytes_and_ratios():
     assert rows["bfloat16", "numba_opt"]["gbs"] == pytest.approx(14 * 1e7 / 5e-3 / 1e9)
     table = report.markdown(records)
     assert "| Adam | numba_opt | bfloat16 | bfloat16 | 4 | 14 | 5.000 ms |" in table
+
+
+def test_memory_suite_measures_the_state_each_optimizer_holds(tmp_path):
+    """The memory suite's state bytes per param come from the state arrays each optimizer holds
+    after a step (Adam: 8 in float32, 4 in bfloat16, about 2 in int8 with its per-block scales;
+    torch's step counters are a few bytes more), and its rows make a table and a plot."""
+    from bench.__main__ import cases, measured_storage
+    todo = cases("memory", quick=True)
+    expected = {("float32", "numba_opt"): 8, ("float32", "numba_opt state bfloat16"): 4,
+                ("bfloat16", "numba_opt"): 4}
+    if "int8" in peers._codecs.STATE_DTYPES:
+        expected["float32", "numba_opt state int8"] = 2
+    if any(peer.startswith("torch") for _, _, _, _, peer, *_ in todo):
+        expected.update({("float32", "torch fused"): 8, ("bfloat16", "torch fused"): 4})
+    assert {(dtype, peer) for _, _, _, dtype, peer, *_ in todo} == set(expected)
+    records = []
+    for suite, case, optimizer, dtype, peer, sizes, setup, options in todo:
+        assert suite == "memory" and sizes == [10_000_000]
+        fields = measured_storage(setup, [100_000], optimizer, dtype, options)
+        state = expected[dtype, peer]
+        # int8: a byte per state element plus a float32 scale per block of 256 elements
+        assert state <= fields["state_bytes"] < state + (0.1 if state == 2 else 1e-3)
+        assert fields["moved_bytes"] == pytest.approx(
+            3 * np.dtype(dtype).itemsize + 2 * fields["state_bytes"])
+        records.append(dict(suite=suite, case=case, optimizer=optimizer, dtype=dtype, peer=peer,
+                            n=sizes[0], tensors=1, traffic=7, seconds=1e-2, stdev=0.0,
+                            **fields))
+    table = report.markdown(records)
+    assert "| Adam | numba_opt | float32 | float32 | 8 | 28 | 10.000 ms |" in table
+    assert "| Adam | numba_opt | bfloat16 | bfloat16 | 4 | 14 | 10.000 ms |" in table
+    report.plot(records, str(tmp_path / "memory.png"))
+    assert (tmp_path / "memory.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_state_nbytes_counts_every_array_once():
+    """Arrays in nested dicts, lists and tuples (a quantized buffer's codes and scales), each
+    object once; step counters and other non-arrays count nothing."""
+    codes, scales = np.zeros(512, np.int8), np.zeros(2, np.float32)
+
+    class Optimizer:
+        state = [{"step": 3, "exp_avg": (codes, scales), "exp_avg_sq": [np.zeros(4)]},
+                 {"step": np.int64(3), "exp_avg": {"codes": codes, "absmax": scales}}]
+    assert peers.state_nbytes(Optimizer) == 512 + 8 + 32 + 8
