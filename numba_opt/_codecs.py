@@ -262,19 +262,24 @@ PYTHON_CODECS = {codec: _python_codec(*CODECS[codec]) if codec != "native" else 
 # ------------------------------------------------------------------------------ the host side
 #: The codecs one kernel is compiled for: its param's and grad's (they share a dtype), its state
 #: buffers', and whether it keeps a float32 master copy of the param as its last buffer.
-Storage = namedtuple("Storage", "param state master")
+#: With ``state`` 'int8' (blockwise 8-bit, ``_quant``), ``signs`` says which of the kernel's
+#: states use the signed map (the rest the unsigned one); () for every other codec.
+Storage = namedtuple("Storage", "param state master signs", defaults=((),))
 NATIVE = Storage("native", "native", False)
 
 
 def tag(storage):
-    """A short name for ``storage`` in kernel names: 'native', 'bfloat16_native_master' ..."""
+    """A short name for ``storage`` in kernel names: 'native', 'bfloat16_native_master',
+    'native_int8_su' ..."""
+    signs = "".join("s" if signed else "u" for signed in storage.signs)
     return "native" if storage == NATIVE else "_".join(
-        [storage.param, storage.state] + ["master"] * storage.master)
+        [storage.param, storage.state] + ["master"] * storage.master + [signs] * bool(signs))
 
 
 #: what ``state_dtype=`` accepts, by name; None: the dtype the update works on (the param's, or
 #: float32 with master weights)
-STATE_DTYPES = ("float32", "bfloat16")
+STATE_DTYPES = ("float32", "bfloat16", "int8")
+INT8 = "int8"  # blockwise: uint8 codes and float32 scales per 256 elements (_quant)
 
 
 def codec_of(dtype):
@@ -310,8 +315,9 @@ def encode(codec, value):
 
 
 def state_dtype_option(value):
-    """The ``state_dtype`` option checked: None, 'float32' or 'bfloat16' (a NumPy dtype or
-    ``ml_dtypes.bfloat16`` naming them is accepted too)."""
+    """The ``state_dtype`` option checked: None, 'float32', 'bfloat16' or 'int8' (a NumPy dtype
+    or ``ml_dtypes.bfloat16`` naming them is accepted too; 'int8' is blockwise 8-bit state,
+    whatever dtype names it)."""
     if value is None:
         return None
     if isinstance(value, str):
@@ -345,6 +351,8 @@ def storage(param_dtype, state_dtype, master_weights, label="param"):
         raise TypeError(f"state_dtype={state_dtype!r} is for float32, bfloat16 and float16 "
                         f"params, but {label} is float64 (its state stays float64: leave "
                         "state_dtype=None, or make an optimizer per dtype)")
+    elif state_dtype == INT8:
+        return Storage(codec_of(param_dtype), INT8, master), np.dtype(np.uint8)
     else:
         state = FLOAT32 if state_dtype == "float32" else BFLOAT16
     return Storage(codec_of(param_dtype), codec_of(state), master), state

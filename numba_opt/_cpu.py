@@ -25,7 +25,7 @@ import numba
 from numba import carray, njit, prange, types as nbtypes
 from numba.extending import intrinsic
 
-from . import _codecs, _math, threads
+from . import _codecs, _math, _quant, threads
 from ._codecs import NATIVE, bits  # noqa: F401 (bits: part of the backend interface)
 
 SERIAL_BELOW = 1 << 14
@@ -49,7 +49,8 @@ _REDUCTION_FASTMATH = {"reassoc"}
 # Numba's on-disk cache notices edits to this file only, not to the _math rules and _codecs it
 # inlines, so their source hash goes into every kernel's name: an edited rule or codec never
 # loads a stale kernel.
-_RULES_VERSION = hashlib.sha256((inspect.getsource(_math) + inspect.getsource(_codecs))
+_RULES_VERSION = hashlib.sha256((inspect.getsource(_math) + inspect.getsource(_codecs)
+                                + inspect.getsource(_quant))
                                 .encode()).hexdigest()[:10]
 
 
@@ -356,8 +357,165 @@ def kernel(name, storage):
     except KeyError:
         with _KERNELS_LOCK:
             if (name, storage) not in _KERNELS:
-                _KERNELS[name, storage] = Kernel(name, storage)
+                blockwise = storage.state == "int8" and _math.KERNELS[name][0]
+                _KERNELS[name, storage] = (BlockwiseKernel if blockwise else Kernel)(
+                    name, storage._replace(state="native", signs=()) if storage.state ==
+                    "int8" and not blockwise else storage)
         return _KERNELS[name, storage]
+
+
+# ----------------------------------------------------------- blockwise 8-bit state (_quant)
+# A param with int8 state steps in chunks of QUANT_CHUNK elements (whole absmax blocks), shared
+# among the threads.  Per chunk: dequantize each state into a float32 scratch array (in cache),
+# run the applier over the chunk exactly as the span loop does (its state codec is native: it
+# sees the scratch), then requantize each block with its new absmax.  ``dequant<k>`` and
+# ``requant<k>`` are bound per kernel to the signed or unsigned rules of state k, or to
+# ``_no_state`` past the kernel's number of states; ``run_chunk`` to the loop that passes the
+# applier its buffers (the scratch states, then the master copy if any).
+QUANT_CHUNK = 32 * _quant.BLOCK
+
+
+def _block_loop(param, grad, c0, a0, c1, a1, c2, a2, master, scalars):
+    h = unpack(scalars)  # noqa: F821
+    n = param.size
+    for c in prange((n + QUANT_CHUNK - 1) // QUANT_CHUNK):
+        lo = c * QUANT_CHUNK
+        m = min(QUANT_CHUNK, n - lo)
+        p = carray(_pointer(param.ctypes.data, param, lo), m)
+        g = carray(_pointer(grad.ctypes.data, grad, lo), m)
+        mst = carray(_pointer(master.ctypes.data, master, lo), m)
+        # float32 scratch, one per state (those past the kernel's states stay unused)
+        s0, s1, s2 = (np.empty(m, scalars.dtype), np.empty(m, scalars.dtype),
+                      np.empty(m, scalars.dtype))
+        dequant0(c0, a0, lo, m, s0)  # noqa: F821
+        dequant1(c1, a1, lo, m, s1)  # noqa: F821
+        dequant2(c2, a2, lo, m, s2)  # noqa: F821
+        run_chunk(m, p, g, s0, s1, s2, mst, h)  # noqa: F821
+        requant0(s0, c0, a0, lo, m)  # noqa: F821
+        requant1(s1, c1, a1, lo, m)  # noqa: F821
+        requant2(s2, c2, a2, lo, m)  # noqa: F821
+
+
+def _dequant(codes, absmax, lo, m, out):
+    for b in range((m + _quant.BLOCK - 1) // _quant.BLOCK):  # block by block: one scale each
+        start = b * _quant.BLOCK
+        k = min(_quant.BLOCK, m - start)
+        block = carray(_pointer(codes.ctypes.data, codes, lo + start), k)
+        values = carray(_pointer(out.ctypes.data, out, start), k)
+        scale = absmax[(lo + start) // _quant.BLOCK]
+        for i in range(k):
+            values[i] = dequantize(block[i], scale)  # noqa: F821
+
+
+def _requant(values, codes, absmax, lo, m):
+    for b in range((m + _quant.BLOCK - 1) // _quant.BLOCK):
+        start = b * _quant.BLOCK
+        k = min(_quant.BLOCK, m - start)
+        block = carray(_pointer(values.ctypes.data, values, start), k)
+        out = carray(_pointer(codes.ctypes.data, codes, lo + start), k)
+        # the largest magnitude, as the largest bit pattern of |value| (an integer max
+        # vectorizes where a float max does not; NaN's patterns exceed inf's, so NaN wins)
+        biggest = _codecs.float32_bits(np.float32(0))
+        for i in range(k):
+            bits_ = _codecs.float32_bits(abs(block[i]))
+            biggest = bits_ if bits_ > biggest else biggest
+        scale = _codecs.float32_from_bits(biggest)
+        absmax[(lo + start) // _quant.BLOCK] = scale
+        for i in range(k):
+            out[i] = quantize(block[i], scale)  # noqa: F821
+
+
+def _no_state(a, b, lo, m, out):
+    pass
+
+
+def _chunk1(m, p, g, s0, s1, s2, mst, h):
+    for i in range(m):
+        apply_at(i, p, g, s0, h)  # noqa: F821
+
+
+def _chunk2(m, p, g, s0, s1, s2, mst, h):
+    for i in range(m):
+        apply_at(i, p, g, s0, s1, h)  # noqa: F821
+
+
+def _chunk3(m, p, g, s0, s1, s2, mst, h):
+    for i in range(m):
+        apply_at(i, p, g, s0, s1, s2, h)  # noqa: F821
+
+
+def _chunk1_master(m, p, g, s0, s1, s2, mst, h):
+    for i in range(m):
+        apply_at(i, p, g, s0, mst, h)  # noqa: F821
+
+
+def _chunk2_master(m, p, g, s0, s1, s2, mst, h):
+    for i in range(m):
+        apply_at(i, p, g, s0, s1, mst, h)  # noqa: F821
+
+
+def _chunk3_master(m, p, g, s0, s1, s2, mst, h):
+    for i in range(m):
+        apply_at(i, p, g, s0, s1, s2, mst, h)  # noqa: F821
+
+
+_CHUNKS = {(1, False): _chunk1, (2, False): _chunk2, (3, False): _chunk3,
+           (1, True): _chunk1_master, (2, True): _chunk2_master, (3, True): _chunk3_master}
+
+
+def _compile_blockwise(name, storage, parallel):
+    """The blockwise loop of variant ``name`` on ``storage`` (state 'int8', ``signs`` saying
+    which of its states use the signed map)."""
+    n_states, family = _math.KERNELS[name]
+    inline = njit(inline="always", error_model="numpy")
+    tag = _codecs.tag(storage)
+    apply_at = _math.applier(name, storage._replace(state="native", signs=()))
+    scope = {"unpack": getattr(_math, "unpack_" + family),
+             "run_chunk": inline(_renamed(_CHUNKS[n_states, storage.master],
+                                          f"{name}_{tag}_chunk_{_RULES_VERSION}",
+                                          apply_at=apply_at))}
+    for k in range(3):
+        if k < n_states:
+            quantize, dequantize = _quant.RULES[storage.signs[k]]
+            scope[f"dequant{k}"] = inline(_renamed(_dequant, f"{name}_{tag}_dequant{k}_"
+                                                   f"{_RULES_VERSION}", dequantize=dequantize))
+            scope[f"requant{k}"] = inline(_renamed(_requant, f"{name}_{tag}_requant{k}_"
+                                                   f"{_RULES_VERSION}", quantize=quantize))
+        else:
+            scope[f"dequant{k}"] = scope[f"requant{k}"] = inline(_no_state)
+    kind = "parallel" if parallel else "serial"
+    loop = _renamed(_block_loop, f"{name}_{tag}_blocks_{kind}_{_RULES_VERSION}", **scope)
+    return njit(parallel=parallel, nogil=parallel, **_JIT_OPTIONS)(loop)
+
+
+_NO_CODES, _NO_SCALES = np.empty(0, _quant.CODE), np.empty(0, _quant.SCALE)
+_NO_MASTER = np.empty(0, np.float32)
+
+
+class BlockwiseKernel:
+    """The kernel of one variant on int8 state: called like ``Kernel.bind``'s calls, with each
+    state as two buffers, its codes and its absmax scales (then the master copy if any):
+    ``call(param, grad, codes0, absmax0, ..., [master], scalars)``.  One param per call."""
+
+    def __init__(self, name, storage):
+        self.__name__, self.storage = name, storage
+        self.n_states = _math.KERNELS[name][0]
+        self.parallel = _compile_blockwise(name, storage, parallel=True)
+        self.serial = _compile_blockwise(name, storage, parallel=False)
+
+    def bind(self, size):
+        loop = _Timed(self.parallel, self.serial) if size >= SERIAL_BELOW else self.serial
+        pad = (_NO_CODES, _NO_SCALES) * (3 - self.n_states)
+        if self.storage.master:
+            def call(param, grad, *buffers):
+                loop(param, grad, *buffers[:-2], *pad, buffers[-2], buffers[-1])
+        else:
+            def call(param, grad, *buffers):
+                loop(param, grad, *buffers[:-1], *pad, _NO_MASTER, buffers[-1])
+        return call
+
+    def dispatchers(self):
+        return (self.parallel, self.serial)
 
 
 # The grad-norm reductions, one set per codec of the grads (``load`` bound by _reductions).

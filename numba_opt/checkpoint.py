@@ -242,7 +242,8 @@ def _expected(optimizer, want_params):
         shape, dtype = tuple(param.shape), np.dtype(param.dtype)
         expected[f"params/{i}"] = (shape, dtype, f"the saved {label}") if want_params else None
         for name in optimizer._state_names_of(i):
-            expected[f"state/{i}/{name}"] = (shape, optimizer._buffer_dtype(i, name),
+            expected[f"state/{i}/{name}"] = (optimizer._buffer_shape(i, name),
+                                              optimizer._buffer_dtype(i, name),
                                               f"the saved {name!r} of {label}")
     return expected
 

@@ -377,6 +377,13 @@ class ZeroRedundancyOptimizer:
         # An optimizer over an empty view of one param: it checks the defaults, fills and checks
         # each group as the plain optimizer would, and allocates nothing.
         self._template = optimizer_class([self._backend.flat(arrays[0])[0:0]], **defaults)
+        if self._template.state_dtype == "int8":
+            # a shard cuts params anywhere, so its absmax blocks would not be the plain
+            # optimizer's, and the gathered state would not load into one
+            raise ValueError("state_dtype='int8' is not offered by ZeroRedundancyOptimizer yet "
+                             "(its blocks of 256 would straddle the shard boundaries); shard "
+                             "float32 or bfloat16 state, which already divides the state by the "
+                             "number of ranks")
         self.param_groups, self._group_indices, start = [], [], 0
         for gi, group in enumerate(groups):
             filled = {**self._template.defaults, **group, "params": list(group["params"])}

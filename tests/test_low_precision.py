@@ -651,8 +651,8 @@ def test_master_param_of_a_float32_param_is_refused():
 
 # ---------------------------------------------------------------------------- validation
 @pytest.mark.parametrize("make, error, message", [
-    (lambda: nopt.Adam(params_in(F32), state_dtype="int8"), ValueError,
-     r"state_dtype must be None or one of \('float32', 'bfloat16'\), got 'int8'"),
+    (lambda: nopt.Adam(params_in(F32), state_dtype="int4"), ValueError,
+     r"state_dtype must be None or one of \('float32', 'bfloat16', 'int8'\), got 'int4'"),
     (lambda: nopt.Adam(params_in(F32), state_dtype="float16"), ValueError, "got 'float16'"),
     (lambda: nopt.Adam(params_in(F32), state_dtype=np.float64), ValueError,
      "got <class 'numpy.float64'>"),

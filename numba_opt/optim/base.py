@@ -33,13 +33,16 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .. import _codecs, _fork, _math, _validation as check, dispatch
+from .. import _codecs, _fork, _math, _quant, _validation as check, dispatch
 from .._codecs import bits
 from ..flat import FlatParams
 from ._grads import Intake
 
 STATE_DICT_FORMAT = 1
 MASTER = "master_param"  # the float32 copy of a bfloat16 / float16 param (master_weights=True)
+# With state_dtype='int8' each state of a quantized param is two buffers: its uint8 codes under the
+# state's own name, and its float32 scales (one per block of _quant.BLOCK) under name + ABSMAX.
+ABSMAX = "_absmax"
 _NO_CLIPPING = (1.0, math.inf)  # the grad_scale and clip_value fields of the scalars, when off
 
 
@@ -88,10 +91,16 @@ class _Bucket:
         # the dtype the rules compute in, which the scalars take
         self.storage, self.state_dtype = storage, state_dtype
         self.compute_dtype = _codecs.compute_dtype(self.dtype)
-        span = backend.span(params)  # None unless the params lie back to back
+        # int8 state: a call per param, each param's blocks (and scales) its own
+        self.quantized = storage.state == _codecs.INT8
+        block_ends = list(itertools.accumulate(_quant.blocks(stop - start)
+                                               for start, stop in self.bounds))
+        self.block_bounds = list(zip([0] + block_ends[:-1], block_ends))
+        self.blocks = block_ends[-1]
+        span = None if self.quantized else backend.span(params)  # None unless back to back
         self.param_span = None if span is None else bits(span)
         # a multi-tensor table over the bucket's arrays, where the backend has such loops
-        self.table = None if not getattr(backend, "MULTI_TENSOR", False) else (
+        self.table = None if self.quantized or not getattr(backend, "MULTI_TENSOR", False) else (
             np.array(indices, dtype=np.int64),
             *backend.table_layout([stop - start for start, stop in self.bounds]))
         self.reset()
@@ -189,15 +198,18 @@ class Optimizer:
         for gi, indices in enumerate(group_indices):
             for dtype in dict.fromkeys(np.dtype(params_flat[i].dtype) for i in indices):
                 members = [i for i in indices if np.dtype(params_flat[i].dtype) == dtype]
-                storage, buffer_dtype = _codecs.storage(dtype, self._state_dtype, master_weights,
-                                                        self._labels[members[0]])
-                bucket = _Bucket(gi, members, [params_flat[i] for i in members], self._backend,
-                                 self.host_state, storage, buffer_dtype)
-                for j, i in enumerate(members):
-                    self._bucket_of[i] = (bucket, j)
-                self._buckets.append(bucket)
+                for members, state_dtype in self._state_kinds(members, params_flat):
+                    storage, buffer_dtype = _codecs.storage(dtype, state_dtype, master_weights,
+                                                            self._labels[members[0]])
+                    bucket = _Bucket(gi, members, [params_flat[i] for i in members],
+                                     self._backend, self.host_state, storage, buffer_dtype)
+                    for j, i in enumerate(members):
+                        self._bucket_of[i] = (bucket, j)
+                    self._buckets.append(bucket)
+        if any(bucket.quantized for bucket in self._buckets):
+            self.state_names = self.state_names + tuple(n + ABSMAX for n in self.state_names)
         if any(bucket.storage.master for bucket in self._buckets):
-            self.state_names = type(self).state_names + (MASTER,)
+            self.state_names = self.state_names + (MASTER,)
         # per group: (hyper-parameters, kernel name, state names, the group's values when
         # checked, its list entries)
         self._group_cache = [None] * len(self.param_groups)
@@ -211,6 +223,20 @@ class Optimizer:
         # a state_dict() taken from another thread mid-step mixes buffers from two steps.
         self._lock = threading.RLock()
         _fork.track(self)  # a fork waits for the step in progress (see _fork)
+
+    def _state_kinds(self, members, params):
+        """[(param indices, state_dtype)] of one dtype's params of a group: with int8 state,
+        params under ``_quant.MIN_SIZE`` elements keep float32 state (quantizing a few thousand
+        numbers saves little and costs precision, as in bitsandbytes)."""
+        if self._state_dtype != _codecs.INT8:
+            return [(members, self._state_dtype)]
+        if self.device != "cpu":
+            raise TypeError("state_dtype='int8' runs on the CPU kernels only so far; on CUDA "
+                            "use state_dtype='bfloat16' or None")
+        small = [i for i in members if params[i].size < _quant.MIN_SIZE]
+        large = [i for i in members if params[i].size >= _quant.MIN_SIZE]
+        return [(part, kind) for part, kind in ((large, _codecs.INT8), (small, "float32"))
+                if part]
 
     # ------------------------------------------------------------------------------- stepping
     def step(self, grads, *, max_grad_norm=None, clip_value=None, skip_if_nonfinite=False,
@@ -358,11 +384,16 @@ class Optimizer:
             started.update(names)
 
     def _use_layout(self, bucket, hyper, kernel_name, names):
-        buffers = names + (MASTER,) if bucket.storage.master else names
+        storage, buffers = bucket.storage, names
+        if bucket.quantized:  # each state as its codes and its scales; signed maps by name
+            storage = storage._replace(signs=tuple(map(_quant.is_signed, names)))
+            buffers = tuple(b for n in names for b in (n, n + ABSMAX))
+        if storage.master:
+            buffers = buffers + (MASTER,)
         for name in buffers:
             if name not in bucket.buffers:
                 self._allocate(bucket, name, hyper)
-        bucket.use_layout((kernel_name, names), self._backend.kernel(kernel_name, bucket.storage),
+        bucket.use_layout((kernel_name, names), self._backend.kernel(kernel_name, storage),
                           buffers)
         if self._step_indices is None:  # where the step_fields sit in the scalars namedtuple
             fields = _math.SCALARS[_math.KERNELS[kernel_name][1]]._fields
@@ -392,6 +423,19 @@ class Optimizer:
     def _allocate(self, bucket, name, hyper):
         if name == MASTER:  # filled from the params at their first step (Bucket.start_master)
             buffer = self._backend.full(bucket.size, _codecs.FLOAT32, 0.0)
+        elif bucket.quantized:
+            # the initial value v0 (0, or Adagrad's initial_accumulator_value ...) is v0 itself
+            # as scale and the code of 1 (or scale 0 and the code of 0): exact
+            state = name[:-len(ABSMAX)] if name.endswith(ABSMAX) else name
+            initial = float(self._initial_value(state, hyper))
+            if name.endswith(ABSMAX):
+                buffer = self._backend.full(bucket.blocks, _quant.SCALE, abs(initial))
+                bucket.buffers[name] = buffer
+                bucket.views[name] = [buffer[start:stop] for start, stop in bucket.block_bounds]
+                return
+            codes, _ = _quant.quantize_array(np.array([1.0 if initial else 0.0]),
+                                             _quant.is_signed(state))
+            buffer = self._backend.full(bucket.size, _quant.CODE, codes[0])
         else:
             buffer = self._backend.full(bucket.size, bucket.state_dtype,
                                         self._initial_value(name, hyper))
@@ -458,7 +502,9 @@ class Optimizer:
             entry = {"step": step, **host} if step else {}
             if step:
                 for name in sorted(started, key=self.state_names.index):
-                    entry[name] = self._backend.shaped(bucket.views[name][j], param)
+                    view = bucket.views[name][j]  # absmax scales stay 1-D, one per block
+                    entry[name] = view if name.endswith(ABSMAX) else self._backend.shaped(
+                        view, param)
             states.append(entry)
         return states
 
@@ -568,12 +614,15 @@ class Optimizer:
                 raise ValueError(f"{at}: {type(self).__name__} has no state {key!r}")
             elif self._buffer_dtype(i, key) is None:
                 raise ValueError(f"{at}: {label} has no {key!r} (master_weights keeps float32 "
-                                 "copies of bfloat16 and float16 params only)")
+                                 "copies of bfloat16 and float16 params only; with "
+                                 f"state_dtype='int8', params of {_quant.MIN_SIZE} elements "
+                                 "or more have codes and absmax scales, the others float32 "
+                                 "state)")
             elif not isinstance(value, np.ndarray):
                 raise TypeError(f"{at} must be a NumPy array, got {type(value).__name__}")
-            elif value.shape != tuple(param.shape):
-                raise ValueError(f"{at} has shape {value.shape}, {label} has "
-                                 f"{tuple(param.shape)}")
+            elif value.shape != self._buffer_shape(i, key):
+                raise ValueError(f"{at} has shape {value.shape}, the optimizer keeps {key!r} "
+                                 f"of {label} {tuple(param.shape)} in {self._buffer_shape(i, key)}")
             elif value.dtype != self._buffer_dtype(i, key):
                 raise TypeError(f"{at} has dtype {value.dtype}, the optimizer keeps {key!r} of "
                                 f"{label} ({param.dtype}) in {self._buffer_dtype(i, key)}"
@@ -586,13 +635,22 @@ class Optimizer:
         bucket = self._bucket_of[i][0]
         if name == MASTER:
             return _codecs.FLOAT32 if bucket.storage.master else None
+        if name.endswith(ABSMAX):
+            return _quant.SCALE if bucket.quantized else None
         return bucket.state_dtype
 
+    def _buffer_shape(self, i, name):
+        """The shape of param i's state buffer ``name``: the param's, or one scale per block."""
+        shape = tuple(self._params[i].shape)
+        return (_quant.blocks(math.prod(shape)),) if name.endswith(ABSMAX) else shape
+
     def _state_names_of(self, i):
-        """The state buffers param i may have (MASTER only for master-weighted params)."""
-        if MASTER in self.state_names and not self._bucket_of[i][0].storage.master:
-            return type(self).state_names
-        return self.state_names
+        """The state buffers param i may have (MASTER only for master-weighted params, the
+        absmax scales only for params with int8 state)."""
+        bucket = self._bucket_of[i][0]
+        return tuple(n for n in self.state_names
+                     if (n != MASTER or bucket.storage.master)
+                     and (not n.endswith(ABSMAX) or bucket.quantized))
 
     def _dtype_options(self):
         return f" (state_dtype={self._state_dtype!r}, master_weights={self._master_weights})"
@@ -634,7 +692,14 @@ class Optimizer:
                 raise ValueError(f"{where} has step 0 but {moved} differ from their initial "
                                  f"values {[self.host_state[k] for k in moved]}")
             return
-        absent = [k for k in names if k not in saved and k not in self.switched_states]
+        absent = [k for k in names if k not in saved
+                  and k.removesuffix(ABSMAX) not in self.switched_states]
+        unpaired = [k for k in names if k.endswith(ABSMAX)
+                    and (k in saved) != (k.removesuffix(ABSMAX) in saved)]
+        if unpaired:
+            raise ValueError(f"{where} holds one of {unpaired[0].removesuffix(ABSMAX)!r} and "
+                             f"{unpaired[0]!r} without the other: int8 state is codes and "
+                             "their scales together")
         if absent:
             raise ValueError(f"{where} has stepped {step} times but lacks {absent}: every "
                              f"{type(self).__name__} step updates it, and resuming without it "
