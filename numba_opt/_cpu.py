@@ -366,12 +366,11 @@ def kernel(name, storage):
 
 # ----------------------------------------------------------- blockwise 8-bit state (_quant)
 # A param with int8 state steps in chunks of QUANT_CHUNK elements (whole absmax blocks), shared
-# among the threads.  Per chunk: dequantize each state into a float32 scratch array (in cache),
-# run the applier over the chunk exactly as the span loop does (its state codec is native: it
-# sees the scratch), then requantize each block with its new absmax.  ``dequant<k>`` and
-# ``requant<k>`` are bound per kernel to the signed or unsigned rules of state k, or to
-# ``_no_state`` past the kernel's number of states; ``run_chunk`` to the loop that passes the
-# applier its buffers (the scratch states, then the master copy if any).
+# among the threads.  Per chunk: decode each state into a float32 scratch array (in cache), run
+# the applier over the chunk as the span loop does (``_math.arranged``: it sees the scratch),
+# then encode each block with its new absmax.  ``decode<k>`` and ``encode<k>`` are bound per
+# kernel to the signed or unsigned rules of state k, or to ``_no_state`` past the kernel's
+# states.
 QUANT_CHUNK = 32 * _quant.BLOCK
 
 
@@ -387,16 +386,17 @@ def _block_loop(param, grad, c0, a0, c1, a1, c2, a2, master, scalars):
         # float32 scratch, one per state (those past the kernel's states stay unused)
         s0, s1, s2 = (np.empty(m, scalars.dtype), np.empty(m, scalars.dtype),
                       np.empty(m, scalars.dtype))
-        dequant0(c0, a0, lo, m, s0)  # noqa: F821
-        dequant1(c1, a1, lo, m, s1)  # noqa: F821
-        dequant2(c2, a2, lo, m, s2)  # noqa: F821
-        run_chunk(m, p, g, s0, s1, s2, mst, h)  # noqa: F821
-        requant0(s0, c0, a0, lo, m)  # noqa: F821
-        requant1(s1, c1, a1, lo, m)  # noqa: F821
-        requant2(s2, c2, a2, lo, m)  # noqa: F821
+        decode0(c0, a0, lo, m, s0)  # noqa: F821
+        decode1(c1, a1, lo, m, s1)  # noqa: F821
+        decode2(c2, a2, lo, m, s2)  # noqa: F821
+        for i in range(m):
+            apply_arranged(i, p, g, s0, s1, s2, mst, h)  # noqa: F821
+        encode0(s0, c0, a0, lo, m)  # noqa: F821
+        encode1(s1, c1, a1, lo, m)  # noqa: F821
+        encode2(s2, c2, a2, lo, m)  # noqa: F821
 
 
-def _dequant(codes, absmax, lo, m, out):
+def _decode(codes, absmax, lo, m, out):
     for b in range((m + _quant.BLOCK - 1) // _quant.BLOCK):  # block by block: one scale each
         start = b * _quant.BLOCK
         k = min(_quant.BLOCK, m - start)
@@ -407,19 +407,16 @@ def _dequant(codes, absmax, lo, m, out):
             values[i] = dequantize(block[i], scale)  # noqa: F821
 
 
-def _requant(values, codes, absmax, lo, m):
+def _encode(values, codes, absmax, lo, m):
     for b in range((m + _quant.BLOCK - 1) // _quant.BLOCK):
         start = b * _quant.BLOCK
         k = min(_quant.BLOCK, m - start)
         block = carray(_pointer(values.ctypes.data, values, start), k)
         out = carray(_pointer(codes.ctypes.data, codes, lo + start), k)
-        # the largest magnitude, as the largest bit pattern of |value| (an integer max
-        # vectorizes where a float max does not; NaN's patterns exceed inf's, so NaN wins)
-        biggest = _codecs.float32_bits(np.float32(0))
+        biggest = _quant.NO_MAGNITUDE  # as bits: an integer max vectorizes, a float max not
         for i in range(k):
-            bits_ = _codecs.float32_bits(abs(block[i]))
-            biggest = bits_ if bits_ > biggest else biggest
-        scale = _codecs.float32_from_bits(biggest)
+            biggest = max(biggest, _quant.magnitude_bits(block[i]))
+        scale = _quant.from_bits(biggest)
         absmax[(lo + start) // _quant.BLOCK] = scale
         for i in range(k):
             out[i] = quantize(block[i], scale)  # noqa: F821
@@ -429,60 +426,23 @@ def _no_state(a, b, lo, m, out):
     pass
 
 
-def _chunk1(m, p, g, s0, s1, s2, mst, h):
-    for i in range(m):
-        apply_at(i, p, g, s0, h)  # noqa: F821
-
-
-def _chunk2(m, p, g, s0, s1, s2, mst, h):
-    for i in range(m):
-        apply_at(i, p, g, s0, s1, h)  # noqa: F821
-
-
-def _chunk3(m, p, g, s0, s1, s2, mst, h):
-    for i in range(m):
-        apply_at(i, p, g, s0, s1, s2, h)  # noqa: F821
-
-
-def _chunk1_master(m, p, g, s0, s1, s2, mst, h):
-    for i in range(m):
-        apply_at(i, p, g, s0, mst, h)  # noqa: F821
-
-
-def _chunk2_master(m, p, g, s0, s1, s2, mst, h):
-    for i in range(m):
-        apply_at(i, p, g, s0, s1, mst, h)  # noqa: F821
-
-
-def _chunk3_master(m, p, g, s0, s1, s2, mst, h):
-    for i in range(m):
-        apply_at(i, p, g, s0, s1, s2, mst, h)  # noqa: F821
-
-
-_CHUNKS = {(1, False): _chunk1, (2, False): _chunk2, (3, False): _chunk3,
-           (1, True): _chunk1_master, (2, True): _chunk2_master, (3, True): _chunk3_master}
-
-
 def _compile_blockwise(name, storage, parallel):
     """The blockwise loop of variant ``name`` on ``storage`` (state 'int8', ``signs`` saying
     which of its states use the signed map)."""
     n_states, family = _math.KERNELS[name]
     inline = njit(inline="always", error_model="numpy")
     tag = _codecs.tag(storage)
-    apply_at = _math.applier(name, storage._replace(state="native", signs=()))
     scope = {"unpack": getattr(_math, "unpack_" + family),
-             "run_chunk": inline(_renamed(_CHUNKS[n_states, storage.master],
-                                          f"{name}_{tag}_chunk_{_RULES_VERSION}",
-                                          apply_at=apply_at))}
+             "apply_arranged": _math.arranged(name, storage)}
     for k in range(3):
         if k < n_states:
             quantize, dequantize = _quant.RULES[storage.signs[k]]
-            scope[f"dequant{k}"] = inline(_renamed(_dequant, f"{name}_{tag}_dequant{k}_"
-                                                   f"{_RULES_VERSION}", dequantize=dequantize))
-            scope[f"requant{k}"] = inline(_renamed(_requant, f"{name}_{tag}_requant{k}_"
-                                                   f"{_RULES_VERSION}", quantize=quantize))
+            scope[f"decode{k}"] = inline(_renamed(_decode, f"{name}_{tag}_decode{k}_"
+                                                  f"{_RULES_VERSION}", dequantize=dequantize))
+            scope[f"encode{k}"] = inline(_renamed(_encode, f"{name}_{tag}_encode{k}_"
+                                                  f"{_RULES_VERSION}", quantize=quantize))
         else:
-            scope[f"dequant{k}"] = scope[f"requant{k}"] = inline(_no_state)
+            scope[f"decode{k}"] = scope[f"encode{k}"] = inline(_no_state)
     kind = "parallel" if parallel else "serial"
     loop = _renamed(_block_loop, f"{name}_{tag}_blocks_{kind}_{_RULES_VERSION}", **scope)
     return njit(parallel=parallel, nogil=parallel, **_JIT_OPTIONS)(loop)

@@ -13,7 +13,7 @@ stream.  Under the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) the same kernels 
 import numpy as np
 from numba import config, cuda
 
-from . import _codecs, _math
+from . import _codecs, _math, _quant
 from ._codecs import NATIVE, bits  # noqa: F401 (bits: part of the backend interface)
 
 THREADS_PER_BLOCK = 256
@@ -122,7 +122,13 @@ def kernel(name, storage):
     """The Launcher of variant ``name`` on ``storage``, made on first use."""
     key = (name, storage)
     if key not in _LAUNCHERS:
-        _LAUNCHERS.setdefault(key, Launcher(name, storage))
+        blockwise = storage.state == _codecs.INT8 and _math.KERNELS[name][0]
+        if blockwise:
+            made = BlockwiseLauncher(name, storage)
+        else:  # int8 state but no state buffer (plain SGD): the ordinary kernel
+            made = Launcher(name, storage._replace(state="native", signs=())
+                            if storage.state == _codecs.INT8 else storage)
+        _LAUNCHERS.setdefault(key, made)
     return _LAUNCHERS[key]
 
 
@@ -293,3 +299,124 @@ def fill(buffer, value):
         value = _codecs.encode(codec, value) if codec != "native" else \
             np.dtype(buffer.dtype).type(value)
         _fill[_launch_config(buffer.size)](bits(buffer), value)
+
+
+# ----------------------------------------------------------- blockwise 8-bit state (_quant)
+# One thread block per absmax block of _quant.BLOCK elements at a time (grid-stride over the
+# blocks), its threads striding over the elements: decode each state into shared float32
+# scratch, run the applier on the scratch (``_math.arranged``), take the new absmax with a shared
+# atomic max on the magnitudes' bits, then encode.  The same rules as the CPU loop, so the same
+# codes.  ``decode<k>`` / ``encode<k>`` are bound per kernel to state k's signed or unsigned
+# rules, or to the ``_no_*`` stand-ins past the kernel's states.
+def _no_decode(codes, absmax, i, b):
+    return 0.0
+
+
+def _no_encode(codes, i, value, absmax):
+    pass
+
+
+def _decode(codes, absmax, i, b):
+    return dequantize(codes[i], absmax[b])  # noqa: F821 (bound per kernel)
+
+
+def _encode(codes, i, value, absmax):
+    codes[i] = quantize(value, absmax)  # noqa: F821
+
+
+def _blockwise_kernel(apply_arranged, decode0, encode0, decode1, encode1, decode2, encode2):
+    block = _quant.BLOCK
+
+    @cuda.jit
+    def kernel(param, grad, c0, a0, c1, a1, c2, a2, master, h):
+        s0 = cuda.shared.array(block, np.float32)
+        s1 = cuda.shared.array(block, np.float32)
+        s2 = cuda.shared.array(block, np.float32)
+        peaks = cuda.shared.array(3, np.uint32)
+        t, threads = cuda.threadIdx.x, cuda.blockDim.x
+        n = param.size
+        for b in range(cuda.blockIdx.x, (n + block - 1) // block, cuda.gridDim.x):
+            lo = b * block
+            k = min(block, n - lo)
+            if t < 3:
+                peaks[t] = 0
+            p, g, mst = param[lo:], grad[lo:], master[lo:]
+            for j in range(t, k, threads):
+                s0[j] = decode0(c0, a0, lo + j, b)
+                s1[j] = decode1(c1, a1, lo + j, b)
+                s2[j] = decode2(c2, a2, lo + j, b)
+            cuda.syncthreads()
+            biggest0 = biggest1 = biggest2 = _quant.NO_MAGNITUDE
+            for j in range(t, k, threads):
+                apply_arranged(j, p, g, s0, s1, s2, mst, h)
+                biggest0 = max(biggest0, _quant.magnitude_bits(s0[j]))
+                biggest1 = max(biggest1, _quant.magnitude_bits(s1[j]))
+                biggest2 = max(biggest2, _quant.magnitude_bits(s2[j]))
+            cuda.atomic.max(peaks, 0, biggest0)
+            cuda.atomic.max(peaks, 1, biggest1)
+            cuda.atomic.max(peaks, 2, biggest2)
+            cuda.syncthreads()
+            # (np.float32: a no-op on the GPU; the simulator's Python floats would be float64)
+            scale0 = np.float32(_quant.from_bits(peaks[0]))
+            scale1 = np.float32(_quant.from_bits(peaks[1]))
+            scale2 = np.float32(_quant.from_bits(peaks[2]))
+            for j in range(t, k, threads):
+                encode0(c0, lo + j, s0[j], scale0)
+                encode1(c1, lo + j, s1[j], scale1)
+                encode2(c2, lo + j, s2[j], scale2)
+            if t == 0:
+                if a0.size:
+                    a0[b] = scale0
+                if a1.size:
+                    a1[b] = scale1
+                if a2.size:
+                    a2[b] = scale2
+            cuda.syncthreads()  # the scratch and peaks are reused by the next block
+    return kernel
+
+
+class BlockwiseLauncher:
+    """The launch of one variant on int8 state, called like the CPU's ``BlockwiseKernel``
+    calls: ``call(param, grad, codes0, absmax0, ..., [master], scalars)``, one param each."""
+
+    def __init__(self, name, storage):
+        self.__name__, self.storage = name, storage
+        self.n_states = _math.KERNELS[name][0]
+        wrap = (lambda f: f) if _SIMULATED else None
+        codecs = _codecs.PYTHON_CODECS if _SIMULATED else None
+        functions = []
+        for k in range(3):
+            if k < self.n_states:
+                quantize, dequantize = _quant.RULES[storage.signs[k]]
+                functions += [_device(_decode, f"{name}_decode{k}", dequantize=dequantize),
+                              _device(_encode, f"{name}_encode{k}", quantize=quantize)]
+            else:
+                functions += [_device(_no_decode, "no_decode"), _device(_no_encode, "no_encode")]
+        self.kernel = _blockwise_kernel(_math.arranged(name, storage, wrap, codecs), *functions)
+
+    def bind(self, size):
+        if not size:
+            return _nothing
+        blocks = min(_quant.blocks(size), MAX_BLOCKS)
+        launch = self.kernel[blocks, min(THREADS_PER_BLOCK, _quant.BLOCK)]
+        pad = (_empty(_quant.CODE), _empty(_quant.SCALE)) * (3 - self.n_states)
+        if self.storage.master:
+            def call(param, grad, *buffers):
+                launch(param, grad, *buffers[:-2], *pad, buffers[-2], buffers[-1])
+        else:
+            no_master = _empty(np.float32)
+
+            def call(param, grad, *buffers):
+                launch(param, grad, *buffers[:-1], *pad, no_master, buffers[-1])
+        return call
+
+
+def _device(function, name, **names):
+    """``function`` with ``names`` bound, as a device function (a Python function under the
+    simulator, which runs kernels as Python)."""
+    bound = _math.bound(function, name, **names)
+    return bound if _SIMULATED else _math._rule(bound)
+
+
+def _empty(dtype):
+    return cuda.device_array(0, dtype=dtype)

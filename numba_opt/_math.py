@@ -450,6 +450,49 @@ def applier(name, storage, wrap=None, codecs=None):
                       round_param=codecs[storage.param][1]))
 
 
+# The blockwise (int8 state) loops keep each state of a block in float32 scratch arrays s0..s2
+# and call ``arranged(i, p, g, s0, s1, s2, mst, h)``, which passes the applier as many of them
+# as it has, then the master copy ``mst`` if any: one wrapper per (number of states, master).
+def _arranged1(i, p, g, s0, s1, s2, mst, h):
+    rule_at(i, p, g, s0, h)  # noqa: F821 (bound per kernel, as below)
+
+
+def _arranged2(i, p, g, s0, s1, s2, mst, h):
+    rule_at(i, p, g, s0, s1, h)  # noqa: F821
+
+
+def _arranged3(i, p, g, s0, s1, s2, mst, h):
+    rule_at(i, p, g, s0, s1, s2, h)  # noqa: F821
+
+
+def _arranged1_master(i, p, g, s0, s1, s2, mst, h):
+    rule_at(i, p, g, s0, mst, h)  # noqa: F821
+
+
+def _arranged2_master(i, p, g, s0, s1, s2, mst, h):
+    rule_at(i, p, g, s0, s1, mst, h)  # noqa: F821
+
+
+def _arranged3_master(i, p, g, s0, s1, s2, mst, h):
+    rule_at(i, p, g, s0, s1, s2, mst, h)  # noqa: F821
+
+
+_ARRANGED = {(1, False): _arranged1, (2, False): _arranged2, (3, False): _arranged3,
+             (1, True): _arranged1_master, (2, True): _arranged2_master,
+             (3, True): _arranged3_master}
+
+
+def arranged(name, storage, wrap=None, codecs=None):
+    """The applier of variant ``name`` for the blockwise loops: ``(i, p, g, s0, s1, s2, mst,
+    h)`` with its states in the float32 scratch s0.. (their codec native) and the master copy
+    (if ``storage.master``) in ``mst``; ``wrap`` and ``codecs`` as for ``applier``."""
+    wrap = wrap or _rule
+    n_states = KERNELS[name][0]
+    rule_at = applier(name, storage._replace(state="native", signs=()), wrap, codecs)
+    return wrap(bound(_ARRANGED[n_states, storage.master],
+                      f"{name}_at_{_codecs.tag(storage)}_arranged", rule_at=rule_at))
+
+
 # kernel variant -> (how many state buffers it updates, its rule family)
 KERNELS = {"sgd": (0, "sgd"), "sgd_momentum": (1, "sgd"), "rmsprop": (1, "rmsprop"),
            "rmsprop_centered": (2, "rmsprop"), "rmsprop_momentum": (2, "rmsprop"),

@@ -21,6 +21,8 @@ The rules below are what the kernels compile; the host-side map and tables are N
 import numpy as np
 from numba import njit
 
+from . import _codecs
+
 BLOCK = 256         # elements per absmax scale
 MIN_SIZE = 4096     # params with fewer elements keep float32 state (bitsandbytes' min_8bit_size)
 CODE = np.dtype(np.uint8)
@@ -138,6 +140,22 @@ def dequantize_signed(code, absmax):
 @_rule
 def dequantize_unsigned(code, absmax):
     return UNSIGNED_MAP[code] * absmax
+
+
+# A block's absmax is found as the largest bit pattern of |value|: for floats of one sign the
+# bits order as the values do, NaN's patterns lie above inf's (so a NaN wins), and an integer
+# max vectorizes on the CPU and is an atomic on the GPU, where a float max is neither.
+NO_MAGNITUDE = np.uint32(0)
+
+
+@_rule
+def magnitude_bits(value):
+    return _codecs.float32_bits(abs(np.float32(value)))
+
+
+@_rule
+def from_bits(bits):
+    return _codecs.float32_from_bits(np.uint32(bits))
 
 
 #: signed? -> (quantize, dequantize)

@@ -407,7 +407,7 @@ def test_bfloat16_and_float16_params_with_int8_state_and_master_weights():
             assert opt.state[0]["master_param"].dtype == F32
 
 
-def test_float64_params_and_cuda_refuse_int8_state_with_a_clear_error():
+def test_float64_params_and_unknown_state_dtypes_are_refused():
     with pytest.raises(TypeError, match="float64"):
         nopt.Adam([np.zeros(5000)], state_dtype="int8")
     with pytest.raises(ValueError, match="state_dtype"):
@@ -441,3 +441,98 @@ def test_bitsandbytes_cpu_8bit_adam_as_an_extra_oracle():
     assert np.array_equal(state["qmap1"].numpy(), _quant.SIGNED_MAP) or np.allclose(
         state["qmap1"].numpy(), _quant.SIGNED_MAP, rtol=1e-6, atol=0)
     assert np.allclose(state["qmap2"].numpy(), _quant.UNSIGNED_MAP, rtol=1e-6, atol=0)
+
+
+# ----------------------------------------------------------------------------------- CUDA
+cuda = pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
+from numba import config  # noqa: E402
+
+SIMULATED = bool(config.ENABLE_CUDASIM)
+needs_cuda = pytest.mark.skipif(not SIMULATED and not cuda.is_available(),
+                                reason="no GPU; run with NUMBA_ENABLE_CUDASIM=1")
+# one CASES row per blockwise kernel variant (1, 2 and 3 states, signed and unsigned maps)
+CUDA_CASES = [c for c in CASES if c in (
+    ("SGD", {"lr": 0.01, "momentum": 0.9}), ("RMSprop", {}),
+    ("RMSprop", {"centered": True, "momentum": 0.5, "weight_decay": 0.05}), ("Adam", {}),
+    ("AdamW", {"lr": 1e-2, "weight_decay": 0.3, "amsgrad": True}), ("Adagrad", {}),
+    ("Adadelta", {}), ("Lion", {}))]
+
+
+@needs_cuda
+@pytest.mark.parametrize("master", [False, True], ids=["float32", "bf16-master"])
+@pytest.mark.parametrize("case", CUDA_CASES, ids=case_id)
+def test_cuda_int8_state_equals_the_cpu_bit_for_bit(case, master, monkeypatch):
+    """The GPU kernel (a thread block per absmax block, shared scratch, an atomic max) and the
+    CPU loop share the rules: same params, codes and scales.  Under the simulator the launches
+    are tiny (4 threads, 2 blocks, so threads and blocks stride) and MIN_SIZE is lowered so a
+    600-element param (two blocks and a partial third) is quantized."""
+    from numba_opt import _cuda
+    if SIMULATED:
+        monkeypatch.setattr(_cuda, "THREADS_PER_BLOCK", 4)
+        monkeypatch.setattr(_cuda, "MAX_BLOCKS", 2)
+        monkeypatch.setattr(_quant, "MIN_SIZE", 300)
+        shapes = [(600,), (5,)]
+    else:
+        shapes = [(4101,), (130, 160), (5,)]
+    name, kwargs = case
+    dtype = F32
+    if master:
+        dtype = pytest.importorskip("ml_dtypes").bfloat16
+        kwargs = {**kwargs, "master_weights": True}
+    host = [p.astype(dtype) for p in params_for(shapes=shapes)]
+    device = [cuda.to_device(p) for p in host]
+    cpu = optimizer(name, host, state_dtype="int8", **kwargs)
+    gpu = optimizer(name, device, state_dtype="int8", **kwargs)
+    assert gpu.device == "cuda"
+    for step in range(3):
+        grads = [g.astype(dtype) for g in make_grads([p.astype(F32) for p in host], step)]
+        cpu.step(grads)
+        gpu.step([cuda.to_device(g) for g in grads])
+    for i, (d, h) in enumerate(zip(device, host)):
+        assert d.copy_to_host().tobytes() == h.tobytes(), f"param {i}"
+        for key, value in cpu.state[i].items():
+            if isinstance(value, np.ndarray):
+                assert gpu.state[i][key].copy_to_host().tobytes() == value.tobytes(), key
+    assert gpu.state[0]["exp_avg_absmax" if "exp_avg" in gpu.state[0] else
+                        sorted(k for k in gpu.state[0] if k.endswith(ABSMAX))[0]] is not None
+    # the state_dict of the GPU optimizer loads into a CPU one
+    restored = optimizer(name, [p.copy() for p in host], state_dtype="int8", **kwargs)
+    restored.load_state_dict(gpu.state_dict())
+
+
+PTX_SCRIPT = """
+import json, numpy as np
+from numba import cuda, typeof
+from numba_opt import _codecs, _cuda, _math, _quant
+counts = {}
+for name, (n_states, family) in _math.KERNELS.items():
+    if not n_states:
+        continue
+    for param, master in (("native", False), ("bfloat16", True)):
+        storage = _codecs.Storage(param, "int8", master, (True, False, False)[:n_states])
+        launcher = _cuda.BlockwiseLauncher(name, storage)
+        h = _cuda.scalars_argument(_math.SCALARS[family]._make(
+            [0.0] * len(_math.SCALARS[family]._fields)), np.float32)
+        kind = typeof(np.zeros(1, np.float32 if param == "native" else np.uint16))
+        signature = ((kind, kind) + (typeof(np.zeros(1, np.uint8)),
+                     typeof(np.zeros(1, np.float32))) * 3
+                     + (typeof(np.zeros(1, np.float32)), typeof(h)))
+        ptx, _ = cuda.compile_ptx(launcher.kernel.py_func, signature, cc=(9, 0))
+        counts[f"{name} {param}"] = sum(".f64" in line for line in ptx.splitlines())
+print(json.dumps(counts))
+"""
+
+
+def test_cuda_int8_kernels_compile_to_ptx_without_float64():
+    """Every blockwise kernel compiled to real PTX (NVVM, no GPU needed): float32 only."""
+    import json
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    run = subprocess.run([sys.executable, "-c", PTX_SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    counts = json.loads(run.stdout.strip().splitlines()[-1])
+    assert len(counts) == 2 * sum(1 for n, _ in nopt._math.KERNELS.values() if n)
+    assert all(lines == 0 for lines in counts.values()), counts

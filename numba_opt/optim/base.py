@@ -230,9 +230,6 @@ class Optimizer:
         numbers saves little and costs precision, as in bitsandbytes)."""
         if self._state_dtype != _codecs.INT8:
             return [(members, self._state_dtype)]
-        if self.device != "cpu":
-            raise TypeError("state_dtype='int8' runs on the CPU kernels only so far; on CUDA "
-                            "use state_dtype='bfloat16' or None")
         small = [i for i in members if params[i].size < _quant.MIN_SIZE]
         large = [i for i in members if params[i].size >= _quant.MIN_SIZE]
         return [(part, kind) for part, kind in ((large, _codecs.INT8), (small, "float32"))
