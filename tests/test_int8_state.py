@@ -215,6 +215,27 @@ def test_against_the_float64_reference_quantizing_the_same_way(case):
     np.testing.assert_allclose(params[0], ref_param, rtol=0, atol=0.05 * displacement + 1e-6)
 
 
+def test_no_recompile_after_the_second_step():
+    params = params_for()
+    opt = nopt.Adam(params, state_dtype="int8", amsgrad=True)
+    for step in range(2):
+        opt.step(make_grads(params, step))
+    kernels = [k for k in _cpu._KERNELS.values() if k.storage.state == "int8"]
+    assert kernels
+
+    def signatures():
+        return {d: list(d.signatures) for k in kernels for d in k.dispatchers()}
+    before = signatures()
+    for step in range(2, 6):
+        opt.param_groups[0]["lr"] *= 0.5
+        opt.step(make_grads(params, step))
+    assert signatures() == before
+    # float32 params, grads, scales and scalars; uint8 codes: no float64 anywhere
+    dtypes = {str(t.dtype) for signatures in before.values() for signature in signatures
+              for t in signature}
+    assert dtypes == {"float32", "uint8"}
+
+
 def test_state_bytes_per_param_with_int8_state():
     """Issue 14's target for Adam: at most 2.1 bytes of state per param (8 with float32)."""
     p = np.zeros(100_000, F32)
