@@ -321,12 +321,16 @@ def _sub_states(schedulers):
 def _initial_lrs(optimizer, lrs=None):
     """The lrs the optimizer's groups had when its first scheduler was made (torch keeps them
     as ``group["initial_lr"]``; here they sit beside the groups, which hold only
-    hyper-parameters).  ``lrs`` replaces them (OneCycleLR does, as in torch)."""
-    if lrs is not None or optimizer._scheduler_initial_lrs is None:
+    hyper-parameters).  ``lrs`` replaces them (OneCycleLR does, as in torch).  A group added
+    since (``add_param_group``) gets its current lr, as torch's ``setdefault('initial_lr')``."""
+    known = optimizer._scheduler_initial_lrs
+    if lrs is not None or known is None or len(known) < len(optimizer.param_groups):
+        known = [] if lrs is not None or known is None else known
         # numbers, not the groups' objects: a 0-d array lr edited in place must not move them
-        optimizer._scheduler_initial_lrs = lrs or [
+        # (a new list: _all_or_nothing restores the old one if the scheduler fails)
+        optimizer._scheduler_initial_lrs = lrs or known + [
             check.real(f"param_groups[{i}]['lr']", g["lr"])
-            for i, g in enumerate(optimizer.param_groups)]
+            for i, g in enumerate(optimizer.param_groups) if i >= len(known)]
     return optimizer._scheduler_initial_lrs
 
 
