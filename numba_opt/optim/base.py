@@ -24,19 +24,23 @@ How a step runs (the fast path is what makes small steps cheap and big models on
 - A ``None`` grad skips its param, whose step count then differs from the others': that bucket
   goes on param by param, with per-param step counts, as torch does.
 """
+from __future__ import annotations
+
 import functools
 import itertools
 import math
 import operator
 import threading
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from .. import _codecs, _fork, _math, _quant, _validation as check, dispatch
 from .._codecs import bits
+from .._typing import Device, Grads, Params, Real
 from ._grads import Intake
-from . import _groups
+from . import _docs, _groups
 from ._groups import _normalise_params, _reject_shared_memory
 
 STATE_DICT_FORMAT = 1
@@ -161,8 +165,15 @@ class Optimizer:
     step_fields = ()
     #: per-param host scalars kept beside the step count: name -> initial value
     host_state = {}
+    #: constructor parameter -> its meaning, for the docstring (see _docs; shared ones there)
+    param_docs = {}
 
-    def __init__(self, params, defaults, device="auto", state_dtype=None, master_weights=False):
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _docs.document(cls)  # the docstring ends with the arguments, their defaults, meanings
+
+    def __init__(self, params: Params, defaults: Mapping[str, Any], device: Device = "auto",
+                 state_dtype: str | None = None, master_weights: bool = False) -> None:
         self.defaults = dict(defaults)
         self._state_dtype = _codecs.state_dtype_option(state_dtype)
         self._master_weights = check.flag("master_weights", master_weights)
@@ -250,7 +261,7 @@ class Optimizer:
         return [(part, kind) for part, kind in ((large, _codecs.INT8), (small, "float32"))
                 if part]
 
-    def add_param_group(self, param_group):
+    def add_param_group(self, param_group: Mapping[str, Any]) -> None:
         """Add a group of params, as torch.optim's ``add_param_group`` (to train frozen layers
         later, say): ``param_group`` is a dict with ``'params'`` (an array, a list of arrays or
         a FlatParams) and any hyper-parameters; missing ones come from ``defaults``, unknown
@@ -269,8 +280,9 @@ class Optimizer:
             _groups.add_param_group(self, param_group)
 
     # ------------------------------------------------------------------------------- stepping
-    def step(self, grads, *, max_grad_norm=None, clip_value=None, skip_if_nonfinite=False,
-             error_if_nonfinite=False):
+    def step(self, grads: Grads, *, max_grad_norm: Real | None = None,
+             clip_value: Real | None = None, skip_if_nonfinite: bool = False,
+             error_if_nonfinite: bool = False) -> float | None:
         """Update every param in place from ``grads`` (same structure and order as the params:
         a sequence, or a dict with the same names).  A ``None`` grad skips its param, as in
         torch.  Everything is validated before anything is modified.
@@ -520,7 +532,7 @@ class Optimizer:
 
     # ------------------------------------------------------------------------------ the state
     @property
-    def state(self):
+    def state(self) -> list[dict[str, Any]]:
         """Per param (a list in param order): {} before its first step, else its ``step`` count,
         its host scalars (NAdam's ``mu_product``) and a view of each state buffer shaped like
         the param (writing to a view changes the state).  When params were given as a dict, the
@@ -539,7 +551,7 @@ class Optimizer:
         return states
 
     @_locked
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         """A checkpoint of the optimizer: hyper-parameters, step counters and host (NumPy) copies
         of every state buffer.  Params are referred to by position, as in torch."""
         to_host = self._backend.to_host
@@ -556,7 +568,7 @@ class Optimizer:
         }
 
     @_locked
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore a ``state_dict()``: validated whole before anything changes, then copied in
         (onto this optimizer's device), so a resumed run repeats the uninterrupted one exactly.
 
