@@ -120,7 +120,7 @@ def cases(suite, quick):
             for optimizer in peers.OPTIMIZERS:
                 case = f"n={n:.0e}"
                 add("optimizer", case, optimizer, dtype, "numba_opt", [n], peers.numba_opt_list)
-                if has_torch:
+                if has_torch and peers.torch_class(optimizer) is not None:  # no torch Lion
                     mode = "fused" if peers.torch_has_fused(optimizer) else "foreach"
                     add("optimizer", case, optimizer, dtype, f"torch {mode}", [n],
                         peers.torch_optim, mode=mode)
@@ -198,7 +198,7 @@ _COST = {"roof": (4e-6, 0, 3e10), "numba_opt": (5e-6, 3e-6, 2.5e10),
 def loops_for(peer, sizes, optimizer, dtype):
     key = next(k for k in _COST if peer.startswith(k) or peer.replace(" 4R/3W", "") == k)
     per_call, per_tensor, bandwidth = _COST[key]
-    moved = peers.TRAFFIC[optimizer] * sum(sizes) * np.dtype(dtype).itemsize
+    moved = peers.traffic(optimizer) * sum(sizes) * np.dtype(dtype).itemsize
     estimate = per_call + per_tensor * len(sizes) + moved / bandwidth
     return int(min(100_000, max(1, round(0.1 / estimate))))
 
@@ -273,7 +273,7 @@ def main():
         if bench is not None and not args.worker:
             records.append(dict(suite=suite, case=case, optimizer=optimizer, dtype=dtype,
                                 peer=peer, n=sum(sizes), tensors=len(sizes),
-                                traffic=peers.TRAFFIC[optimizer], seconds=bench.median(),
+                                traffic=peers.traffic(optimizer), seconds=bench.median(),
                                 stdev=bench.stdev() if len(bench.get_values()) > 1 else 0.0))
             if suite == "low-precision":
                 records[-1].update(mixed_storage(optimizer, dtype, options))

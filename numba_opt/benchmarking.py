@@ -4,10 +4,13 @@ optimizer step and nothing else.
 
 Traffic (arrays read + written per element) is what the memory roof and the GB/s column count.
 """
+import functools
+
 import numpy as np
 from numba import config, njit, prange
 
 from . import _codecs
+from .examples import registry
 
 try:  # a module global, so that numba's CUDA simulator can stand in for it in tests
     from numba import cuda
@@ -16,20 +19,25 @@ except ImportError:
 
 import numba_opt as nopt
 
-# arrays moved per element by one step (reads + writes), per optimizer configuration
-TRAFFIC = {"SGD": 3, "SGD-momentum": 5, "RMSprop": 5, "Adam": 7, "AdamW": 7, "Adagrad": 5,
-           "Adamax": 7, "RAdam": 7, "NAdam": 7, "Adadelta": 7}
-OPTIMIZERS = {  # name -> (numba_opt / torch class, kwargs)
-    "SGD-momentum": ("SGD", dict(lr=1e-3, momentum=0.9)),
-    "RMSprop": ("RMSprop", dict(lr=1e-3)),
-    "Adam": ("Adam", dict(lr=1e-3)),
-    "AdamW": ("AdamW", dict(lr=1e-3)),
-    "Adagrad": ("Adagrad", dict(lr=1e-3)),
-    "Adamax": ("Adamax", dict(lr=1e-3)),
-    "RAdam": ("RAdam", dict(lr=1e-3)),
-    "NAdam": ("NAdam", dict(lr=1e-3)),
-    "Adadelta": ("Adadelta", dict(lr=1.0)),
-}
+# name -> (numba_opt / torch class, kwargs): every name of the registry, with its bench settings
+OPTIMIZERS = {name: (entry.cls, registry.settings(name, "bench"))
+              for name, entry in registry.OPTIMIZERS.items()}
+
+
+@functools.cache
+def traffic(optimizer):
+    """Arrays moved per element by one step of ``optimizer`` (a registry name): the param read
+    and written, the grad read, each state buffer its bench settings use read and written."""
+    cls, kwargs = OPTIMIZERS[optimizer]
+    opt = getattr(nopt, cls)([np.zeros(1)], **kwargs)
+    hyper = {k: v for k, v in opt.param_groups[0].items() if k != "params"}
+    return 3 + 2 * len(opt._layout(hyper)[1])
+
+
+def torch_class(optimizer):
+    """torch.optim's class for ``optimizer`` (a registry name), or None if torch lacks it."""
+    import torch
+    return getattr(torch.optim, OPTIMIZERS[optimizer][0], None)
 
 
 def arrays(sizes, dtype, seed=0):
@@ -76,7 +84,7 @@ def storage_bytes(optimizer, dtype, state_dtype=None, master_weights=False):
     """(state bytes per param, bytes one step reads and writes per param) of numba_opt's
     kernel on params of ``dtype`` with these options (torch's fused kernels move the same for
     the same dtypes), from the dtypes: see ``moved_bytes``."""
-    states = (TRAFFIC[optimizer] - 3) // 2
+    states = (traffic(optimizer) - 3) // 2
     storage, state = _codecs.storage(dtype, _codecs.state_dtype_option(state_dtype),
                                      master_weights)
     state_bytes = states * state.itemsize + 4 * storage.master
@@ -258,9 +266,11 @@ def torch_optim(sizes, dtype, optimizer="Adam", mode="fused", device="cpu"):
 
 def torch_has_fused(optimizer):
     import torch
-    cls, _ = OPTIMIZERS[optimizer]
+    cls = torch_class(optimizer)
+    if cls is None:
+        return False
     try:
-        getattr(torch.optim, cls)([torch.zeros(1, requires_grad=True)], fused=True)
+        cls([torch.zeros(1, requires_grad=True)], fused=True)
         return True
     except (TypeError, RuntimeError, ValueError):
         return False

@@ -21,6 +21,8 @@ read (a crafted file cannot make it read or allocate beyond the optimizer's own 
 CRCs, format, optimizer, hyper-parameters; a corrupt, truncated or crafted file is a
 ``ValueError`` naming the path and what is wrong.
 """
+from __future__ import annotations
+
 import contextlib
 import errno
 import json
@@ -32,11 +34,15 @@ import struct
 import tempfile
 import zipfile
 import zlib
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.lib import format as npy
 
 from . import _codecs
+
+if TYPE_CHECKING:
+    from .optim import Optimizer
 
 CHECKPOINT_FORMAT = 1
 _META = "meta"
@@ -50,7 +56,7 @@ _CORRUPT = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueEr
 _CHUNK = 1 << 20
 
 
-def save(optimizer, path, *, params=True):
+def save(optimizer: Optimizer, path: str | bytes | os.PathLike, *, params: bool = True) -> None:
     """Write ``optimizer``'s state (and its params' values unless ``params=False``) to ``path``
     (str, bytes or path-like, used as given: no ``.npz`` is appended).  Atomic: ``path`` holds
     either the old file or the complete new one."""
@@ -146,7 +152,7 @@ def _write_atomically(path, arrays):
     _fsync_directory(directory)
 
 
-def load(optimizer, path, *, params=True):
+def load(optimizer: Optimizer, path: str | bytes | os.PathLike, *, params: bool = True) -> None:
     """Restore a checkpoint written by ``save`` into ``optimizer`` (and its params' values
     unless ``params=False``).  Everything is read and checked first: on any error nothing is
     modified."""

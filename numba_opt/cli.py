@@ -27,9 +27,19 @@ def _positive_int(text):
     return value
 
 
+def _optimizer_option(command, use, what, several=True):
+    """``--optimizer``: the registry's names, the same for every subcommand; argparse refuses
+    any other (exit status 2) with the list of valid ones."""
+    from .examples import registry
+    default = registry.DEFAULTS[use] if several else registry.DEFAULTS[use][0]
+    command.add_argument(
+        "--optimizer", nargs="+" if several else None, choices=list(registry.OPTIMIZERS),
+        metavar="NAME", default=default,
+        help=f"{what} (default: {' '.join(registry.DEFAULTS[use])}; names: "
+        f"{', '.join(registry.OPTIMIZERS)}; quote names with spaces)")
+
+
 def build_parser():
-    from .examples import mlp, trajectories
-    from . import benchmarking
     parser = argparse.ArgumentParser(
         prog="numba-opt", description="numba_opt: torch.optim-style optimizers for NumPy and "
         "CUDA arrays. Try the demo, draw the plots, or time a step on this machine.")
@@ -40,10 +50,7 @@ def build_parser():
         description="Train a 64-H-10 NumPy MLP (hand-written backprop, FlatParams) on "
         "scikit-learn's bundled digits data with each optimizer; print the accuracy table and "
         "write loss_curves.png.")
-    demo.add_argument("--optimizer", nargs="+", choices=list(mlp.OPTIMIZERS), metavar="NAME",
-                      default=["SGD", "Momentum", "RMSprop", "Adam", "AdamW"],
-                      help="optimizers to train (default: SGD Momentum RMSprop Adam AdamW; "
-                      f"choices: {', '.join(mlp.OPTIMIZERS)})")
+    _optimizer_option(demo, "demo", "optimizers to train")
     demo.add_argument("--epochs", type=_positive_int, default=15, help="default 15")
     demo.add_argument("--hidden", type=_positive_int, default=64, help="hidden units, default 64")
     demo.add_argument("--seed", type=int, default=0, help="weights and batch order, default 0")
@@ -58,9 +65,7 @@ def build_parser():
         description="Draw each optimizer's path over the contours of Rosenbrock, Beale and a "
         "saddle (trajectories.png), and Adam with and without bias correction over its first "
         "steps (bias_correction.png).")
-    plot.add_argument("--optimizer", nargs="+", choices=list(trajectories.OPTIMIZERS),
-                      metavar="NAME", default=list(trajectories.OPTIMIZERS),
-                      help=f"choices: {', '.join(trajectories.OPTIMIZERS)} (default: all)")
+    _optimizer_option(plot, "plot", "optimizers to draw")
     plot.add_argument("--steps", type=_positive_int, default=500, help="default 500")
     plot.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
 
@@ -75,8 +80,7 @@ def build_parser():
     bench.add_argument("--size", nargs="+", type=_positive_int, metavar="N",
                        default=[1_000, 100_000, 10_000_000],
                        help="elements in the tensor (default: 1000 100000 10000000)")
-    bench.add_argument("--optimizer", choices=list(benchmarking.OPTIMIZERS), default="Adam",
-                       help="default Adam")
+    _optimizer_option(bench, "bench", "the optimizer to time", several=False)
     bench.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     bench.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     return parser
@@ -182,18 +186,18 @@ def run_bench(parser, args):
     contenders = []  # (label, setup, options)
     if args.device in ("auto", "cpu"):
         contenders.append(("numba_opt CPU", peers.numba_opt_list, {}))
-        if has_torch:
+        if has_torch and peers.torch_class(args.optimizer) is not None:
             mode = "fused" if peers.torch_has_fused(args.optimizer) else "foreach"
             contenders.append((f"torch {mode} CPU", peers.torch_optim, {"mode": mode}))
         if args.optimizer == "Adam":
             contenders.append(("NumPy", peers.numpy_adam, {}))
     if gpu is not None and args.device in ("auto", "cuda"):
         contenders.append(("numba_opt GPU", peers.numba_opt_cuda, {}))
-        if has_torch and peers.torch_cuda_available():
+        if has_torch and peers.torch_cuda_available() and peers.torch_has_fused(args.optimizer):
             contenders.append(("torch fused GPU", peers.torch_optim,
                                {"mode": "fused", "device": "cuda"}))
     dtype = np.dtype(args.dtype)
-    traffic = peers.TRAFFIC[args.optimizer]
+    traffic = peers.traffic(args.optimizer)
     rows = []
     for size in args.size:
         for label, setup, options in contenders:
@@ -209,6 +213,8 @@ def run_bench(parser, args):
         print(f"{size:>12,} {label:<18} {shown:>12} {gbs:>8.2f}")
     if not has_torch:
         print("(no torch rows: torch is not installed; pip install 'numba-opt[bench]' adds them)")
+    elif peers.torch_class(args.optimizer) is None:
+        print(f"(no torch rows: torch.optim has no {peers.OPTIMIZERS[args.optimizer][0]})")
     if _missing([("matplotlib", "matplotlib")]):
         print("(no plot: matplotlib is not installed; pip install 'numba-opt[bench]' adds it)")
         return 0

@@ -56,9 +56,9 @@ except (ImportError, RuntimeError) as exc:  # RuntimeError: mpi4py found no MPI 
 
 from . import _fork, _validation as check, dispatch
 from .flat import FlatParams
+from .optim._groups import _normalise_params, _reject_shared_memory
 from .optim.base import (STATE_DICT_FORMAT, Optimizer, _check_clipping, _clip_scale,
-                         _normalise_params, _reject_shared_memory, checked_header,
-                         grad_list)
+                         checked_header, grad_list)
 
 __all__ = ["broadcast_params", "average_gradients", "ZeroRedundancyOptimizer"]
 

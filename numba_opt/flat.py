@@ -10,11 +10,17 @@ An optimizer recognises params (and grads) that lie back to back in one buffer a
 as a single span; FlatParams is the easy way to get that layout.  Arrays laid out any other way
 work too, one kernel call per array.
 """
-from collections.abc import Mapping
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import _validation as check, dispatch
+
+if TYPE_CHECKING:
+    from ._typing import Array
 
 
 class FlatParams:
@@ -23,7 +29,7 @@ class FlatParams:
     (same structure).  ``grads`` are zero-filled views of a second buffer ``grad``.  Use the
     views from now on: the original arrays are not updated."""
 
-    def __init__(self, params):
+    def __init__(self, params: Sequence[Array] | Mapping[str, Array]) -> None:
         names = list(params) if isinstance(params, Mapping) else None
         arrays = list(params.values()) if names is not None else list(params)
         labels = [f"params[{n!r}]" for n in names] if names is not None else [

@@ -15,11 +15,14 @@ or float32 or bfloat16 for float32, bfloat16 and float16 params (what ``state_dt
 classes); the grad has the param's.  No two of param and state may share memory, nor the grad
 with either (the grad may be exactly the param, as in the classes).
 """
+from __future__ import annotations
+
 import math
 
 import numpy as np
 
 from . import _codecs, _math, _validation as check, dispatch
+from ._typing import Array, Betas, Device, Real
 
 
 def _pack(scalars_type, maximize, **fields):
@@ -53,8 +56,9 @@ def check_sgd(**hyper):
         raise ValueError("nesterov=True requires momentum > 0 and dampening == 0")
 
 
-def sgd_step(param, grad, momentum_buffer=None, *, step, lr=1e-3, momentum=0.0, dampening=0.0,
-             weight_decay=0.0, nesterov=False, maximize=False, device="auto"):
+def sgd_step(param: Array, grad: Array, momentum_buffer: Array | None = None, *, step: int,
+             lr: Real = 1e-3, momentum: Real = 0.0, dampening: Real = 0.0, weight_decay: Real = 0.0,
+             nesterov: bool = False, maximize: bool = False, device: Device = "auto") -> None:
     """One SGD step on ``param`` in place.  With momentum, ``momentum_buffer`` is required; at
     ``step == 1`` it is overwritten with the gradient (torch's first-step rule)."""
     check_sgd(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
@@ -87,9 +91,11 @@ RMSPROP_HYPER = dict(lr=check.non_negative, alpha=check.unit_interval, eps=check
                      centered=check.flag, eps_inside_sqrt=check.flag, maximize=check.flag)
 
 
-def rmsprop_step(param, grad, square_avg, grad_avg=None, momentum_buffer=None, *, lr=1e-2,
-                 alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
-                 eps_inside_sqrt=False, maximize=False, device="auto"):
+def rmsprop_step(param: Array, grad: Array, square_avg: Array, grad_avg: Array | None = None,
+                 momentum_buffer: Array | None = None, *, lr: Real = 1e-2, alpha: Real = 0.99,
+                 eps: Real = 1e-8, weight_decay: Real = 0.0, momentum: Real = 0.0,
+                 centered: bool = False, eps_inside_sqrt: bool = False, maximize: bool = False,
+                 device: Device = "auto") -> None:
     """One RMSprop step in place; ``grad_avg`` is needed when centered, ``momentum_buffer`` when
     momentum > 0.  ``eps_inside_sqrt=True`` uses the TF/Keras denominator sqrt(v + eps)."""
     check_hyper(RMSPROP_HYPER, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
@@ -138,9 +144,11 @@ ADAM_HYPER = dict(lr=check.non_negative, betas=check.betas, eps=check.non_negati
                   decoupled_weight_decay=check.flag)
 
 
-def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3,
-              betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False,
-              decoupled_weight_decay=False, device="auto"):
+def adam_step(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array,
+              max_exp_avg_sq: Array | None = None, *, step: int, lr: Real = 1e-3,
+              betas: Betas = (0.9, 0.999), eps: Real = 1e-8, weight_decay: Real = 0.0,
+              amsgrad: bool = False, maximize: bool = False, decoupled_weight_decay: bool = False,
+              device: Device = "auto") -> None:
     """One Adam step in place (AdamW with ``decoupled_weight_decay=True``).  ``step`` is this
     step's 1-based count, used for bias correction; ``max_exp_avg_sq`` is needed with amsgrad."""
     check_hyper(ADAM_HYPER, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
@@ -155,9 +163,10 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr
                                                   max_exp_avg_sq=max_exp_avg_sq), h)
 
 
-def adamw_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3,
-               betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, maximize=False,
-               device="auto"):
+def adamw_step(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array,
+               max_exp_avg_sq: Array | None = None, *, step: int, lr: Real = 1e-3,
+               betas: Betas = (0.9, 0.999), eps: Real = 1e-8, weight_decay: Real = 1e-2,
+               amsgrad: bool = False, maximize: bool = False, device: Device = "auto") -> None:
     """One AdamW step in place: Adam with decoupled weight decay (torch's AdamW defaults)."""
     adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step=step, lr=lr, betas=betas,
               eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
@@ -187,8 +196,9 @@ ADAGRAD_HYPER = dict(lr=check.non_negative, lr_decay=check.non_negative,
                      eps=check.non_negative, maximize=check.flag)
 
 
-def adagrad_step(param, grad, state_sum, *, step, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
-                 eps=1e-10, maximize=False, device="auto"):
+def adagrad_step(param: Array, grad: Array, state_sum: Array, *, step: int, lr: Real = 1e-2,
+                 lr_decay: Real = 0.0, weight_decay: Real = 0.0, eps: Real = 1e-10,
+                 maximize: bool = False, device: Device = "auto") -> None:
     """One Adagrad step in place; ``state_sum`` starts at initial_accumulator_value."""
     check_hyper(ADAGRAD_HYPER, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                     initial_accumulator_value=0.0, eps=eps, maximize=maximize))
@@ -223,8 +233,9 @@ ADAMAX_HYPER = dict(lr=check.non_negative, betas=check.betas, eps=check.non_nega
                     weight_decay=check.non_negative, maximize=check.flag)
 
 
-def adamax_step(param, grad, exp_avg, exp_inf, *, step, lr=2e-3, betas=(0.9, 0.999), eps=1e-8,
-                weight_decay=0.0, maximize=False, device="auto"):
+def adamax_step(param: Array, grad: Array, exp_avg: Array, exp_inf: Array, *, step: int,
+                lr: Real = 2e-3, betas: Betas = (0.9, 0.999), eps: Real = 1e-8,
+                weight_decay: Real = 0.0, maximize: bool = False, device: Device = "auto") -> None:
     """One Adamax step in place (torch.optim.Adamax); ``step`` is this step's 1-based count."""
     check_hyper(ADAMAX_HYPER, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                    maximize=maximize))
@@ -273,9 +284,10 @@ RADAM_HYPER = dict(lr=check.non_negative, betas=check.betas, eps=check.non_negat
                    maximize=check.flag)
 
 
-def radam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, betas=(0.9, 0.999),
-               eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False, maximize=False,
-               device="auto"):
+def radam_step(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, *, step: int,
+               lr: Real = 1e-3, betas: Betas = (0.9, 0.999), eps: Real = 1e-8,
+               weight_decay: Real = 0.0, decoupled_weight_decay: bool = False,
+               maximize: bool = False, device: Device = "auto") -> None:
     """One RAdam step in place (torch.optim.RAdam); ``step`` is this step's 1-based count."""
     hyper = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                  decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
@@ -330,9 +342,11 @@ NADAM_HYPER = dict(lr=check.non_negative, betas=check.betas, eps=check.non_negat
                    decoupled_weight_decay=check.flag, maximize=check.flag)
 
 
-def nadam_step(param, grad, exp_avg, exp_avg_sq, *, step, mu_product=None, lr=2e-3,
-               betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_decay=4e-3,
-               decoupled_weight_decay=False, maximize=False, device="auto"):
+def nadam_step(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, *, step: int,
+               mu_product: float | None = None, lr: Real = 2e-3, betas: Betas = (0.9, 0.999),
+               eps: Real = 1e-8, weight_decay: Real = 0.0, momentum_decay: Real = 4e-3,
+               decoupled_weight_decay: bool = False, maximize: bool = False,
+               device: Device = "auto") -> float:
     """One NAdam step in place (torch.optim.NAdam); returns the running product of the momentum
     schedule mu_1 ... mu_step, to pass as ``mu_product`` next step.  ``mu_product`` is that
     product up to the previous step (1.0 at step 1); None computes it from ``step`` assuming
@@ -368,8 +382,9 @@ ADADELTA_HYPER = dict(lr=check.non_negative, rho=check.unit_interval, eps=check.
                       weight_decay=check.non_negative, maximize=check.flag)
 
 
-def adadelta_step(param, grad, square_avg, acc_delta, *, lr=1.0, rho=0.9, eps=1e-6,
-                  weight_decay=0.0, maximize=False, device="auto"):
+def adadelta_step(param: Array, grad: Array, square_avg: Array, acc_delta: Array, *, lr: Real = 1.0,
+                  rho: Real = 0.9, eps: Real = 1e-6, weight_decay: Real = 0.0,
+                  maximize: bool = False, device: Device = "auto") -> None:
     """One Adadelta step in place (torch.optim.Adadelta)."""
     hyper = dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize)
     check_hyper(ADADELTA_HYPER, hyper)
@@ -393,8 +408,9 @@ LION_HYPER = dict(lr=check.non_negative, betas=check.betas, weight_decay=check.n
                   maximize=check.flag)
 
 
-def lion_step(param, grad, exp_avg, *, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0,
-              maximize=False, device="auto"):
+def lion_step(param: Array, grad: Array, exp_avg: Array, *, lr: Real = 1e-4,
+              betas: Betas = (0.9, 0.99), weight_decay: Real = 0.0, maximize: bool = False,
+              device: Device = "auto") -> None:
     """One Lion step in place (lion-pytorch / optax semantics; decoupled weight decay)."""
     hyper = dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize)
     check_hyper(LION_HYPER, hyper)

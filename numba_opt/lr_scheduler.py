@@ -19,17 +19,23 @@ ones it inherits are checked).  Of a user's callables (LambdaLR's and Multiplica
 attributes, and None for a function or lambda, whose code is not saved; loading puts the
 attributes back into the loading scheduler's own callables.
 """
+from __future__ import annotations
+
 import bisect
 import contextlib
 import copy
 import math
 import numbers
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import _validation as check
+
+if TYPE_CHECKING:
+    from .optim import Optimizer
 
 
 class _StateDict:
@@ -67,7 +73,7 @@ class _StateDict:
 class LRScheduler(_StateDict):
     """Base class: ``get_lr()`` gives the new lr of every group from the current ones."""
 
-    def __init__(self, optimizer, last_epoch=-1):
+    def __init__(self, optimizer: Optimizer, last_epoch: int = -1) -> None:
         _check_start(optimizer, last_epoch)
         self.optimizer = optimizer
         with _all_or_nothing(optimizer):
@@ -321,12 +327,16 @@ def _sub_states(schedulers):
 def _initial_lrs(optimizer, lrs=None):
     """The lrs the optimizer's groups had when its first scheduler was made (torch keeps them
     as ``group["initial_lr"]``; here they sit beside the groups, which hold only
-    hyper-parameters).  ``lrs`` replaces them (OneCycleLR does, as in torch)."""
-    if lrs is not None or optimizer._scheduler_initial_lrs is None:
+    hyper-parameters).  ``lrs`` replaces them (OneCycleLR does, as in torch).  A group added
+    since (``add_param_group``) gets its current lr, as torch's ``setdefault('initial_lr')``."""
+    known = optimizer._scheduler_initial_lrs
+    if lrs is not None or known is None or len(known) < len(optimizer.param_groups):
+        known = [] if lrs is not None or known is None else known
         # numbers, not the groups' objects: a 0-d array lr edited in place must not move them
-        optimizer._scheduler_initial_lrs = lrs or [
+        # (a new list: _all_or_nothing restores the old one if the scheduler fails)
+        optimizer._scheduler_initial_lrs = lrs or known + [
             check.real(f"param_groups[{i}]['lr']", g["lr"])
-            for i, g in enumerate(optimizer.param_groups)]
+            for i, g in enumerate(optimizer.param_groups) if i >= len(known)]
     return optimizer._scheduler_initial_lrs
 
 
@@ -346,7 +356,8 @@ def _epochs(name, value):
 class StepLR(LRScheduler):
     """lr * gamma every ``step_size`` epochs."""
 
-    def __init__(self, optimizer, step_size, gamma=0.1, last_epoch=-1):
+    def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1,
+                 last_epoch: int = -1) -> None:
         self.step_size = _positive_int("step_size", step_size)
         self.gamma = check.non_negative("gamma", gamma)
         super().__init__(optimizer, last_epoch)
@@ -364,7 +375,8 @@ class StepLR(LRScheduler):
 class MultiStepLR(LRScheduler):
     """lr * gamma at each epoch listed in ``milestones``."""
 
-    def __init__(self, optimizer, milestones, gamma=0.1, last_epoch=-1):
+    def __init__(self, optimizer: Optimizer, milestones: Iterable[int], gamma: float = 0.1,
+                 last_epoch: int = -1) -> None:
         milestones = [_positive_int("milestones[]", m) for m in _epochs("milestones", milestones)]
         if milestones != sorted(milestones):
             raise ValueError(f"milestones must be increasing, got {milestones}")
@@ -385,7 +397,7 @@ class MultiStepLR(LRScheduler):
 class ExponentialLR(LRScheduler):
     """lr * gamma every epoch."""
 
-    def __init__(self, optimizer, gamma, last_epoch=-1):
+    def __init__(self, optimizer: Optimizer, gamma: float, last_epoch: int = -1) -> None:
         self.gamma = check.non_negative("gamma", gamma)
         super().__init__(optimizer, last_epoch)
 
@@ -401,7 +413,8 @@ class ExponentialLR(LRScheduler):
 class CosineAnnealingLR(LRScheduler):
     """Cosine from the initial lr down to ``eta_min`` over ``T_max`` epochs (then back up)."""
 
-    def __init__(self, optimizer, T_max, eta_min=0.0, last_epoch=-1):  # noqa: N803 (torch's name)
+    def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0,
+                 last_epoch: int = -1) -> None:  # noqa: N803 (torch's name)
         self.T_max = _positive_int("T_max", T_max)
         self.eta_min = check.non_negative("eta_min", eta_min)
         super().__init__(optimizer, last_epoch)
@@ -425,8 +438,8 @@ class LinearLR(LRScheduler):
     """Linear warm-up (or -down): the lr factor goes from ``start_factor`` to ``end_factor``
     over ``total_iters`` epochs, then stays."""
 
-    def __init__(self, optimizer, start_factor=1.0 / 3, end_factor=1.0, total_iters=5,
-                 last_epoch=-1):
+    def __init__(self, optimizer: Optimizer, start_factor: float = 1.0 / 3, end_factor: float = 1.0,
+                 total_iters: int = 5, last_epoch: int = -1) -> None:
         self.start_factor = _start_factor("start_factor", start_factor)
         self.end_factor = _unit_factor("end_factor", end_factor)
         self.total_iters = _positive_int("total_iters", total_iters)
@@ -452,7 +465,8 @@ class ConstantLR(LRScheduler):
     """lr * ``factor`` for the first ``total_iters`` epochs, then the lr again (a constant
     warm-up)."""
 
-    def __init__(self, optimizer, factor=1.0 / 3, total_iters=5, last_epoch=-1):
+    def __init__(self, optimizer: Optimizer, factor: float = 1.0 / 3, total_iters: int = 5,
+                 last_epoch: int = -1) -> None:
         # torch takes factor=0 and then divides by it at total_iters
         self.factor = _start_factor("factor", factor)
         # torch takes 0 (and negatives), keeping the factor forever where its closed form
@@ -476,7 +490,8 @@ class ConstantLR(LRScheduler):
 class PolynomialLR(LRScheduler):
     """lr * (1 - epoch / ``total_iters``) ** ``power``, reaching 0 at ``total_iters``."""
 
-    def __init__(self, optimizer, total_iters=5, power=1.0, last_epoch=-1):
+    def __init__(self, optimizer: Optimizer, total_iters: int = 5, power: float = 1.0,
+                 last_epoch: int = -1) -> None:
         self.total_iters = _positive_int("total_iters", total_iters)
         # a negative power divides by zero at total_iters (torch's too)
         self.power = check.non_negative("power", power)
@@ -545,7 +560,9 @@ class LambdaLR(_LambdaStates, LRScheduler):
     list of one per group.  A state_dict keeps a callable object's attributes, and nothing of
     a function or lambda (as torch): the scheduler loading it uses its own ``lr_lambda``."""
 
-    def __init__(self, optimizer, lr_lambda, last_epoch=-1):
+    def __init__(self, optimizer: Optimizer,
+                 lr_lambda: Callable[[int], float] | Sequence[Callable[[int], float]],
+                 last_epoch: int = -1) -> None:
         _check_optimizer(optimizer)
         self.lr_lambdas = _lr_lambdas(lr_lambda, len(optimizer.param_groups))
         super().__init__(optimizer, last_epoch)
@@ -560,7 +577,9 @@ class MultiplicativeLR(_LambdaStates, LRScheduler):
     """lr * ``lr_lambda(epoch)`` every epoch after the first (one function for every param
     group, or a list of one per group).  Saved as LambdaLR is."""
 
-    def __init__(self, optimizer, lr_lambda, last_epoch=-1):
+    def __init__(self, optimizer: Optimizer,
+                 lr_lambda: Callable[[int], float] | Sequence[Callable[[int], float]],
+                 last_epoch: int = -1) -> None:
         _check_optimizer(optimizer)
         self.lr_lambdas = _lr_lambdas(lr_lambda, len(optimizer.param_groups))
         super().__init__(optimizer, last_epoch)
@@ -677,10 +696,14 @@ class OneCycleLR(LRScheduler):
     beta1) moves the opposite way between ``max_momentum`` and ``base_momentum``.  Step it
     once per batch."""
 
-    def __init__(self, optimizer, max_lr, total_steps=None, epochs=None, steps_per_epoch=None,
-                 pct_start=0.3, anneal_strategy="cos", cycle_momentum=True, base_momentum=0.85,
-                 max_momentum=0.95, div_factor=25.0, final_div_factor=1e4, three_phase=False,
-                 last_epoch=-1):
+    def __init__(self, optimizer: Optimizer, max_lr: float | Sequence[float],
+                 total_steps: int | None = None, epochs: int | None = None,
+                 steps_per_epoch: int | None = None, pct_start: float = 0.3,
+                 anneal_strategy: str = "cos", cycle_momentum: bool = True,
+                 base_momentum: float | Sequence[float] = 0.85,
+                 max_momentum: float | Sequence[float] = 0.95, div_factor: float = 25.0,
+                 final_div_factor: float = 1e4, three_phase: bool = False,
+                 last_epoch: int = -1) -> None:
         _check_start(optimizer, last_epoch)  # before the groups' momenta change
         groups = optimizer.param_groups
         if total_steps is None:
@@ -825,9 +848,12 @@ class CyclicLR(LRScheduler):
 
     _callables = ("_scale_fn_custom",)
 
-    def __init__(self, optimizer, base_lr, max_lr, step_size_up=2000, step_size_down=None,
-                 mode="triangular", gamma=1.0, scale_fn=None, scale_mode="cycle",
-                 cycle_momentum=True, base_momentum=0.8, max_momentum=0.9, last_epoch=-1):
+    def __init__(self, optimizer: Optimizer, base_lr: float | Sequence[float],
+                 max_lr: float | Sequence[float], step_size_up: int = 2000,
+                 step_size_down: int | None = None, mode: str = "triangular", gamma: float = 1.0,
+                 scale_fn: Callable[[float], float] | None = None, scale_mode: str = "cycle",
+                 cycle_momentum: bool = True, base_momentum: float | Sequence[float] = 0.8,
+                 max_momentum: float | Sequence[float] = 0.9, last_epoch: int = -1) -> None:
         _check_start(optimizer, last_epoch)  # before the groups' lrs and momenta change
         groups = optimizer.param_groups
         base_lrs = _per_group("base_lr", base_lr, groups)
@@ -947,7 +973,8 @@ class CosineAnnealingWarmRestarts(LRScheduler):
     one before.  ``step()`` goes one epoch on; ``step(epoch)`` goes to ``epoch``, which may be
     fractional (``step(epoch + batch / batches)`` every batch), as torch allows."""
 
-    def __init__(self, optimizer, T_0, T_mult=1, eta_min=0.0, last_epoch=-1):  # noqa: N803
+    def __init__(self, optimizer: Optimizer, T_0: int, T_mult: int = 1, eta_min: float = 0.0,
+                 last_epoch: int = -1) -> None:  # noqa: N803
         self.T_0 = self.T_i = _positive_int("T_0", T_0)  # noqa: N815 (torch's names)
         self.T_mult = _positive_int("T_mult", T_mult)  # noqa: N815
         self.eta_min = check.non_negative("eta_min", eta_min)
@@ -1000,7 +1027,7 @@ class CosineAnnealingWarmRestarts(LRScheduler):
 class ChainedScheduler(_StateDict):
     """Several schedulers on one optimizer, stepped together (their factors multiply)."""
 
-    def __init__(self, schedulers):
+    def __init__(self, schedulers: Sequence[LRScheduler]) -> None:
         schedulers = list(schedulers)
         if not schedulers:
             raise ValueError("schedulers is empty")
@@ -1039,7 +1066,8 @@ class SequentialLR(_StateDict):
     milestones=[5])``).  Making it resets the lrs to the initial ones and undoes the first step
     each scheduler took when it was made."""
 
-    def __init__(self, optimizer, schedulers, milestones, last_epoch=-1):
+    def __init__(self, optimizer: Optimizer, schedulers: Sequence[LRScheduler],
+                 milestones: Iterable[int], last_epoch: int = -1) -> None:
         schedulers = list(schedulers)
         if not schedulers:
             raise ValueError("schedulers is empty")
@@ -1102,8 +1130,10 @@ class ReduceLROnPlateau(_StateDict):
     """Divide the lr by 1/factor when ``metric`` (``step(metric)``) stops improving for
     ``patience`` epochs (torch's rules for mode, threshold, cooldown, min_lr, eps)."""
 
-    def __init__(self, optimizer, mode="min", factor=0.1, patience=10, threshold=1e-4,
-                 threshold_mode="rel", cooldown=0, min_lr=0.0, eps=1e-8):
+    def __init__(self, optimizer: Optimizer, mode: str = "min", factor: float = 0.1,
+                 patience: int = 10, threshold: float = 1e-4, threshold_mode: str = "rel",
+                 cooldown: int = 0, min_lr: float | Sequence[float] = 0.0,
+                 eps: float = 1e-8) -> None:
         _check_optimizer(optimizer)
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")

@@ -38,7 +38,7 @@ def test_every_benchmark_case_is_distinct_and_its_step_runs(monkeypatch):
         step()
 
 
-@pytest.mark.parametrize("optimizer", ["Adam", "SGD-momentum"])
+@pytest.mark.parametrize("optimizer", ["Adam", "Momentum"])
 def test_clipping_peers_clip_and_step_alike(optimizer, monkeypatch):
     """Fused clipping and clip-then-step with NumPy make the same step (with a clip norm the
     bench grads exceed), unlike no clipping; the NumPy peer's grads stay clipped, so its next

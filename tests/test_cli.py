@@ -142,3 +142,62 @@ def test_bench_without_torch_and_matplotlib_prints_its_table_and_says_why(tmp_pa
     assert "torch fused" not in out and "torch foreach" not in out
     assert "no torch rows" in out and "no plot: matplotlib is not installed" in out
     assert not (tmp_path / "bench.png").exists()
+
+
+# ------------------------------------------------------------- one list of optimizer names
+def test_every_subcommand_offers_the_registry_names():
+    from numba_opt import benchmarking
+    from numba_opt.examples import registry
+    names = list(registry.OPTIMIZERS)
+    for table in (mlp.OPTIMIZERS, trajectories.OPTIMIZERS, benchmarking.OPTIMIZERS):
+        assert list(table) == names
+    parser = cli.build_parser()
+    for command in ("demo", "plot", "bench"):
+        help_text = " ".join(parser._subparsers._group_actions[0].choices[command]
+                             .format_help().split())  # unwrapped
+        for name in names:
+            assert name in help_text, (command, name)
+            args = parser.parse_args([command, "--optimizer", name])
+            assert args.optimizer in (name, [name])
+        assert parser.parse_args([command]).optimizer in (registry.DEFAULTS[command],
+                                                           registry.DEFAULTS[command][0])
+
+
+@pytest.mark.parametrize("command", ["demo", "plot", "bench"])
+def test_an_unknown_name_exits_2_listing_the_valid_ones(command, capsys):
+    from numba_opt.examples import registry
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--optimizer", "Adamm"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'Adamm'" in err
+    for name in registry.OPTIMIZERS:
+        assert repr(name) in err
+
+
+def test_every_name_builds_and_steps_in_each_use():
+    """Each registry name with each use's settings: a demo MLP step, a plot path, a bench step
+    (numba_opt's, and torch's where torch.optim has the class)."""
+    from numba_opt import benchmarking as peers
+    from numba_opt.examples import registry
+    for name in registry.OPTIMIZERS:
+        model = mlp.MLP(8, 4, 10, seed=0)
+        opt = mlp.make_optimizer(name, model.flat)
+        before = model.flat.data.copy()
+        x = np.random.default_rng(0).random((16, 8)).astype(np.float32)
+        model.loss_and_grads(x, np.arange(16) % 10)
+        opt.step(model.flat.grads)
+        assert not np.array_equal(model.flat.data, before), name
+        points = trajectories.path("Beale", name, 5)
+        assert points.shape == (6, 2) and np.isfinite(points).all(), name
+        peers.numba_opt_list([10], np.dtype(np.float32), optimizer=name)()
+        if peers.torch_class(name) is not None:
+            peers.torch_optim([10], np.dtype(np.float32), optimizer=name, mode="foreach")()
+
+
+def test_bench_traffic_counts_the_state_buffers_of_each_name():
+    from numba_opt import benchmarking as peers
+    expected = {"SGD": 3, "Momentum": 5, "Nesterov": 5, "RMSprop": 5, "RMSprop centered": 9,
+                "Adam": 7, "Adam amsgrad": 9, "AdamW": 7, "Adagrad": 5, "Adamax": 7,
+                "RAdam": 7, "NAdam": 7, "Adadelta": 7, "Lion": 5}
+    assert {name: peers.traffic(name) for name in expected} == expected

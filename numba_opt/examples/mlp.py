@@ -11,23 +11,11 @@ import numpy as np
 
 import numba_opt as nopt
 
-# name -> (optimizer class name, its settings for this model)
-OPTIMIZERS = {
-    "SGD": ("SGD", dict(lr=0.1)),
-    "Momentum": ("SGD", dict(lr=0.05, momentum=0.9)),
-    "Nesterov": ("SGD", dict(lr=0.05, momentum=0.9, nesterov=True)),
-    "RMSprop": ("RMSprop", dict(lr=1e-3)),
-    "RMSprop centered": ("RMSprop", dict(lr=1e-3, centered=True, momentum=0.5)),
-    "Adam": ("Adam", dict(lr=3e-3)),
-    "Adam amsgrad": ("Adam", dict(lr=3e-3, amsgrad=True)),
-    "AdamW": ("AdamW", dict(lr=3e-3, weight_decay=1e-2)),
-    "Adagrad": ("Adagrad", dict(lr=3e-2)),
-    "Adamax": ("Adamax", dict(lr=6e-3)),
-    "RAdam": ("RAdam", dict(lr=1e-2)),
-    "NAdam": ("NAdam", dict(lr=3e-3)),
-    "Adadelta": ("Adadelta", dict(lr=1.0)),
-    "Lion": ("Lion", dict(lr=1e-3, weight_decay=0.1)),
-}
+from . import registry
+
+# name -> (optimizer class name, its settings for this model): the registry's, for this use
+OPTIMIZERS = {name: (entry.cls, registry.settings(name, "demo"))
+              for name, entry in registry.OPTIMIZERS.items()}
 
 
 def load_digits(seed):

@@ -4,9 +4,13 @@ Each path is a real numba_opt optimizer stepping a 2-element float64 param with 
 analytic gradient.  The bias-correction figure runs numba_opt's Adam next to the same update
 without the corrections (written out in NumPy), on one stream of noisy gradients of mean 1.
 """
+import functools
+
 import numpy as np
 
 import numba_opt as nopt
+
+from . import registry
 
 
 def rosenbrock(p):
@@ -49,15 +53,15 @@ FUNCTIONS = {
     "saddle x^2 - y^2": (saddle, saddle_grad, (1.5, 1e-3), None, (-2, 2, -2, 2), False),
 }
 
+
+def make_optimizer(name, params, lr_scale):
+    """The registry's optimizer ``name`` with its plot settings, its lr times ``lr_scale``."""
+    settings = registry.settings(name, "plot")
+    return registry.class_of(name)(params, **{**settings, "lr": settings["lr"] * lr_scale})
+
+
 # name -> factory(params, lr scale); the lr scale is per function (their gradients differ a lot)
-OPTIMIZERS = {
-    "SGD": lambda p, s: nopt.SGD(p, lr=1e-3 * s),
-    "Momentum": lambda p, s: nopt.SGD(p, lr=1e-3 * s, momentum=0.9),
-    "RMSprop": lambda p, s: nopt.RMSprop(p, lr=1e-2 * s),
-    "Adam": lambda p, s: nopt.Adam(p, lr=3e-2 * s),
-    "AdamW": lambda p, s: nopt.AdamW(p, lr=3e-2 * s, weight_decay=0.1),
-    "Adagrad": lambda p, s: nopt.Adagrad(p, lr=0.3 * s),
-}
+OPTIMIZERS = {name: functools.partial(make_optimizer, name) for name in registry.OPTIMIZERS}
 LR_SCALE = {"Rosenbrock": 1.0, "Beale": 1.0, "saddle x^2 - y^2": 5.0}
 
 

@@ -1,4 +1,7 @@
+from __future__ import annotations
+
 from .. import functional as F
+from .._typing import Device, Params, Real
 from .base import Optimizer
 
 
@@ -7,10 +10,11 @@ class Adadelta(Optimizer):
     d = sqrt(u + eps)/sqrt(v + eps)*g; u <- rho*u + (1 - rho)*d^2; p <- p - lr*d."""
     state_names = ("square_avg", "acc_delta")
     hyper_checks = F.ADADELTA_HYPER
+    param_docs = {"rho": "decay rate of the squared-gradient and squared-update averages"}
 
-    def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, maximize=False,
-                 device="auto", *,
-                 state_dtype=None, master_weights=False):
+    def __init__(self, params: Params, lr: Real = 1.0, rho: Real = 0.9, eps: Real = 1e-6,
+                 weight_decay: Real = 0.0, maximize: bool = False, device: Device = "auto", *,
+                 state_dtype: str | None = None, master_weights: bool = False) -> None:
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
                                       maximize=maximize), device,
                          state_dtype, master_weights)

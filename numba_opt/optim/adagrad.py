@@ -1,4 +1,7 @@
+from __future__ import annotations
+
 from .. import functional as F
+from .._typing import Device, Params, Real
 from .base import Optimizer
 
 
@@ -8,10 +11,13 @@ class Adagrad(Optimizer):
     state_names = ("sum",)
     hyper_checks = F.ADAGRAD_HYPER
     step_fields = F.ADAGRAD_STEP_FIELDS
+    param_docs = {"lr_decay": "clr = lr / (1 + (t - 1)*lr_decay)",
+                  "initial_accumulator_value": "the value the sum of squares s starts from"}
 
-    def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
-                 initial_accumulator_value=0.0, eps=1e-10, maximize=False, device="auto", *,
-                 state_dtype=None, master_weights=False):
+    def __init__(self, params: Params, lr: Real = 1e-2, lr_decay: Real = 0.0,
+                 weight_decay: Real = 0.0, initial_accumulator_value: Real = 0.0, eps: Real = 1e-10,
+                 maximize: bool = False, device: Device = "auto", *, state_dtype: str | None = None,
+                 master_weights: bool = False) -> None:
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value,
                                       eps=eps, maximize=maximize), device,

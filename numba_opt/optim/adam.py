@@ -1,4 +1,7 @@
+from __future__ import annotations
+
 from .. import functional as F
+from .._typing import Betas, Device, Params, Real
 from .base import Optimizer
 
 
@@ -14,9 +17,11 @@ class Adam(Optimizer):
     hyper_checks = F.ADAM_HYPER
     step_fields = F.ADAM_STEP_FIELDS
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 amsgrad=False, maximize=False, decoupled_weight_decay=False, device="auto", *,
-                 state_dtype=None, master_weights=False):
+    def __init__(self, params: Params, lr: Real = 1e-3, betas: Betas = (0.9, 0.999),
+                 eps: Real = 1e-8, weight_decay: Real = 0.0, amsgrad: bool = False,
+                 maximize: bool = False, decoupled_weight_decay: bool = False,
+                 device: Device = "auto", *, state_dtype: str | None = None,
+                 master_weights: bool = False) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       amsgrad=amsgrad, maximize=maximize,
                                       decoupled_weight_decay=decoupled_weight_decay), device,
@@ -34,10 +39,12 @@ class Adam(Optimizer):
 
 class AdamW(Adam):
     """Adam with decoupled weight decay (torch.optim.AdamW): p <- p*(1 - lr*wd) before the update."""
+    param_docs = {"weight_decay": "decoupled: p <- p*(1 - lr*weight_decay) before the update"}
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, maximize=False, device="auto", *,
-                 state_dtype=None, master_weights=False):
+    def __init__(self, params: Params, lr: Real = 1e-3, betas: Betas = (0.9, 0.999),
+                 eps: Real = 1e-8, weight_decay: Real = 1e-2, amsgrad: bool = False,
+                 maximize: bool = False, device: Device = "auto", *, state_dtype: str | None = None,
+                 master_weights: bool = False) -> None:
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=True,
                          device=device, state_dtype=state_dtype,

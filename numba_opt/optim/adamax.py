@@ -1,4 +1,7 @@
+from __future__ import annotations
+
 from .. import functional as F
+from .._typing import Betas, Device, Params, Real
 from .base import Optimizer
 
 
@@ -12,9 +15,10 @@ class Adamax(Optimizer):
     hyper_checks = F.ADAMAX_HYPER
     step_fields = F.ADAMAX_STEP_FIELDS
 
-    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 maximize=False, device="auto", *,
-                 state_dtype=None, master_weights=False):
+    def __init__(self, params: Params, lr: Real = 2e-3, betas: Betas = (0.9, 0.999),
+                 eps: Real = 1e-8, weight_decay: Real = 0.0, maximize: bool = False,
+                 device: Device = "auto", *, state_dtype: str | None = None,
+                 master_weights: bool = False) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       maximize=maximize), device,
                          state_dtype, master_weights)

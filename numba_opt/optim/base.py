@@ -24,19 +24,24 @@ How a step runs (the fast path is what makes small steps cheap and big models on
 - A ``None`` grad skips its param, whose step count then differs from the others': that bucket
   goes on param by param, with per-param step counts, as torch does.
 """
+from __future__ import annotations
+
 import functools
 import itertools
 import math
 import operator
 import threading
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from .. import _codecs, _fork, _math, _quant, _validation as check, dispatch
 from .._codecs import bits
-from ..flat import FlatParams
+from .._typing import Device, Grads, Params, Real
 from ._grads import Intake
+from . import _docs, _groups
+from ._groups import _normalise_params, _reject_shared_memory
 
 STATE_DICT_FORMAT = 1
 MASTER = "master_param"  # the float32 copy of a bfloat16 / float16 param (master_weights=True)
@@ -160,8 +165,15 @@ class Optimizer:
     step_fields = ()
     #: per-param host scalars kept beside the step count: name -> initial value
     host_state = {}
+    #: constructor parameter -> its meaning, for the docstring (see _docs; shared ones there)
+    param_docs = {}
 
-    def __init__(self, params, defaults, device="auto", state_dtype=None, master_weights=False):
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _docs.document(cls)  # the docstring ends with the arguments, their defaults, meanings
+
+    def __init__(self, params: Params, defaults: Mapping[str, Any], device: Device = "auto",
+                 state_dtype: str | None = None, master_weights: bool = False) -> None:
         self.defaults = dict(defaults)
         self._state_dtype = _codecs.state_dtype_option(state_dtype)
         self._master_weights = check.flag("master_weights", master_weights)
@@ -193,23 +205,9 @@ class Optimizer:
         self._backend = dispatch.backend(self.device)
         self._params = params_flat
         self._group_indices = group_indices
-        self._buckets = []
-        self._bucket_of = [None] * len(params_flat)  # param index -> (bucket, position in it)
-        for gi, indices in enumerate(group_indices):
-            for dtype in dict.fromkeys(np.dtype(params_flat[i].dtype) for i in indices):
-                members = [i for i in indices if np.dtype(params_flat[i].dtype) == dtype]
-                for members, state_dtype in self._state_kinds(members, params_flat):
-                    storage, buffer_dtype = _codecs.storage(dtype, state_dtype, master_weights,
-                                                            self._labels[members[0]])
-                    bucket = _Bucket(gi, members, [params_flat[i] for i in members],
-                                     self._backend, self.host_state, storage, buffer_dtype)
-                    for j, i in enumerate(members):
-                        self._bucket_of[i] = (bucket, j)
-                    self._buckets.append(bucket)
-        if any(bucket.quantized for bucket in self._buckets):
-            self.state_names = self.state_names + tuple(n + ABSMAX for n in self.state_names)
-        if any(bucket.storage.master for bucket in self._buckets):
-            self.state_names = self.state_names + (MASTER,)
+        self._adopt_buckets([bucket for gi, indices in enumerate(group_indices)
+                             for bucket in self._group_buckets(gi, indices, params_flat,
+                                                               self._labels)])
         # per group: (hyper-parameters, kernel name, state names, the group's values when
         # checked, its list entries)
         self._group_cache = [None] * len(self.param_groups)
@@ -224,6 +222,34 @@ class Optimizer:
         self._lock = threading.RLock()
         _fork.track(self)  # a fork waits for the step in progress (see _fork)
 
+    def _group_buckets(self, gi, indices, params, labels):
+        """The buckets of group ``gi`` (param ``indices`` into ``params``, named ``labels``):
+        one per dtype and state kind.  Nothing is recorded (see ``_adopt_buckets``)."""
+        buckets = []
+        for dtype in dict.fromkeys(np.dtype(params[i].dtype) for i in indices):
+            members = [i for i in indices if np.dtype(params[i].dtype) == dtype]
+            for members, state_dtype in self._state_kinds(members, params):
+                storage, buffer_dtype = _codecs.storage(dtype, state_dtype, self._master_weights,
+                                                        labels[members[0]])
+                buckets.append(_Bucket(gi, members, [params[i] for i in members], self._backend,
+                                       self.host_state, storage, buffer_dtype))
+        return buckets
+
+    def _adopt_buckets(self, buckets):
+        """Make ``buckets`` (every group's) the optimizer's: which param sits where, and the
+        state names they bring (the int8 scales, the master copies)."""
+        self._buckets = buckets
+        self._bucket_of = [None] * sum(len(b.indices) for b in buckets)  # i -> (bucket, j)
+        for bucket in buckets:
+            for j, i in enumerate(bucket.indices):
+                self._bucket_of[i] = (bucket, j)
+        names = type(self).state_names
+        if any(bucket.quantized for bucket in self._buckets):
+            names = names + tuple(n + ABSMAX for n in names)
+        if any(bucket.storage.master for bucket in self._buckets):
+            names = names + (MASTER,)
+        self.state_names = names
+
     def _state_kinds(self, members, params):
         """[(param indices, state_dtype)] of one dtype's params of a group: with int8 state,
         params under ``_quant.MIN_SIZE`` elements keep float32 state (quantizing a few thousand
@@ -235,9 +261,28 @@ class Optimizer:
         return [(part, kind) for part, kind in ((large, _codecs.INT8), (small, "float32"))
                 if part]
 
+    def add_param_group(self, param_group: Mapping[str, Any]) -> None:
+        """Add a group of params, as torch.optim's ``add_param_group`` (to train frozen layers
+        later, say): ``param_group`` is a dict with ``'params'`` (an array, a list of arrays or
+        a FlatParams) and any hyper-parameters; missing ones come from ``defaults``, unknown
+        ones are refused.  Its params are checked as at construction (dtype, device, shape,
+        writeable, no memory shared with another param, none already in a group) and
+        everything is checked before anything changes.  A copy of the dict is added.
+
+        When the optimizer's params were given as a dict of names, ``'params'`` must be a dict
+        of new names too (grads then name every param); otherwise a list.  The new params come
+        after the others (``state[i]``, ``state_dict``'s indices), with their own buckets and
+        state, from no step: the next ``step`` takes grads for every param.  As in torch, an lr
+        scheduler made before keeps ``base_lrs`` for the groups it knew (a chainable one
+        scales every group's current lr, the new one's too); one made after takes the new
+        group's lr then as its initial lr."""
+        with self._lock:
+            _groups.add_param_group(self, param_group)
+
     # ------------------------------------------------------------------------------- stepping
-    def step(self, grads, *, max_grad_norm=None, clip_value=None, skip_if_nonfinite=False,
-             error_if_nonfinite=False):
+    def step(self, grads: Grads, *, max_grad_norm: Real | None = None,
+             clip_value: Real | None = None, skip_if_nonfinite: bool = False,
+             error_if_nonfinite: bool = False) -> float | None:
         """Update every param in place from ``grads`` (same structure and order as the params:
         a sequence, or a dict with the same names).  A ``None`` grad skips its param, as in
         torch.  Everything is validated before anything is modified.
@@ -487,7 +532,7 @@ class Optimizer:
 
     # ------------------------------------------------------------------------------ the state
     @property
-    def state(self):
+    def state(self) -> list[dict[str, Any]]:
         """Per param (a list in param order): {} before its first step, else its ``step`` count,
         its host scalars (NAdam's ``mu_product``) and a view of each state buffer shaped like
         the param (writing to a view changes the state).  When params were given as a dict, the
@@ -506,7 +551,7 @@ class Optimizer:
         return states
 
     @_locked
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         """A checkpoint of the optimizer: hyper-parameters, step counters and host (NumPy) copies
         of every state buffer.  Params are referred to by position, as in torch."""
         to_host = self._backend.to_host
@@ -523,7 +568,7 @@ class Optimizer:
         }
 
     @_locked
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore a ``state_dict()``: validated whole before anything changes, then copied in
         (onto this optimizer's device), so a resumed run repeats the uninterrupted one exactly.
 
@@ -818,58 +863,3 @@ def _clip_scale(max_grad_norm, norm):
         return 1.0
     coefficient = max_grad_norm / (norm + 1e-6)
     return coefficient if math.isnan(coefficient) else min(coefficient, 1.0)
-
-
-def _as_param_list(value, where):
-    if isinstance(value, (set, frozenset)):
-        raise TypeError(f"{where} must be an ordered sequence of arrays, got a set (its order "
-                        "is arbitrary, so grads could not be matched to params)")
-    if check.is_array(value):
-        raise TypeError(f"{where} must be a sequence of arrays, got a single array; wrap it "
-                        "in a list")
-    try:
-        params = list(value)
-    except TypeError:
-        raise TypeError(f"{where} must be a sequence of arrays, got {type(value).__name__}") \
-            from None
-    if not params:
-        raise ValueError(f"{where} is empty")
-    return params
-
-
-def _normalise_params(params):
-    """(groups, names): groups as dicts with a 'params' list; names when params was a dict."""
-    if isinstance(params, FlatParams):
-        params = params.params
-    if isinstance(params, Mapping):
-        names = list(params)
-        bad = [n for n in names if not isinstance(n, str)]
-        if bad:
-            raise TypeError(f"param names must be strings, got {bad[0]!r}")
-        return [{"params": _as_param_list(params.values(), "params")}], names
-    items = _as_param_list(params, "params")
-    if not any(isinstance(item, Mapping) for item in items):
-        return [{"params": items}], None
-    if not all(isinstance(item, Mapping) for item in items):
-        raise TypeError("params mixes arrays and group dicts; give either a list of arrays or "
-                        "a list of {'params': [...], ...} groups")
-    groups = []
-    for gi, group in enumerate(items):
-        if "params" not in group:
-            raise ValueError(f"param_groups[{gi}] has no 'params' entry")
-        groups.append({**group, "params": _as_param_list(group["params"],
-                                                        f"param_groups[{gi}]['params']")})
-    return groups, None
-
-
-def _reject_shared_memory(arrays, labels):
-    """Each param must own its memory: the same array twice, or overlapping views, would be
-    updated twice per step.  Contiguous arrays occupy [start, start + nbytes)."""
-    spans = sorted((*check.data_span(array), label) for array, label in zip(arrays, labels))
-    reach, reach_label = None, None  # the furthest end so far, and whose it is
-    for start, end, label in spans:
-        if reach is not None and start < reach and end > start:
-            raise ValueError(f"{label} shares memory with {reach_label} (the same array twice, "
-                             "or overlapping views); each array may appear once")
-        if reach is None or end > reach:
-            reach, reach_label = end, label

@@ -1,4 +1,7 @@
+from __future__ import annotations
+
 from .. import functional as F
+from .._typing import Betas, Device, Params, Real
 from .base import Optimizer
 
 
@@ -7,10 +10,13 @@ class Lion(Optimizer):
     p <- p - lr*sign(beta1*m + (1 - beta1)*g); m <- beta2*m + (1 - beta2)*g."""
     state_names = ("exp_avg",)
     hyper_checks = F.LION_HYPER
+    param_docs = {"betas": "(beta1, beta2): beta1 interpolates the update direction, beta2 "
+                           "decays the momentum m",
+                  "weight_decay": "decoupled: p <- p*(1 - lr*weight_decay) before the update"}
 
-    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, maximize=False,
-                 device="auto", *,
-                 state_dtype=None, master_weights=False):
+    def __init__(self, params: Params, lr: Real = 1e-4, betas: Betas = (0.9, 0.99),
+                 weight_decay: Real = 0.0, maximize: bool = False, device: Device = "auto", *,
+                 state_dtype: str | None = None, master_weights: bool = False) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay,
                                       maximize=maximize), device,
                          state_dtype, master_weights)

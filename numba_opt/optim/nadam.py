@@ -1,4 +1,7 @@
+from __future__ import annotations
+
 from .. import functional as F
+from .._typing import Betas, Device, Params, Real
 from .base import Optimizer
 
 
@@ -15,12 +18,14 @@ class NAdam(Optimizer):
     hyper_checks = F.NADAM_HYPER
     step_fields = F.NADAM_STEP_FIELDS
     host_state = {"mu_product": 1.0}
+    param_docs = {"momentum_decay": "psi in the momentum schedule mu_t"}
     host_checks = F.NADAM_HOST_CHECKS
 
-    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 momentum_decay=4e-3, decoupled_weight_decay=False, maximize=False,
-                 device="auto", *,
-                 state_dtype=None, master_weights=False):
+    def __init__(self, params: Params, lr: Real = 2e-3, betas: Betas = (0.9, 0.999),
+                 eps: Real = 1e-8, weight_decay: Real = 0.0, momentum_decay: Real = 4e-3,
+                 decoupled_weight_decay: bool = False, maximize: bool = False,
+                 device: Device = "auto", *, state_dtype: str | None = None,
+                 master_weights: bool = False) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       momentum_decay=momentum_decay,
                                       decoupled_weight_decay=decoupled_weight_decay,

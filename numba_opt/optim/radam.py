@@ -1,20 +1,27 @@
+from __future__ import annotations
+
 from .. import functional as F
+from .._typing import Betas, Device, Params, Real
 from .base import Optimizer
 
 
 class RAdam(Optimizer):
     """RAdam (torch.optim.RAdam): Adam with a rectified adaptive learning rate.
 
-    While rho_t <= 5 the step is lr * m_hat (momentum SGD); after it, lr * m_hat * r_t *
-    sqrt(1 - beta2^t) / (sqrt(v) + eps).  ``decoupled_weight_decay=True`` decays like AdamW.
+    m <- beta1*m + (1 - beta1)*g; v <- beta2*v + (1 - beta2)*g^2; m_hat = m/(1 - beta1^t);
+    rho_inf = 2/(1 - beta2) - 1, rho_t = rho_inf - 2t*beta2^t/(1 - beta2^t).  While rho_t <= 5:
+    p <- p - lr*m_hat (momentum SGD); after it, p <- p - lr*m_hat*r_t*sqrt(1 - beta2^t) /
+    (sqrt(v) + eps), r_t = sqrt((rho_t - 4)(rho_t - 2)rho_inf / ((rho_inf - 4)(rho_inf - 2)rho_t)).
+    ``decoupled_weight_decay=True`` decays like AdamW.
     """
     state_names = ("exp_avg", "exp_avg_sq")
     hyper_checks = F.RADAM_HYPER
     step_fields = F.RADAM_STEP_FIELDS
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 decoupled_weight_decay=False, maximize=False, device="auto", *,
-                 state_dtype=None, master_weights=False):
+    def __init__(self, params: Params, lr: Real = 1e-3, betas: Betas = (0.9, 0.999),
+                 eps: Real = 1e-8, weight_decay: Real = 0.0, decoupled_weight_decay: bool = False,
+                 maximize: bool = False, device: Device = "auto", *, state_dtype: str | None = None,
+                 master_weights: bool = False) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       decoupled_weight_decay=decoupled_weight_decay,
                                       maximize=maximize), device,

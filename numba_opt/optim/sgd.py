@@ -1,4 +1,7 @@
+from __future__ import annotations
+
 from .. import functional as F
+from .._typing import Device, Params, Real
 from .base import Optimizer
 
 
@@ -10,10 +13,13 @@ class SGD(Optimizer):
     """
     state_names = ("momentum_buffer",)
     switched_states = ("momentum_buffer",)  # by momentum > 0
+    param_docs = {"dampening": "dampening for momentum: b <- momentum*b + (1 - dampening)*g",
+                  "nesterov": "Nesterov momentum: step along g + momentum*b"}
 
-    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
-                 nesterov=False, maximize=False, device="auto", *,
-                 state_dtype=None, master_weights=False):
+    def __init__(self, params: Params, lr: Real = 1e-3, momentum: Real = 0.0, dampening: Real = 0.0,
+                 weight_decay: Real = 0.0, nesterov: bool = False, maximize: bool = False,
+                 device: Device = "auto", *, state_dtype: str | None = None,
+                 master_weights: bool = False) -> None:
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=nesterov,
                                       maximize=maximize), device,
