@@ -10,10 +10,11 @@ class Adadelta(Optimizer):
 
     def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, maximize=False,
                  device="auto", *,
-                 state_dtype=None, master_weights=False):
+                 state_dtype=None, master_weights=False, stochastic_rounding=False,
+                 rounding_seed=None):
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
                                       maximize=maximize), device,
-                         state_dtype, master_weights)
+                         state_dtype, master_weights, stochastic_rounding, rounding_seed)
 
     def _layout(self, hyper):
         return F.adadelta_layout()

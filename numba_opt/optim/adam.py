@@ -16,11 +16,12 @@ class Adam(Optimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  amsgrad=False, maximize=False, decoupled_weight_decay=False, device="auto", *,
-                 state_dtype=None, master_weights=False):
+                 state_dtype=None, master_weights=False, stochastic_rounding=False,
+                 rounding_seed=None):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       amsgrad=amsgrad, maximize=maximize,
                                       decoupled_weight_decay=decoupled_weight_decay), device,
-                         state_dtype, master_weights)
+                         state_dtype, master_weights, stochastic_rounding, rounding_seed)
 
     def _layout(self, hyper):
         return F.adam_layout(hyper["amsgrad"])
@@ -37,8 +38,10 @@ class AdamW(Adam):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, maximize=False, device="auto", *,
-                 state_dtype=None, master_weights=False):
+                 state_dtype=None, master_weights=False, stochastic_rounding=False,
+                 rounding_seed=None):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=True,
                          device=device, state_dtype=state_dtype,
-                         master_weights=master_weights)
+                         master_weights=master_weights,
+                         stochastic_rounding=stochastic_rounding, rounding_seed=rounding_seed)

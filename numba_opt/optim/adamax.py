@@ -14,10 +14,11 @@ class Adamax(Optimizer):
 
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  maximize=False, device="auto", *,
-                 state_dtype=None, master_weights=False):
+                 state_dtype=None, master_weights=False, stochastic_rounding=False,
+                 rounding_seed=None):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       maximize=maximize), device,
-                         state_dtype, master_weights)
+                         state_dtype, master_weights, stochastic_rounding, rounding_seed)
 
     def _layout(self, hyper):
         return F.adamax_layout()

@@ -16,12 +16,13 @@ class RMSprop(Optimizer):
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
                  centered=False, maximize=False, eps_inside_sqrt=False, initial_square_avg=0.0,
-                 device="auto", *, state_dtype=None, master_weights=False):
+                 device="auto", *, state_dtype=None, master_weights=False,
+                 stochastic_rounding=False, rounding_seed=None):
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                                       momentum=momentum, centered=centered, maximize=maximize,
                                       eps_inside_sqrt=eps_inside_sqrt,
                                       initial_square_avg=initial_square_avg), device,
-                         state_dtype, master_weights)
+                         state_dtype, master_weights, stochastic_rounding, rounding_seed)
 
     def _layout(self, hyper):
         return F.rmsprop_layout(hyper["centered"], hyper["momentum"])
