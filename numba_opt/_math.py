@@ -455,8 +455,8 @@ def applier(name, storage, wrap=None, codecs=None, stochastic=None):
     wrap, codecs = wrap or _rule, codecs or _codecs.CODECS
     stochastic = stochastic or _codecs.STOCHASTIC_STORES
 
-    def store(codec):
-        if storage.stochastic and codec in stochastic:
+    def store(codec, rounding=storage.stochastic):
+        if rounding and codec in stochastic:
             return wrap(bound(_store_stochastic, f"store_{codec}_sr", store=stochastic[codec]))
         return wrap(bound(_store_nearest, f"store_{codec}", store=codecs[codec][1]))
     param_codec = "native" if storage.master else storage.param
@@ -466,8 +466,9 @@ def applier(name, storage, wrap=None, codecs=None, stochastic=None):
                          load_state=codecs[storage.state][0], store_state=store(storage.state)))
     if not storage.master:
         return rule_at
+    # the param copy of a master weight rounds to nearest: the master holds the exact value
     return wrap(bound(_MASTERS[KERNELS[name][0]], f"{name}_at_{tag}_master", rule_at=rule_at,
-                      round_param=store(storage.param)))
+                      round_param=store(storage.param, rounding=False)))
 
 
 # kernel variant -> (how many state buffers it updates, its rule family)
