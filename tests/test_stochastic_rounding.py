@@ -98,9 +98,9 @@ def interesting_values(rng, n):
                 rng.uniform(-2 ** -24, 2 ** -24, n // 16), rng.standard_normal(n // 4)]
     special = [0.0, -0.0, np.inf, -np.inf, np.nan, -np.nan, 1.0, -1.0, 65504.0, 65520.0,
                65519.99, 3.3895314e38, 3.4028235e38, -3.4028235e38]
+    nan_payloads = np.uint32([0x7F800001, 0xFF800001, 0xFFFFFFFF, 0x7F80FFFF]).view(F32)
     values = np.concatenate([patterns, *[np.asarray(v, F32) for v in near_max],
-                             np.asarray(special, F32),
-                             np.uint32([0x7F800001, 0xFF800001, 0xFFFFFFFF, 0x7F80FFFF]).view(F32)])
+                             np.asarray(special, F32), nan_payloads])
     return values.astype(F32)
 
 
