@@ -16,7 +16,8 @@ of the optimizer, over several seeds:
 
 Storages: float32 state (the reference), ``state_dtype="bfloat16"``, ``state_dtype="int8"``
 (when numba_opt has it), bfloat16 params with bfloat16 state, and the same with float32 master
-weights (``master_weights=True``).  The model's forward and
+weights (``master_weights=True``), and bfloat16 state, then bfloat16 params and state without
+master weights, rounded stochastically (``stochastic_rounding=True``).  The model's forward and
 backward run in float32; with bfloat16 params they run on a float32 copy of the params refreshed
 from the bfloat16 params after every step, and the float32 grads are rounded to bfloat16 for the
 optimizer.  Targets: every low-precision storage's final loss within 2% of float32 state's (mean
@@ -44,6 +45,9 @@ STORAGES = {
     "bfloat16 params+state": ("bfloat16", {}),
     "bfloat16 params+state, float32 master": ("bfloat16", dict(master_weights=True,
                                                                 state_dtype="bfloat16")),
+    "bfloat16 state, stochastic rounding": ("float32", dict(state_dtype="bfloat16",
+                                                             stochastic_rounding=True)),
+    "bfloat16 params+state, stochastic rounding": ("bfloat16", dict(stochastic_rounding=True)),
 }
 REFERENCE = "float32"
 LOSS_TOLERANCE, ACCURACY_POINTS = 0.02, 1.0  # the targets

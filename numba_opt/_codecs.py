@@ -9,9 +9,10 @@ the rules in ``_math`` compute in float32 and never change, and since both backe
 same functions (``_math.applier``), a CPU step and a CUDA step round the same way, bit for bit.
 
 Each kernel is compiled for one ``Storage``: the codec of its param and grad, the codec of its
-state buffers, and whether it keeps a float32 master copy of the param (``master_weights``).
-What a later codec (blockwise int8 state, stochastic rounding) needs is another entry here and
-another ``Storage`` field, not another copy of the loops.
+state buffers, whether it keeps a float32 master copy of the param (``master_weights``) and
+whether its bfloat16 / float16 stores round stochastically (``stochastic_rounding``).  What a
+later codec needs is another entry here and another ``Storage`` field, not another copy of the
+loops.
 """
 from collections import namedtuple
 
@@ -58,6 +59,7 @@ _or = _uint32_op(lambda b, x, y: b.or_(x, y))
 _xor = _uint32_op(lambda b, x, y: b.xor(x, y))
 _shl = _uint32_op(lambda b, x, y: b.shl(x, y))
 _shr = _uint32_op(lambda b, x, y: b.lshr(x, y))
+_mul = _uint32_op(lambda b, x, y: b.mul(x, y))  # modulo 2**32
 
 
 @intrinsic
@@ -82,11 +84,23 @@ def float32_from_bits(typingctx, bits):
     return types.float32(types.uint32), codegen
 
 
+@intrinsic
+def _float32_to_uint32(typingctx, value):
+    """A float32 holding a whole number in [0, 2**32) as that uint32 (the rounding salt)."""
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fptoui(args[0], ir.IntType(32))
+    return types.uint32(types.float32), codegen
+
+
 # Constants as uint32 globals (numba types a global NumPy scalar by its dtype).
 _U = np.uint32
 _SIGN = _U(0x80000000)
 _F32_QUIET = _U(0x00400000)  # the quiet bit of a float32 NaN
 _ZERO, _ONE, _SIXTEEN, _THIRTEEN, _TWENTY_THREE = _U(0), _U(1), _U(16), _U(13), _U(23)
+_FIFTEEN, _NINETEEN = _U(15), _U(19)
 
 
 # -------------------------------------------------------------------------------- native
@@ -239,6 +253,83 @@ if FLOAT16_IN_HARDWARE:
 else:
     float16_load, float16_store = float16_load_integer, float16_store_integer
 
+# --------------------------------------------------------------------- stochastic rounding
+# ``stochastic_rounding=True``: a value stored in bfloat16 or float16 rounds up (away from zero)
+# with probability the fraction of an ulp it lies past its lower neighbour (towards zero), so
+# the stored value equals the float32 one in expectation, and updates below half an ulp
+# accumulate instead of vanishing (torchao's bfloat16 stochastic rounding: add random bits
+# below the kept ones, then truncate).  The random bits are a hash of the float32's bits and a
+# per-step salt: deterministic, whatever the loop, thread or device; equal values round alike
+# within a step.  The salt is a whole number below 2**24 (exact in the float32 scalars; see
+# ``rounding_salt``).  Where the stochastic result would be inf or NaN (NaN, inf, or a finite
+# value rounded up past the largest finite number) the nearest-even result is stored instead:
+# NaN stays NaN, inf stays inf, and a finite value becomes inf only where rounding to nearest
+# overflows too (and then with the probability of rounding up).
+_GOLDEN = _U(0x9E3779B9)
+_HASH_1, _HASH_2 = _U(0x7FEB352D), _U(0x846CA68B)  # C. Wellons' "lowbias32" hash
+_BF16_EXP = _U(0x7F80)
+_H_DROPPED = _U(0xFFFFE000)  # the float32 bits a float16 keeps: it drops the 13 lowest
+
+
+@_codec
+def rounding_bits(u, salt):
+    """32 random bits from the uint32 ``u`` (a float32's bits) and the float32 ``salt``."""
+    x = _xor(u, _mul(_float32_to_uint32(salt), _GOLDEN))
+    x = _mul(_xor(x, _shr(x, _SIXTEEN)), _HASH_1)
+    x = _mul(_xor(x, _shr(x, _FIFTEEN)), _HASH_2)
+    return _xor(x, _shr(x, _SIXTEEN))
+
+
+@_codec
+def bfloat16_store_stochastic(value, salt):
+    """float32 -> bfloat16 bits, rounded stochastically: 16 random bits added below the kept
+    ones, then truncated (a carry bumps the exponent, as it should)."""
+    u = float32_bits(value)
+    rounded = _shr(_add(u, _shr(rounding_bits(u, salt), _SIXTEEN)), _SIXTEEN)
+    if value != value or _and(rounded, _BF16_EXP) == _BF16_EXP:
+        return bfloat16_store(value)
+    return np.uint16(rounded)
+
+
+@_codec
+def float16_store_stochastic(value, salt):
+    """float32 -> float16 bits, rounded stochastically: 13 random bits added below the 10
+    mantissa bits a normal float16 keeps, then truncated, and the result (now a float16 value)
+    converted exactly.  Below 2**-14 float16 is a grid of 2**-24 steps: on 2**-14 + |value|
+    that grid is those same top 10 mantissa bits (the float32 sum keeps 13 bits under the grid,
+    rounding what lies below them to nearest), and subtracting 2**-14 again is exact."""
+    u = float32_bits(value)
+    sign = _and(u, _SIGN)
+    magnitude = _xor(u, sign)
+    smallest_normal = float32_from_bits(_H_MAGIC)
+    subnormal = magnitude < _H_MAGIC
+    aligned = float32_bits(float32_from_bits(magnitude) + smallest_normal) if subnormal \
+        else magnitude
+    kept = _and(_add(aligned, _shr(rounding_bits(u, salt), _NINETEEN)), _H_DROPPED)
+    kept = float32_bits(float32_from_bits(kept) - smallest_normal) if subnormal else kept
+    rounded = float16_store(float32_from_bits(_or(kept, sign)))
+    if value != value or _and(_U(rounded), _H_INF) == _H_INF:
+        return float16_store(value)
+    return rounded
+
+
+STOCHASTIC_STORES = {"bfloat16": bfloat16_store_stochastic,
+                     "float16": float16_store_stochastic}
+ROUNDING_SEED = "rounding_seed"  # the state_dict (and checkpoint) entry of the seed
+
+_SALT_BITS = 24
+_MASK64 = (1 << 64) - 1
+
+
+def rounding_salt(seed, step):
+    """The salt of step number ``step`` under ``seed`` (ints): a whole number below 2**24, so
+    exact in the float32 scalars (splitmix64's finaliser on seed and step, top 24 bits)."""
+    x = (seed * 0x9E3779B97F4A7C15 + step) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (x ^ (x >> 31)) >> (64 - _SALT_BITS)
+
+
 CODECS = {"native": (native_load, native_store), "bfloat16": (bfloat16_load, bfloat16_store),
           "float16": (float16_load, float16_store)}
 
@@ -259,21 +350,31 @@ PYTHON_CODECS = {codec: _python_codec(*CODECS[codec]) if codec != "native" else 
                  for codec in CODECS}
 
 
+def _python_stochastic(store):
+    return lambda value, salt: store(np.float32(value), np.float32(salt))
+
+
+PYTHON_STOCHASTIC_STORES = {codec: _python_stochastic(store)
+                            for codec, store in STOCHASTIC_STORES.items()}
+
+
 # ------------------------------------------------------------------------------ the host side
 #: The codecs one kernel is compiled for: its param's and grad's (they share a dtype), its state
 #: buffers', and whether it keeps a float32 master copy of the param as its last buffer.
 #: With ``state`` 'int8' (blockwise 8-bit, ``_quant``), ``signs`` says which of the kernel's
 #: states use the signed map (the rest the unsigned one); () for every other codec.
-Storage = namedtuple("Storage", "param state master signs", defaults=((),))
+#: ``stochastic``: its bfloat16 / float16 stores round stochastically (``STOCHASTIC_STORES``).
+Storage = namedtuple("Storage", "param state master signs stochastic", defaults=((), False))
 NATIVE = Storage("native", "native", False)
 
 
 def tag(storage):
     """A short name for ``storage`` in kernel names: 'native', 'bfloat16_native_master',
-    'native_int8_su' ..."""
+    'native_int8_su', 'bfloat16_bfloat16_sr' ..."""
     signs = "".join("s" if signed else "u" for signed in storage.signs)
     return "native" if storage == NATIVE else "_".join(
-        [storage.param, storage.state] + ["master"] * storage.master + [signs] * bool(signs))
+        [storage.param, storage.state] + ["master"] * storage.master + [signs] * bool(signs)
+        + ["sr"] * storage.stochastic)
 
 
 #: what ``state_dtype=`` accepts, by name; None: the dtype the update works on (the param's, or
@@ -336,10 +437,11 @@ def state_dtype_option(value):
     return name
 
 
-def storage(param_dtype, state_dtype, master_weights, label="param"):
+def storage(param_dtype, state_dtype, master_weights, label="param", stochastic_rounding=False):
     """(the Storage of a kernel for params of ``param_dtype``, the dtype of their state buffers)
-    under the optimizer options ``state_dtype`` (checked, a name or None) and
-    ``master_weights``; a TypeError naming ``label`` for a combination not offered."""
+    under the optimizer options ``state_dtype`` (checked, a name or None), ``master_weights``
+    and ``stochastic_rounding`` (marked only where the kernel stores bfloat16 or float16); a
+    TypeError naming ``label`` for a combination not offered."""
     param_dtype = np.dtype(param_dtype)
     low = is_low_precision(param_dtype)
     master = bool(master_weights) and low
@@ -352,7 +454,10 @@ def storage(param_dtype, state_dtype, master_weights, label="param"):
                         f"params, but {label} is float64 (its state stays float64: leave "
                         "state_dtype=None, or make an optimizer per dtype)")
     elif state_dtype == INT8:
-        return Storage(codec_of(param_dtype), INT8, master), np.dtype(np.uint8)
+        return Storage(codec_of(param_dtype), INT8, master,
+                       stochastic=bool(stochastic_rounding) and low and not master), \
+            np.dtype(np.uint8)
     else:
         state = FLOAT32 if state_dtype == "float32" else BFLOAT16
-    return Storage(codec_of(param_dtype), codec_of(state), master), state
+    stochastic = bool(stochastic_rounding) and ((low and not master) or is_low_precision(state))
+    return Storage(codec_of(param_dtype), codec_of(state), master, stochastic=stochastic), state

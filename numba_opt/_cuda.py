@@ -36,7 +36,8 @@ def _applier(name, storage):
     # CPU function, so it gets the appliers as Python functions (the rules and codecs they call
     # take scalars, and stay compiled); real kernels compile the dispatchers.
     if _SIMULATED:
-        return _math.applier(name, storage, wrap=lambda f: f, codecs=_codecs.PYTHON_CODECS)
+        return _math.applier(name, storage, wrap=lambda f: f, codecs=_codecs.PYTHON_CODECS,
+                             stochastic=_codecs.PYTHON_STOCHASTIC_STORES)
     return _math.applier(name, storage)
 
 

@@ -23,9 +23,10 @@ from . import _codecs
 
 _rule = njit(inline="always", error_model="numpy")
 
-# Every scalars namedtuple starts with the gradient fields all rules share (see prepared_grad):
-# grad_scale carries maximize as its sign.
-_GRAD_FIELDS = "grad_scale clip_value "
+# Every scalars namedtuple starts with the fields all rules share: the gradient's (see
+# prepared_grad; grad_scale carries maximize as its sign), and the salt of this step's stochastic
+# rounding (a whole number below 2**24; 0 and unused unless the kernel rounds stochastically).
+_GRAD_FIELDS = "grad_scale clip_value rounding_salt "
 
 SGDScalars = namedtuple(
     "SGDScalars",
@@ -63,48 +64,50 @@ LionScalars = namedtuple(
 # The array -> namedtuple unpackers (a test checks each against its namedtuple's fields).
 @_rule
 def unpack_sgd(v):
-    return SGDScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7])
+    return SGDScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8])
 
 
 @_rule
 def unpack_rmsprop(v):
-    return RMSpropScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9])
+    return RMSpropScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10])
 
 
 @_rule
 def unpack_adam(v):
-    return AdamScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11])
+    return AdamScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11],
+                       v[12])
 
 
 @_rule
 def unpack_adagrad(v):
-    return AdagradScalars(v[0], v[1], v[2], v[3], v[4])
+    return AdagradScalars(v[0], v[1], v[2], v[3], v[4], v[5])
 
 
 @_rule
 def unpack_adamax(v):
-    return AdamaxScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7])
+    return AdamaxScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8])
 
 
 @_rule
 def unpack_radam(v):
     return RAdamScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11],
-                        v[12], v[13])
+                        v[12], v[13], v[14])
 
 
 @_rule
 def unpack_nadam(v):
-    return NAdamScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11])
+    return NAdamScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11],
+                        v[12])
 
 
 @_rule
 def unpack_adadelta(v):
-    return AdadeltaScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6])
+    return AdadeltaScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7])
 
 
 @_rule
 def unpack_lion(v):
-    return LionScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7])
+    return LionScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8])
 
 
 SCALARS = {"lion": LionScalars, "sgd": SGDScalars, "rmsprop": RMSpropScalars, "adam": AdamScalars,
@@ -281,13 +284,31 @@ def lion(param, grad, exp_avg, h):
 # Elements are loaded and stored through codecs (``_codecs``): ``load_param`` / ``store_param``,
 # ``load_grad``, ``load_state`` / ``store_state`` are names the appliers leave free, bound per
 # kernel by ``applier(name, storage)``: identity for float32 / float64 arrays, widening and
-# round-to-nearest-even for the bits of bfloat16 / float16 ones.  The rules above never see
-# storage.
+# round-to-nearest-even for the bits of bfloat16 / float16 ones (or stochastic rounding, salted
+# by ``h.rounding_salt``: the stores take ``h``).  The rules above never see storage.
+def bound(function, name, **names):
+    """A copy of ``function`` whose free names ``names`` are bound, under its own (qualified)
+    name; the globals of its module stay visible."""
+    clone = types.FunctionType(function.__code__, {**function.__globals__, **names}, name)
+    clone.__qualname__ = name
+    return clone
+
+
+# How a kernel's stores call their codec (``store`` bound by ``applier``): nearest-even codecs
+# take the value alone, stochastic ones the step's salt too.
+def _store_nearest(value, h):
+    return store(value)  # noqa: F821
+
+
+def _store_stochastic(value, h):
+    return store(value, h.rounding_salt)  # noqa: F821
+
 
 APPLIERS = {}  # kernel variant -> its applier, a plain function (its codecs not yet bound)
 # the codec names as the appliers see them until ``applier`` binds a kernel's own
 load_param = load_grad = load_state = _codecs.native_load
-store_param = store_state = _codecs.native_store
+store_param = store_state = _rule(bound(_store_nearest, "store_native",
+                                        store=_codecs.native_store))
 
 
 def _applier(function):
@@ -299,20 +320,20 @@ def _applier(function):
 def sgd_at(i, param, grad, h):
     g = load_grad(grad[i])
     p, _ = sgd(load_param(param[i]), g, g, h)
-    param[i] = store_param(p)
+    param[i] = store_param(p, h)
 
 
 @_applier
 def sgd_momentum_at(i, param, grad, momentum_buffer, h):
     p, b = sgd(load_param(param[i]), load_grad(grad[i]), load_state(momentum_buffer[i]), h)
-    param[i], momentum_buffer[i] = store_param(p), store_state(b)
+    param[i], momentum_buffer[i] = store_param(p, h), store_state(b, h)
 
 
 @_applier
 def rmsprop_at(i, param, grad, square_avg, h):
     g = load_grad(grad[i])
     p, v, _, _ = rmsprop(load_param(param[i]), g, load_state(square_avg[i]), g, g, h)
-    param[i], square_avg[i] = store_param(p), store_state(v)
+    param[i], square_avg[i] = store_param(p, h), store_state(v, h)
 
 
 @_applier
@@ -320,7 +341,7 @@ def rmsprop_centered_at(i, param, grad, square_avg, grad_avg, h):
     g = load_grad(grad[i])
     p, v, a, _ = rmsprop(load_param(param[i]), g, load_state(square_avg[i]),
                          load_state(grad_avg[i]), g, h)
-    param[i], square_avg[i], grad_avg[i] = store_param(p), store_state(v), store_state(a)
+    param[i], square_avg[i], grad_avg[i] = store_param(p, h), store_state(v, h), store_state(a, h)
 
 
 @_applier
@@ -328,7 +349,8 @@ def rmsprop_momentum_at(i, param, grad, square_avg, momentum_buffer, h):
     g = load_grad(grad[i])
     p, v, _, b = rmsprop(load_param(param[i]), g, load_state(square_avg[i]), g,
                          load_state(momentum_buffer[i]), h)
-    param[i], square_avg[i], momentum_buffer[i] = store_param(p), store_state(v), store_state(b)
+    param[i] = store_param(p, h)
+    square_avg[i], momentum_buffer[i] = store_state(v, h), store_state(b, h)
 
 
 @_applier
@@ -336,8 +358,8 @@ def rmsprop_centered_momentum_at(i, param, grad, square_avg, grad_avg, momentum_
     p, v, a, b = rmsprop(load_param(param[i]), load_grad(grad[i]),
                          load_state(square_avg[i]), load_state(grad_avg[i]),
                          load_state(momentum_buffer[i]), h)
-    param[i], square_avg[i] = store_param(p), store_state(v)
-    grad_avg[i], momentum_buffer[i] = store_state(a), store_state(b)
+    param[i], square_avg[i] = store_param(p, h), store_state(v, h)
+    grad_avg[i], momentum_buffer[i] = store_state(a, h), store_state(b, h)
 
 
 @_applier
@@ -345,7 +367,7 @@ def adam_at(i, param, grad, exp_avg, exp_avg_sq, h):
     g = load_grad(grad[i])
     p, m, v, _ = adam(load_param(param[i]), g, load_state(exp_avg[i]),
                       load_state(exp_avg_sq[i]), g, h)
-    param[i], exp_avg[i], exp_avg_sq[i] = store_param(p), store_state(m), store_state(v)
+    param[i], exp_avg[i], exp_avg_sq[i] = store_param(p, h), store_state(m, h), store_state(v, h)
 
 
 @_applier
@@ -353,48 +375,48 @@ def adam_amsgrad_at(i, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, h):
     p, m, v, vmax = adam(load_param(param[i]), load_grad(grad[i]),
                          load_state(exp_avg[i]), load_state(exp_avg_sq[i]),
                          load_state(max_exp_avg_sq[i]), h)
-    param[i], exp_avg[i] = store_param(p), store_state(m)
-    exp_avg_sq[i], max_exp_avg_sq[i] = store_state(v), store_state(vmax)
+    param[i], exp_avg[i] = store_param(p, h), store_state(m, h)
+    exp_avg_sq[i], max_exp_avg_sq[i] = store_state(v, h), store_state(vmax, h)
 
 
 @_applier
 def adagrad_at(i, param, grad, state_sum, h):
     p, s = adagrad(load_param(param[i]), load_grad(grad[i]), load_state(state_sum[i]), h)
-    param[i], state_sum[i] = store_param(p), store_state(s)
+    param[i], state_sum[i] = store_param(p, h), store_state(s, h)
 
 
 @_applier
 def adamax_at(i, param, grad, exp_avg, exp_inf, h):
     p, m, u = adamax(load_param(param[i]), load_grad(grad[i]), load_state(exp_avg[i]),
                      load_state(exp_inf[i]), h)
-    param[i], exp_avg[i], exp_inf[i] = store_param(p), store_state(m), store_state(u)
+    param[i], exp_avg[i], exp_inf[i] = store_param(p, h), store_state(m, h), store_state(u, h)
 
 
 @_applier
 def radam_at(i, param, grad, exp_avg, exp_avg_sq, h):
     p, m, v = radam(load_param(param[i]), load_grad(grad[i]), load_state(exp_avg[i]),
                     load_state(exp_avg_sq[i]), h)
-    param[i], exp_avg[i], exp_avg_sq[i] = store_param(p), store_state(m), store_state(v)
+    param[i], exp_avg[i], exp_avg_sq[i] = store_param(p, h), store_state(m, h), store_state(v, h)
 
 
 @_applier
 def nadam_at(i, param, grad, exp_avg, exp_avg_sq, h):
     p, m, v = nadam(load_param(param[i]), load_grad(grad[i]), load_state(exp_avg[i]),
                     load_state(exp_avg_sq[i]), h)
-    param[i], exp_avg[i], exp_avg_sq[i] = store_param(p), store_state(m), store_state(v)
+    param[i], exp_avg[i], exp_avg_sq[i] = store_param(p, h), store_state(m, h), store_state(v, h)
 
 
 @_applier
 def adadelta_at(i, param, grad, square_avg, acc_delta, h):
     p, v, u = adadelta(load_param(param[i]), load_grad(grad[i]),
                        load_state(square_avg[i]), load_state(acc_delta[i]), h)
-    param[i], square_avg[i], acc_delta[i] = store_param(p), store_state(v), store_state(u)
+    param[i], square_avg[i], acc_delta[i] = store_param(p, h), store_state(v, h), store_state(u, h)
 
 
 @_applier
 def lion_at(i, param, grad, exp_avg, h):
     p, m = lion(load_param(param[i]), load_grad(grad[i]), load_state(exp_avg[i]), h)
-    param[i], exp_avg[i] = store_param(p), store_state(m)
+    param[i], exp_avg[i] = store_param(p, h), store_state(m, h)
 
 
 # With master weights the rule updates the float32 master copy, the kernel's last buffer (its
@@ -402,52 +424,51 @@ def lion_at(i, param, grad, exp_avg, h):
 # state buffers, ``rule_at`` and ``round_param`` bound per kernel.
 def _master0(i, param, grad, master, h):
     rule_at(i, master, grad, h)  # noqa: F821 (bound per kernel, as below)
-    param[i] = round_param(master[i])  # noqa: F821
+    param[i] = round_param(master[i], h)  # noqa: F821
 
 
 def _master1(i, param, grad, a, master, h):
     rule_at(i, master, grad, a, h)  # noqa: F821
-    param[i] = round_param(master[i])  # noqa: F821
+    param[i] = round_param(master[i], h)  # noqa: F821
 
 
 def _master2(i, param, grad, a, b, master, h):
     rule_at(i, master, grad, a, b, h)  # noqa: F821
-    param[i] = round_param(master[i])  # noqa: F821
+    param[i] = round_param(master[i], h)  # noqa: F821
 
 
 def _master3(i, param, grad, a, b, d, master, h):
     rule_at(i, master, grad, a, b, d, h)  # noqa: F821
-    param[i] = round_param(master[i])  # noqa: F821
+    param[i] = round_param(master[i], h)  # noqa: F821
 
 
 _MASTERS = (_master0, _master1, _master2, _master3)
 
 
-def bound(function, name, **names):
-    """A copy of ``function`` whose free names ``names`` are bound, under its own (qualified)
-    name; the globals of its module stay visible."""
-    clone = types.FunctionType(function.__code__, {**function.__globals__, **names}, name)
-    clone.__qualname__ = name
-    return clone
-
-
-def applier(name, storage, wrap=None, codecs=None):
+def applier(name, storage, wrap=None, codecs=None, stochastic=None):
     """The applier of kernel variant ``name`` (``name_at(i, param, grad, *states, h)``, plus
     the master buffer after the states when ``storage.master``), its elements loaded and stored
     through the codecs of ``storage`` (a ``_codecs.Storage``).  ``wrap`` makes each function a
     device function: compiled to inline by default; the CUDA simulator keeps them Python, with
-    its own ``codecs`` (``_codecs.PYTHON_CODECS``)."""
+    its own ``codecs`` and ``stochastic`` stores (``_codecs.PYTHON_CODECS``,
+    ``PYTHON_STOCHASTIC_STORES``)."""
     wrap, codecs = wrap or _rule, codecs or _codecs.CODECS
-    load_param, store_param = codecs["native" if storage.master else storage.param]
-    load_state, store_state = codecs[storage.state]
+    stochastic = stochastic or _codecs.STOCHASTIC_STORES
+
+    def store(codec, rounding=storage.stochastic):
+        if rounding and codec in stochastic:
+            return wrap(bound(_store_stochastic, f"store_{codec}_sr", store=stochastic[codec]))
+        return wrap(bound(_store_nearest, f"store_{codec}", store=codecs[codec][1]))
+    param_codec = "native" if storage.master else storage.param
     tag = _codecs.tag(storage)
-    rule_at = wrap(bound(APPLIERS[name], f"{name}_at_{tag}", load_param=load_param,
-                         store_param=store_param, load_grad=codecs[storage.param][0],
-                         load_state=load_state, store_state=store_state))
+    rule_at = wrap(bound(APPLIERS[name], f"{name}_at_{tag}", load_param=codecs[param_codec][0],
+                         store_param=store(param_codec), load_grad=codecs[storage.param][0],
+                         load_state=codecs[storage.state][0], store_state=store(storage.state)))
     if not storage.master:
         return rule_at
+    # the param copy of a master weight rounds to nearest: the master holds the exact value
     return wrap(bound(_MASTERS[KERNELS[name][0]], f"{name}_at_{tag}_master", rule_at=rule_at,
-                      round_param=codecs[storage.param][1]))
+                      round_param=store(storage.param, rounding=False)))
 
 
 # The blockwise (int8 state) loops keep each state of a block in float32 scratch arrays s0..s2

@@ -422,9 +422,11 @@ def _state_dict(meta, arrays, path, state_names):
             if int(i) not in state:
                 raise ValueError(f"{path}: unexpected entry {name!r} (param {i} has no state)")
             state[int(i)][key] = array
+    seed = _codecs.ROUNDING_SEED  # stochastic rounding's, with stochastic_rounding=True
+    seed = {seed: meta[seed]} if seed in meta else {}
     return {"format": meta["format"], "optimizer": meta["optimizer"],
             "step_count": meta["step_count"], "param_groups": _groups(meta["param_groups"], path),
-            "state": state}
+            "state": state, **seed}
 
 
 def _state_scalars(saved, path, state_names):

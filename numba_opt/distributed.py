@@ -384,6 +384,12 @@ class ZeroRedundancyOptimizer:
                              "(its blocks of 256 would straddle the shard boundaries); shard "
                              "float32 or bfloat16 state, which already divides the state by the "
                              "number of ranks")
+        if self._template.stochastic_rounding:
+            # the rounding itself would shard exactly (it hashes values, not positions), but
+            # the gathered state_dict does not carry the seed yet
+            raise ValueError("stochastic_rounding=True is not offered by "
+                             "ZeroRedundancyOptimizer yet (its state_dict does not carry the "
+                             "rounding_seed); use it with a plain optimizer")
         self.param_groups, self._group_indices, start = [], [], 0
         for gi, group in enumerate(groups):
             filled = {**self._template.defaults, **group, "params": list(group["params"])}

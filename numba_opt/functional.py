@@ -26,10 +26,11 @@ from ._typing import Array, Betas, Device, Real
 
 
 def _pack(scalars_type, maximize, **fields):
-    """A scalars namedtuple with the gradient fields every rule shares: clipping off
-    (clip_value inf; ``optim.base`` sets the fields per step when asked) and grad_scale 1, or -1
-    to maximize."""
-    return scalars_type(grad_scale=-1.0 if maximize else 1.0, clip_value=math.inf, **fields)
+    """A scalars namedtuple with the fields every rule shares: clipping off (clip_value inf;
+    ``optim.base`` sets the fields per step when asked), grad_scale 1, or -1 to maximize, and
+    rounding_salt 0 (``optim.base`` sets it per step under stochastic rounding)."""
+    return scalars_type(grad_scale=-1.0 if maximize else 1.0, clip_value=math.inf,
+                        rounding_salt=0.0, **fields)
 
 
 # ----------------------------------------------------------------------------------------- SGD

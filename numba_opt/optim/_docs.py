@@ -23,6 +23,10 @@ SHARED = {
                    "elements keep float32 state)",
     "master_weights": "keep a float32 copy of bfloat16/float16 params in the state and update "
                       "that (the params get its rounded value)",
+    "stochastic_rounding": "round the values stored in bfloat16/float16 (params without master "
+                           "weights, bfloat16 state) stochastically instead of to nearest, so "
+                           "updates under half an ulp survive in expectation",
+    "rounding_seed": "seed of the stochastic rounding (kept in the state_dict; default 0)",
     "momentum": "momentum factor (0: none)",
     "amsgrad": "use the running maximum of the second moment (AMSGrad)",
 }

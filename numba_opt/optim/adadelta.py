@@ -14,10 +14,11 @@ class Adadelta(Optimizer):
 
     def __init__(self, params: Params, lr: Real = 1.0, rho: Real = 0.9, eps: Real = 1e-6,
                  weight_decay: Real = 0.0, maximize: bool = False, device: Device = "auto", *,
-                 state_dtype: str | None = None, master_weights: bool = False) -> None:
+                 state_dtype: str | None = None, master_weights: bool = False,
+                 stochastic_rounding: bool = False, rounding_seed: int | None = None) -> None:
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
                                       maximize=maximize), device,
-                         state_dtype, master_weights)
+                         state_dtype, master_weights, stochastic_rounding, rounding_seed)
 
     def _layout(self, hyper):
         return F.adadelta_layout()

@@ -17,11 +17,12 @@ class Adagrad(Optimizer):
     def __init__(self, params: Params, lr: Real = 1e-2, lr_decay: Real = 0.0,
                  weight_decay: Real = 0.0, initial_accumulator_value: Real = 0.0, eps: Real = 1e-10,
                  maximize: bool = False, device: Device = "auto", *, state_dtype: str | None = None,
-                 master_weights: bool = False) -> None:
+                 master_weights: bool = False,
+                 stochastic_rounding: bool = False, rounding_seed: int | None = None) -> None:
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value,
                                       eps=eps, maximize=maximize), device,
-                         state_dtype, master_weights)
+                         state_dtype, master_weights, stochastic_rounding, rounding_seed)
 
     def _layout(self, hyper):
         return F.adagrad_layout()

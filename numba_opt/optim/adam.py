@@ -21,11 +21,12 @@ class Adam(Optimizer):
                  eps: Real = 1e-8, weight_decay: Real = 0.0, amsgrad: bool = False,
                  maximize: bool = False, decoupled_weight_decay: bool = False,
                  device: Device = "auto", *, state_dtype: str | None = None,
-                 master_weights: bool = False) -> None:
+                 master_weights: bool = False,
+                 stochastic_rounding: bool = False, rounding_seed: int | None = None) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       amsgrad=amsgrad, maximize=maximize,
                                       decoupled_weight_decay=decoupled_weight_decay), device,
-                         state_dtype, master_weights)
+                         state_dtype, master_weights, stochastic_rounding, rounding_seed)
 
     def _layout(self, hyper):
         return F.adam_layout(hyper["amsgrad"])
@@ -44,8 +45,10 @@ class AdamW(Adam):
     def __init__(self, params: Params, lr: Real = 1e-3, betas: Betas = (0.9, 0.999),
                  eps: Real = 1e-8, weight_decay: Real = 1e-2, amsgrad: bool = False,
                  maximize: bool = False, device: Device = "auto", *, state_dtype: str | None = None,
-                 master_weights: bool = False) -> None:
+                 master_weights: bool = False,
+                 stochastic_rounding: bool = False, rounding_seed: int | None = None) -> None:
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=True,
                          device=device, state_dtype=state_dtype,
-                         master_weights=master_weights)
+                         master_weights=master_weights,
+                         stochastic_rounding=stochastic_rounding, rounding_seed=rounding_seed)

@@ -49,6 +49,8 @@ MASTER = "master_param"  # the float32 copy of a bfloat16 / float16 param (maste
 # state's own name, and its float32 scales (one per block of _quant.BLOCK) under name + ABSMAX.
 ABSMAX = "_absmax"
 _NO_CLIPPING = (1.0, math.inf)  # the grad_scale and clip_value fields of the scalars, when off
+_SALT = 2  # where the scalars hold the rounding salt (stochastic rounding; _math._GRAD_FIELDS)
+SEED = _codecs.ROUNDING_SEED  # the state_dict entry of the stochastic rounding seed
 
 
 def _locked(method):
@@ -173,10 +175,17 @@ class Optimizer:
         _docs.document(cls)  # the docstring ends with the arguments, their defaults, meanings
 
     def __init__(self, params: Params, defaults: Mapping[str, Any], device: Device = "auto",
-                 state_dtype: str | None = None, master_weights: bool = False) -> None:
+                 state_dtype: str | None = None, master_weights: bool = False,
+                 stochastic_rounding: bool = False, rounding_seed: int | None = None) -> None:
         self.defaults = dict(defaults)
         self._state_dtype = _codecs.state_dtype_option(state_dtype)
         self._master_weights = check.flag("master_weights", master_weights)
+        self._stochastic_rounding = check.flag("stochastic_rounding", stochastic_rounding)
+        if rounding_seed is not None and not stochastic_rounding:
+            raise ValueError("rounding_seed seeds stochastic rounding: give it with "
+                             "stochastic_rounding=True")
+        self._rounding_seed = 0 if rounding_seed is None else check.count(
+            "rounding_seed", rounding_seed)
         groups, names = _normalise_params(params)
         params_flat = [p for group in groups for p in group["params"]]
         self._labels = ([f"params[{n!r}]" for n in names] if names is not None
@@ -208,6 +217,12 @@ class Optimizer:
         self._adopt_buckets([bucket for gi, indices in enumerate(group_indices)
                              for bucket in self._group_buckets(gi, indices, params_flat,
                                                                self._labels)])
+        if stochastic_rounding and not any(b.storage.stochastic for b in self._buckets):
+            raise TypeError(f"stochastic_rounding=True rounds the values stored in bfloat16 or "
+                            f"float16, but nothing is stored so here ({self._labels[0]} is "
+                            f"{params_flat[0].dtype}, state_dtype={self._state_dtype!r}, "
+                            f"master_weights={self._master_weights}): use bfloat16 or float16 "
+                            "params without master weights, or state_dtype='bfloat16'")
         # per group: (hyper-parameters, kernel name, state names, the group's values when
         # checked, its list entries)
         self._group_cache = [None] * len(self.param_groups)
@@ -230,7 +245,8 @@ class Optimizer:
             members = [i for i in indices if np.dtype(params[i].dtype) == dtype]
             for members, state_dtype in self._state_kinds(members, params):
                 storage, buffer_dtype = _codecs.storage(dtype, state_dtype, self._master_weights,
-                                                        labels[members[0]])
+                                                        labels[members[0]],
+                                                        self._stochastic_rounding)
                 buckets.append(_Bucket(gi, members, [params[i] for i in members], self._backend,
                                        self.host_state, storage, buffer_dtype))
         return buckets
@@ -410,6 +426,8 @@ class Optimizer:
         grad_fields = _signed(self._grad_fields, hyper)
         if scalars is not bucket.scalars or bucket.grad_fields != grad_fields:
             scalars = self._backend.update_scalars(scalars, (0, 1), grad_fields)
+        if bucket.storage.stochastic:
+            scalars = self._salted(scalars, step)
         bucket.scalars, bucket.scalars_fresh, bucket.grad_fields = scalars, fresh, grad_fields
         if MASTER in fresh:
             bucket.start_master()
@@ -457,10 +475,17 @@ class Optimizer:
             scalars = self._backend.update_scalars(self._backend.scalars_argument(
                 self._scalars(hyper, history[0], fresh, **history[2]), bucket.compute_dtype),
                 (0, 1), _signed(self._grad_fields, hyper))
+            if bucket.storage.stochastic:
+                scalars = self._salted(scalars, history[0])
             if MASTER in fresh:
                 bucket.start_master(j)
             call(param, grad, *states, scalars)
             history[1].update(names)
+
+    def _salted(self, scalars, step):
+        """``scalars`` with the rounding salt of step number ``step`` (a param's own count)."""
+        return self._backend.update_scalars(
+            scalars, (_SALT,), (_codecs.rounding_salt(self._rounding_seed, step),))
 
     def _allocate(self, bucket, name, hyper):
         if name == MASTER:  # filled from the params at their first step (Bucket.start_master)
@@ -565,6 +590,7 @@ class Optimizer:
                              for g, indices in zip(self.param_groups, self._group_indices)],
             "state": {i: {k: (to_host(v) if k in self.state_names else v) for k, v in st.items()}
                       for i, st in enumerate(self.state) if st},
+            **({SEED: self._rounding_seed} if self._stochastic_rounding else {}),
         }
 
     @_locked
@@ -583,6 +609,7 @@ class Optimizer:
         deleted by hand cannot be told from that case, and starts afresh; nor can a whole
         entry deleted for a param that did step (params with None grads never step)."""
         step_count = checked_header(state_dict, type(self).__name__)
+        seed = self._checked_seed(state_dict)
         new_hyper = self._checked_groups(state_dict["param_groups"])
         saved_state = state_dict["state"]
         if not isinstance(saved_state, Mapping):
@@ -602,6 +629,24 @@ class Optimizer:
         for bucket in self._buckets:
             self._load_bucket(bucket, new_state)
         self.step_count = step_count
+        self._rounding_seed = seed
+
+    def _checked_seed(self, state_dict):
+        """The stochastic rounding seed a state_dict holds: there exactly when this optimizer
+        rounds stochastically (the run it resumes did too, or the saved state was rounded
+        otherwise)."""
+        if not self._stochastic_rounding:
+            if SEED in state_dict:
+                raise ValueError(f"state_dict holds a {SEED!r}: it was saved with "
+                                 "stochastic_rounding=True, and this optimizer rounds to "
+                                 "nearest; make it with stochastic_rounding=True to resume that "
+                                 "run")
+            return self._rounding_seed
+        if SEED not in state_dict:
+            raise ValueError(f"state_dict has no {SEED!r}: it was saved without "
+                             "stochastic_rounding, and this optimizer rounds stochastically; "
+                             "make it with stochastic_rounding=False to resume that run")
+        return check.count(f"state_dict[{SEED!r}]", state_dict[SEED])
 
     def _checked_groups(self, groups):
         """The saved groups' hyper-parameters (without 'params'), each group checked."""
@@ -719,6 +764,22 @@ class Optimizer:
     def master_weights(self, value):
         raise AttributeError("master_weights is fixed when the optimizer is made; make a new "
                              "optimizer with the master_weights you want")
+
+    @property
+    def stochastic_rounding(self):
+        """Whether the values stored in bfloat16 or float16 round stochastically (else to
+        nearest, ties to even); fixed when the optimizer is made."""
+        return self._stochastic_rounding
+
+    @stochastic_rounding.setter
+    def stochastic_rounding(self, value):
+        raise AttributeError("stochastic_rounding is fixed when the optimizer is made; make a "
+                             "new optimizer with the stochastic_rounding you want")
+
+    @property
+    def rounding_seed(self):
+        """The seed of stochastic rounding (0 unless given; restored by load_state_dict)."""
+        return self._rounding_seed
 
     def _check_history(self, where, saved, names):
         """A param's step count and the buffers (of ``names``) and host scalars it holds must

@@ -21,11 +21,12 @@ class RAdam(Optimizer):
     def __init__(self, params: Params, lr: Real = 1e-3, betas: Betas = (0.9, 0.999),
                  eps: Real = 1e-8, weight_decay: Real = 0.0, decoupled_weight_decay: bool = False,
                  maximize: bool = False, device: Device = "auto", *, state_dtype: str | None = None,
-                 master_weights: bool = False) -> None:
+                 master_weights: bool = False,
+                 stochastic_rounding: bool = False, rounding_seed: int | None = None) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       decoupled_weight_decay=decoupled_weight_decay,
                                       maximize=maximize), device,
-                         state_dtype, master_weights)
+                         state_dtype, master_weights, stochastic_rounding, rounding_seed)
 
     def _layout(self, hyper):
         return F.radam_layout()

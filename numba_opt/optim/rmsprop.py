@@ -27,12 +27,13 @@ class RMSprop(Optimizer):
                  weight_decay: Real = 0.0, momentum: Real = 0.0, centered: bool = False,
                  maximize: bool = False, eps_inside_sqrt: bool = False,
                  initial_square_avg: Real = 0.0, device: Device = "auto", *,
-                 state_dtype: str | None = None, master_weights: bool = False) -> None:
+                 state_dtype: str | None = None, master_weights: bool = False,
+                 stochastic_rounding: bool = False, rounding_seed: int | None = None) -> None:
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                                       momentum=momentum, centered=centered, maximize=maximize,
                                       eps_inside_sqrt=eps_inside_sqrt,
                                       initial_square_avg=initial_square_avg), device,
-                         state_dtype, master_weights)
+                         state_dtype, master_weights, stochastic_rounding, rounding_seed)
 
     def _layout(self, hyper):
         return F.rmsprop_layout(hyper["centered"], hyper["momentum"])

@@ -19,11 +19,12 @@ class SGD(Optimizer):
     def __init__(self, params: Params, lr: Real = 1e-3, momentum: Real = 0.0, dampening: Real = 0.0,
                  weight_decay: Real = 0.0, nesterov: bool = False, maximize: bool = False,
                  device: Device = "auto", *, state_dtype: str | None = None,
-                 master_weights: bool = False) -> None:
+                 master_weights: bool = False,
+                 stochastic_rounding: bool = False, rounding_seed: int | None = None) -> None:
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=nesterov,
                                       maximize=maximize), device,
-                         state_dtype, master_weights)
+                         state_dtype, master_weights, stochastic_rounding, rounding_seed)
 
     def _check(self, hyper):
         F.check_sgd(**hyper)
