@@ -684,6 +684,9 @@ class ZeroRedundancyOptimizer:
     def _buffer_dtype(self, i, name):
         return self._plain_like(i)._buffer_dtype(0, name)
 
+    def _buffer_shape(self, i, name):
+        return Optimizer._buffer_shape(self, i, name)  # it reads only self._params
+
     def _checkpoint_collective(self, action, every_rank):
         """``nopt.save`` / ``nopt.load``'s hook: ``action()`` on every rank (reading the file:
         each rank takes its shard) or on rank 0 only (writing it); an error on any rank is
