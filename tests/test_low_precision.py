@@ -690,7 +690,7 @@ def test_state_dtype_and_master_weights_are_fixed_for_the_optimizers_life():
 
 
 @pytest.mark.parametrize("name", ["SGD", "RMSprop", "Adam", "AdamW", "Adagrad", "Adamax",
-                                  "RAdam", "NAdam", "Adadelta", "Lion"])
+                                  "RAdam", "NAdam", "Adadelta", "Rprop", "ASGD", "Lion"])
 def test_every_optimizer_takes_the_options(name):
     import inspect
     signature = inspect.signature(getattr(nopt, name)).parameters

@@ -12,7 +12,8 @@ from reference import RULES
 
 SHAPES = [(7, 5), (5,), (3, 2, 2), ()]
 OPTIMIZERS = [("SGD", {"lr": 0.1, "momentum": 0.9}), ("RMSprop", {"centered": True}),
-              ("Adam", {"amsgrad": True}), ("Adamax", {}), ("NAdam", {}), ("Lion", {})]
+              ("Adam", {"amsgrad": True}), ("Adamax", {}), ("NAdam", {}), ("Lion", {}),
+              ("Rprop", {}), ("ASGD", {"t0": 0.5})]
 
 
 def backend_arrays(device):
