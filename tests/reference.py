@@ -186,8 +186,8 @@ def stored_step(name, param, grad, state, param_dtype, state_dtype, **kwargs):
     kernel storing them rounds them: after the step ``param`` is rounded to ``param_dtype`` (a
     master copy: float32) and every state array to ``state_dtype``, to nearest even (NumPy's and
     ml_dtypes' casts).  Host scalars (step, mu_product, eta, mu: Python numbers) stay as they
-    are; a 0-d param's buffers are NumPy scalars.  The arithmetic itself is float64, where the kernels
-    compute in float32: see the tolerance where this is used."""
+    are; a 0-d param's buffers are NumPy scalars.  The arithmetic itself is float64, where the
+    kernels compute in float32: see the tolerance where this is used."""
     RULES[name](param, grad, state, **kwargs)
     param[...] = param.astype(param_dtype).astype(np.float64)
     for key, value in state.items():
