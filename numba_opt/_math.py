@@ -122,12 +122,12 @@ def unpack_lion(v):
 
 @_rule
 def unpack_rprop(v):
-    return RpropScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8])
+    return RpropScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9])
 
 
 @_rule
 def unpack_asgd(v):
-    return ASGDScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6])
+    return ASGDScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7])
 
 
 SCALARS = {"lion": LionScalars, "sgd": SGDScalars, "rmsprop": RMSpropScalars, "adam": AdamScalars,
@@ -488,13 +488,13 @@ def lion_at(i, param, grad, exp_avg, h):
 def rprop_at(i, param, grad, prev, step_size, h):
     p, g, s = rprop(load_param(param[i]), load_grad(grad[i]), load_state(prev[i]),
                     load_state(step_size[i]), h)
-    param[i], prev[i], step_size[i] = store_param(p), store_state(g), store_state(s)
+    param[i], prev[i], step_size[i] = store_param(p, h), store_state(g, h), store_state(s, h)
 
 
 @_applier
 def asgd_at(i, param, grad, ax, h):
     p, a = asgd(load_param(param[i]), load_grad(grad[i]), load_state(ax[i]), h)
-    param[i], ax[i] = store_param(p), store_state(a)
+    param[i], ax[i] = store_param(p, h), store_state(a, h)
 
 
 # With master weights the rule updates the float32 master copy, the kernel's last buffer (its

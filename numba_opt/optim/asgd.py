@@ -1,6 +1,9 @@
+from __future__ import annotations
+
 import math
 
 from .. import functional as F
+from .._typing import Device, Params, Real
 from .base import Optimizer
 
 
@@ -20,11 +23,19 @@ class ASGD(Optimizer):
     host_state = {"eta": math.nan, "mu": 1.0}
     host_checks = F.ASGD_HOST_CHECKS
 
-    def __init__(self, params, lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0,
-                 maximize=False, device="auto", *, state_dtype=None, master_weights=False):
+    param_docs = {"lambd": "decay term: eta_t = lr / (1 + lambd*lr*t)^alpha, and the param "
+                           "shrinks by 1 - lambd*eta",
+                  "alpha": "power of eta's decay",
+                  "t0": "the step from which the params are averaged into ax"}
+
+    def __init__(self, params: Params, lr: Real = 1e-2, lambd: Real = 1e-4, alpha: Real = 0.75,
+                 t0: Real = 1e6, weight_decay: Real = 0.0, maximize: bool = False,
+                 device: Device = "auto", *, state_dtype: str | None = None,
+                 master_weights: bool = False, stochastic_rounding: bool = False,
+                 rounding_seed: int | None = None) -> None:
         super().__init__(params, dict(lr=lr, lambd=lambd, alpha=alpha, t0=t0,
                                       weight_decay=weight_decay, maximize=maximize), device,
-                         state_dtype, master_weights)
+                         state_dtype, master_weights, stochastic_rounding, rounding_seed)
 
     def _layout(self, hyper):
         return F.asgd_layout()

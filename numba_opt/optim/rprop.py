@@ -1,4 +1,7 @@
+from __future__ import annotations
+
 from .. import functional as F
+from .._typing import Betas, Device, Params, Real
 from .base import Optimizer
 
 
@@ -13,10 +16,20 @@ class Rprop(Optimizer):
     state_names = ("prev", "step_size")
     hyper_checks = F.RPROP_HYPER
 
-    def __init__(self, params, lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), maximize=False,
-                 device="auto", *, state_dtype=None, master_weights=False):
+    param_docs = {"lr": "the initial step size of every element (read at a param's first step "
+                        "only)",
+                  "etas": "(etaminus, etaplus): the step size's factors when the gradient's sign "
+                          "flips / keeps",
+                  "step_sizes": "(min, max): the bounds of every step size"}
+
+    def __init__(self, params: Params, lr: Real = 1e-2, etas: Betas = (0.5, 1.2),
+                 step_sizes: Betas = (1e-6, 50), maximize: bool = False,
+                 device: Device = "auto", *, state_dtype: str | None = None,
+                 master_weights: bool = False, stochastic_rounding: bool = False,
+                 rounding_seed: int | None = None) -> None:
         super().__init__(params, dict(lr=lr, etas=etas, step_sizes=step_sizes,
-                                      maximize=maximize), device, state_dtype, master_weights)
+                                      maximize=maximize), device, state_dtype, master_weights,
+                         stochastic_rounding, rounding_seed)
 
     def _layout(self, hyper):
         return F.rprop_layout()
