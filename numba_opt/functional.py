@@ -458,8 +458,9 @@ RPROP_HYPER = dict(lr=check.non_negative, etas=_etas, step_sizes=_step_sizes,
                    maximize=check.flag)
 
 
-def rprop_step(param, grad, prev, step_size, *, step, lr=1e-2, etas=(0.5, 1.2),
-               step_sizes=(1e-6, 50), maximize=False, device="auto"):
+def rprop_step(param: Array, grad: Array, prev: Array, step_size: Array, *, step: int,
+               lr: Real = 1e-2, etas: Betas = (0.5, 1.2), step_sizes: Betas = (1e-6, 50),
+               maximize: bool = False, device: Device = "auto") -> None:
     """One Rprop step in place (torch.optim.Rprop).  At ``step == 1`` ``step_size`` is filled
     with lr and ``prev`` counts as 0 (torch's state initialisation); later, lr is not used."""
     hyper = dict(lr=lr, etas=etas, step_sizes=step_sizes, maximize=maximize)
@@ -523,8 +524,10 @@ ASGD_HYPER = dict(lr=check.non_negative, lambd=check.non_negative, alpha=check.n
                   t0=check.real, weight_decay=check.non_negative, maximize=check.flag)
 
 
-def asgd_step(param, grad, ax, *, step, eta=None, mu=None, lr=1e-2, lambd=1e-4, alpha=0.75,
-              t0=1e6, weight_decay=0.0, maximize=False, device="auto"):
+def asgd_step(param: Array, grad: Array, ax: Array, *, step: int, eta: Real | None = None,
+              mu: Real | None = None, lr: Real = 1e-2, lambd: Real = 1e-4, alpha: Real = 0.75,
+              t0: Real = 1e6, weight_decay: Real = 0.0, maximize: bool = False,
+              device: Device = "auto") -> tuple[float, float]:
     """One ASGD step in place (torch.optim.ASGD); returns ``(eta, mu)`` for the next step, to
     pass as ``eta=`` and ``mu=`` then.  ``eta`` and ``mu`` are those the previous step returned
     (at step 1: lr and 1); None computes them from ``step`` assuming the hyper-parameters never

@@ -10,6 +10,9 @@ class Rprop(Optimizer):
     etaplus while the gradient keeps its sign and shrunk by etaminus when it flips, clamped to
     ``step_sizes``; the param moves by it against the gradient's sign.
 
+    s <- clamp(s * etaplus, step_sizes) where g*prev > 0, clamp(s * etaminus, step_sizes)
+    where g*prev < 0 (and g <- 0 there); p <- p - sign(g)*s; prev <- g.
+
     ``step_size`` starts at lr at a param's first step (torch's state initialisation), so later
     changes of lr do not act; ``prev`` is the last gradient, 0 where its sign flipped.
     """
