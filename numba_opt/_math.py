@@ -59,6 +59,16 @@ AdadeltaScalars = namedtuple(
     "AdadeltaScalars", _GRAD_FIELDS + "lr rho one_minus_rho eps weight_decay")
 LionScalars = namedtuple(
     "LionScalars", _GRAD_FIELDS + "lr beta1 one_minus_beta1 beta2 one_minus_beta2 param_scale")
+RpropScalars = namedtuple(
+    "RpropScalars",
+    # first_step (re)starts step_size at lr and prev at 0, as torch's state initialisation;
+    # zero is 0 in the kernel's dtype (a literal 0.0 is float64 and would promote float32 rules)
+    _GRAD_FIELDS + "lr etaminus etaplus step_size_min step_size_max first_step zero")
+ASGDScalars = namedtuple(
+    "ASGDScalars",
+    # eta and mu are the ones torch computed at the end of the previous step; param_scale is
+    # 1 - lambd*eta; average is 0 while mu == 1 (ax is then a copy of the param)
+    _GRAD_FIELDS + "eta param_scale weight_decay mu average")
 
 
 # The array -> namedtuple unpackers (a test checks each against its namedtuple's fields).
@@ -110,9 +120,20 @@ def unpack_lion(v):
     return LionScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8])
 
 
+@_rule
+def unpack_rprop(v):
+    return RpropScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9])
+
+
+@_rule
+def unpack_asgd(v):
+    return ASGDScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7])
+
+
 SCALARS = {"lion": LionScalars, "sgd": SGDScalars, "rmsprop": RMSpropScalars, "adam": AdamScalars,
            "adamax": AdamaxScalars, "radam": RAdamScalars, "nadam": NAdamScalars,
-           "adadelta": AdadeltaScalars, "adagrad": AdagradScalars}
+           "adadelta": AdadeltaScalars, "adagrad": AdagradScalars, "rprop": RpropScalars,
+           "asgd": ASGDScalars}
 
 
 @_rule
@@ -272,6 +293,50 @@ def lion(param, grad, exp_avg, h):
     return param, exp_avg
 
 
+@_rule
+def rprop(param, grad, prev, step_size, h):
+    """Rprop (torch.optim.Rprop): each element's step size grows by etaplus while its gradient
+    keeps its sign and shrinks by etaminus when the sign flips, clamped to [step_size_min,
+    step_size_max]; the param moves by the step size against the gradient's sign.  After a flip
+    the gradient counts as 0 (no move, and no sign to compare next step)."""
+    grad = prepared_grad(grad, h)
+    if h.first_step:
+        step_size, prev = h.lr, h.zero
+    product = grad * prev
+    if product > 0:
+        step_size = step_size * h.etaplus
+    elif product < 0:
+        step_size = step_size * h.etaminus
+        grad = h.zero
+    elif product != product:  # NaN: torch's sign of it is NaN, and so is the step size
+        step_size = step_size * product
+    # clamped even when unchanged (a first step's lr beyond the bounds); NaN passes, as in torch
+    step_size = h.step_size_min if step_size < h.step_size_min else step_size
+    step_size = h.step_size_max if step_size > h.step_size_max else step_size
+    if grad > 0:
+        param = param - step_size
+    elif grad < 0:
+        param = param + step_size
+    else:  # 0 or NaN: torch's sign(grad) * step_size, NaN when either is NaN (or 0 * inf)
+        param = param - grad * step_size
+    return param, grad, step_size
+
+
+@_rule
+def asgd(param, grad, ax, h):
+    """ASGD (torch.optim.ASGD): SGD with a decaying step eta and a decay of the param by
+    lambd*eta, and ax, the running average of the params once t exceeds t0 (mu = 1/(t - t0))."""
+    grad = prepared_grad(grad, h)
+    if h.weight_decay != 0:
+        grad = grad + h.weight_decay * param
+    param = param * h.param_scale - h.eta * grad
+    if h.average:
+        ax = ax + (param - ax) * h.mu
+    else:  # mu == 1: torch copies the param (ax + (param - ax) could round differently)
+        ax = param
+    return param, ax
+
+
 # ------------------------------------------------------------------------------------------------
 # Appliers: one per kernel variant, ``name_at(i, param, grad, *states, h)``, applying a rule to
 # element i of 1-D arrays; ``states`` are the buffers that variant updates, in the order
@@ -419,6 +484,19 @@ def lion_at(i, param, grad, exp_avg, h):
     param[i], exp_avg[i] = store_param(p, h), store_state(m, h)
 
 
+@_applier
+def rprop_at(i, param, grad, prev, step_size, h):
+    p, g, s = rprop(load_param(param[i]), load_grad(grad[i]), load_state(prev[i]),
+                    load_state(step_size[i]), h)
+    param[i], prev[i], step_size[i] = store_param(p, h), store_state(g, h), store_state(s, h)
+
+
+@_applier
+def asgd_at(i, param, grad, ax, h):
+    p, a = asgd(load_param(param[i]), load_grad(grad[i]), load_state(ax[i]), h)
+    param[i], ax[i] = store_param(p, h), store_state(a, h)
+
+
 # With master weights the rule updates the float32 master copy, the kernel's last buffer (its
 # param codec is native), and the param receives the rounded result: one wrapper per number of
 # state buffers, ``rule_at`` and ``round_param`` bound per kernel.
@@ -520,4 +598,4 @@ KERNELS = {"sgd": (0, "sgd"), "sgd_momentum": (1, "sgd"), "rmsprop": (1, "rmspro
            "rmsprop_centered_momentum": (3, "rmsprop"), "adam": (2, "adam"),
            "adam_amsgrad": (3, "adam"), "adagrad": (1, "adagrad"), "adamax": (2, "adamax"),
            "radam": (2, "radam"), "nadam": (2, "nadam"), "adadelta": (2, "adadelta"),
-           "lion": (1, "lion")}
+           "lion": (1, "lion"), "rprop": (2, "rprop"), "asgd": (1, "asgd")}

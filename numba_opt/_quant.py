@@ -31,7 +31,7 @@ DECADES = 7         # 10^-6 .. 10^0
 
 #: the state buffers that never go negative: they use the unsigned map
 NONNEGATIVE = frozenset({"exp_avg_sq", "max_exp_avg_sq", "square_avg", "sum", "exp_inf",
-                         "acc_delta"})
+                         "acc_delta", "step_size"})
 
 
 def _decade_values(signed):

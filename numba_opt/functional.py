@@ -419,6 +419,133 @@ def lion_step(param: Array, grad: Array, exp_avg: Array, *, lr: Real = 1e-4,
     _run(kernel, device, param, grad, names, dict(exp_avg=exp_avg), lion_scalars(**hyper))
 
 
+# --------------------------------------------------------------------------------------- Rprop
+def rprop_layout():
+    return "rprop", ("prev", "step_size")
+
+
+def rprop_scalars(*, lr, etas, step_sizes, maximize, first_step):
+    etaminus, etaplus = etas
+    step_size_min, step_size_max = step_sizes
+    return _pack(_math.RpropScalars, maximize, lr=lr, etaminus=etaminus, etaplus=etaplus,
+                 step_size_min=step_size_min, step_size_max=step_size_max,
+                 first_step=first_step, zero=0.0)
+
+
+def _etas(name, value):
+    """Rprop's (etaminus, etaplus): 0 < etaminus < 1 < etaplus (torch's check), finite."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"{name} must be a pair (etaminus, etaplus), got {value!r}")
+    etaminus, etaplus = check.real(f"{name}[0]", value[0]), check.real(f"{name}[1]", value[1])
+    if not 0.0 < etaminus < 1.0 < etaplus:
+        raise ValueError(f"{name} must satisfy 0 < etaminus < 1 < etaplus, got {value!r}")
+    return etaminus, etaplus
+
+
+def _step_sizes(name, value):
+    """Rprop's (step_size_min, step_size_max): 0 <= min <= max, finite (torch checks none: a
+    negative step size would climb, and min > max would pin every step size at max)."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"{name} must be a pair (step_size_min, step_size_max), got {value!r}")
+    low = check.non_negative(f"{name}[0]", value[0])
+    high = check.non_negative(f"{name}[1]", value[1])
+    if low > high:
+        raise ValueError(f"{name} must satisfy step_size_min <= step_size_max, got {value!r}")
+    return low, high
+
+
+RPROP_HYPER = dict(lr=check.non_negative, etas=_etas, step_sizes=_step_sizes,
+                   maximize=check.flag)
+
+
+def rprop_step(param: Array, grad: Array, prev: Array, step_size: Array, *, step: int,
+               lr: Real = 1e-2, etas: Betas = (0.5, 1.2), step_sizes: Betas = (1e-6, 50),
+               maximize: bool = False, device: Device = "auto") -> None:
+    """One Rprop step in place (torch.optim.Rprop).  At ``step == 1`` ``step_size`` is filled
+    with lr and ``prev`` counts as 0 (torch's state initialisation); later, lr is not used."""
+    hyper = dict(lr=lr, etas=etas, step_sizes=step_sizes, maximize=maximize)
+    check_hyper(RPROP_HYPER, hyper)
+    step = check.step_number("step", step)
+    kernel, names = rprop_layout()
+    _run(kernel, device, param, grad, names, dict(prev=prev, step_size=step_size),
+         rprop_scalars(**hyper, first_step=step == 1))
+
+
+# ---------------------------------------------------------------------------------------- ASGD
+def asgd_layout():
+    return "asgd", ("ax",)
+
+
+ASGD_STEP_FIELDS = ("eta", "param_scale", "mu", "average")
+
+
+def asgd_initial_host(lr):
+    """ASGD's host scalars for a param's first step: torch starts eta at the group's lr then,
+    and mu at 1."""
+    return {"eta": float(lr), "mu": 1.0}
+
+
+def asgd_advance(step, lr, lambd, alpha, t0):
+    """ASGD's host scalars after step number ``step``, for the next step (torch computes them
+    at the end of a step, in float64 on the host): eta = lr / (1 + lambd lr t)^alpha,
+    mu = 1 / max(1, t - t0)."""
+    try:
+        decay = (1.0 + lambd * lr * step) ** alpha
+    except OverflowError:  # where torch's Python float raises, the limit: eta = 0
+        decay = math.inf
+    return {"eta": lr / decay, "mu": 1.0 / max(1.0, step - t0)}
+
+
+def asgd_step_scalars(lambd, eta, mu):
+    """The ASGD scalars that change every step (``ASGD_STEP_FIELDS``), from the host scalars
+    eta and mu this step uses."""
+    return eta, 1.0 - lambd * eta, mu, mu != 1.0
+
+
+def asgd_scalars(*, eta, mu, lr, lambd, alpha, t0, weight_decay, maximize):
+    eta, param_scale, mu, average = asgd_step_scalars(lambd, eta, mu)
+    return _pack(_math.ASGDScalars, maximize, eta=eta, param_scale=param_scale,
+                 weight_decay=weight_decay, mu=mu, average=average)
+
+
+def _mu(name, value):
+    value = check.real(name, value)
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"{name} must be in (0, 1], got {value}")
+    return value
+
+
+# eta is a step size lr / (1 + lambd lr t)^alpha >= 0; mu = 1 / max(1, t - t0) is in (0, 1]
+ASGD_HOST_CHECKS = dict(eta=check.non_negative, mu=_mu)
+
+# torch checks lr and weight_decay; a negative lambd could make 1 + lambd lr t negative (its
+# power complex), a negative alpha would make eta grow
+ASGD_HYPER = dict(lr=check.non_negative, lambd=check.non_negative, alpha=check.non_negative,
+                  t0=check.real, weight_decay=check.non_negative, maximize=check.flag)
+
+
+def asgd_step(param: Array, grad: Array, ax: Array, *, step: int, eta: Real | None = None,
+              mu: Real | None = None, lr: Real = 1e-2, lambd: Real = 1e-4, alpha: Real = 0.75,
+              t0: Real = 1e6, weight_decay: Real = 0.0, maximize: bool = False,
+              device: Device = "auto") -> tuple[float, float]:
+    """One ASGD step in place (torch.optim.ASGD); returns ``(eta, mu)`` for the next step, to
+    pass as ``eta=`` and ``mu=`` then.  ``eta`` and ``mu`` are those the previous step returned
+    (at step 1: lr and 1); None computes them from ``step`` assuming the hyper-parameters never
+    changed.  ``ax``, the averaged param, starts at 0 (it copies the param while mu == 1)."""
+    hyper = dict(lr=lr, lambd=lambd, alpha=alpha, t0=t0, weight_decay=weight_decay,
+                 maximize=maximize)
+    check_hyper(ASGD_HYPER, hyper)
+    step = check.step_number("step", step)
+    host = asgd_initial_host(lr) if step == 1 else asgd_advance(step - 1, lr, lambd, alpha, t0)
+    for name, value in (("eta", eta), ("mu", mu)):
+        if value is not None:
+            host[name] = ASGD_HOST_CHECKS[name](name, value)
+    kernel, names = asgd_layout()
+    _run(kernel, device, param, grad, names, dict(ax=ax), asgd_scalars(**host, **hyper))
+    after = asgd_advance(step, lr, lambd, alpha, t0)
+    return after["eta"], after["mu"]
+
+
 # -------------------------------------------------------------------------------------- common
 def check_hyper(checks, hyper):
     """Validate hyper-parameters with a table of ``name -> check(name, value)`` (the tables above

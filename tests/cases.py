@@ -43,6 +43,13 @@ CASES = [
     ("NAdam", {"weight_decay": 0.1, "decoupled_weight_decay": True}),
     ("Adadelta", {}),
     ("Adadelta", {"lr": 0.5, "rho": 0.95, "eps": 1e-5, "weight_decay": 0.1, "maximize": True}),
+    ("Rprop", {}),
+    # lr beyond step_size_max: the first step clamps it; both bounds are reached in 25 steps
+    ("Rprop", {"lr": 0.5, "etas": (0.3, 1.5), "step_sizes": (1e-3, 0.2), "maximize": True}),
+    ("ASGD", {}),  # t0 = 1e6: ax copies the param
+    # averaging from step 12 on (mu = 1 / (t - t0)), with eta decaying fast
+    ("ASGD", {"lr": 0.05, "lambd": 1e-3, "alpha": 0.5, "t0": 10.0, "weight_decay": 0.1,
+              "maximize": True}),
     ("Lion", {}),
     ("Lion", {"lr": 1e-3, "betas": (0.95, 0.98), "weight_decay": 0.1, "maximize": True}),
 ]

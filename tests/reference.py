@@ -143,18 +143,51 @@ def lion(param, grad, state, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, maxim
     state["exp_avg"] = b2 * m + (1 - b2) * g
 
 
+def rprop(param, grad, state, lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), maximize=False):
+    """Resilient backprop: per-element step sizes that grow while the gradient keeps its sign
+    and shrink when it flips (a flipped gradient then counts as 0)."""
+    etaminus, etaplus = etas
+    g = -grad if maximize else grad.copy()
+    product = g * state.get("prev", 0.0)
+    # the factor is NaN where the product is NaN, as torch's sign of it
+    factor = np.select([product > 0, product < 0, product == 0], [etaplus, etaminus, 1.0],
+                       np.nan)
+    step_size = np.clip(state.get("step_size", lr) * factor, *step_sizes)
+    g = np.where(product < 0, 0.0, g)
+    param -= np.sign(g) * step_size
+    state["prev"], state["step_size"] = g, step_size
+
+
+def asgd(param, grad, state, lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0,
+         maximize=False):
+    """Averaged SGD; eta and mu are computed at the end of a step, for the next one."""
+    t = state["step"] = state.get("step", 0) + 1
+    eta, mu = state.get("eta", lr), state.get("mu", 1.0)
+    g = -grad if maximize else grad.copy()
+    if weight_decay:
+        g = g + weight_decay * param
+    param *= 1 - lambd * eta
+    param -= eta * g
+    if mu == 1:
+        state["ax"] = param.copy()
+    else:
+        state["ax"] = state["ax"] + mu * (param - state["ax"])
+    state["eta"] = lr / (1 + lambd * lr * t) ** alpha
+    state["mu"] = 1 / max(1, t - t0)
+
+
 RULES = {"SGD": sgd, "RMSprop": rmsprop, "Adam": adam, "AdamW": adamw, "Adagrad": adagrad,
          "Adamax": adamax, "RAdam": radam, "NAdam": nadam, "Adadelta": adadelta,
-         "Lion": lion}
+         "Rprop": rprop, "ASGD": asgd, "Lion": lion}
 
 
 def stored_step(name, param, grad, state, param_dtype, state_dtype, **kwargs):
     """One step of ``RULES[name]`` in float64 on values kept in lower-precision storage, as a
     kernel storing them rounds them: after the step ``param`` is rounded to ``param_dtype`` (a
     master copy: float32) and every state array to ``state_dtype``, to nearest even (NumPy's and
-    ml_dtypes' casts).  Host scalars (step, mu_product: Python numbers) stay as they are; a
-    0-d param's buffers are NumPy scalars.  The arithmetic itself is float64, where the kernels
-    compute in float32: see the tolerance where this is used."""
+    ml_dtypes' casts).  Host scalars (step, mu_product, eta, mu: Python numbers) stay as they
+    are; a 0-d param's buffers are NumPy scalars.  The arithmetic itself is float64, where the
+    kernels compute in float32: see the tolerance where this is used."""
     RULES[name](param, grad, state, **kwargs)
     param[...] = param.astype(param_dtype).astype(np.float64)
     for key, value in state.items():

@@ -12,7 +12,8 @@ torch = pytest.importorskip("torch")
 
 CLIP_CASES = [("SGD", {"lr": 0.01, "momentum": 0.9}), ("Adam", {"amsgrad": True}),
               ("RMSprop", {"centered": True}), ("AdamW", {}), ("Adagrad", {}), ("RAdam", {}),
-              ("Adamax", {}), ("NAdam", {}), ("Adadelta", {}),
+              ("Adamax", {}), ("NAdam", {}), ("Adadelta", {}), ("Rprop", {}),
+              ("ASGD", {"t0": 2.0}),
               # maximize rides on the sign of the clipping scale: both at once
               ("SGD", {"lr": 0.01, "momentum": 0.9, "maximize": True}),
               ("Lion", {"lr": 1e-3, "maximize": True})]

@@ -280,6 +280,8 @@ FUNCTIONS = [
     (F.nadam_step, ["exp_avg", "exp_avg_sq"], dict(step=2)),
     (F.adadelta_step, ["square_avg", "acc_delta"], {}),
     (F.lion_step, ["exp_avg"], {}),
+    (F.rprop_step, ["prev", "step_size"], dict(step=2)),
+    (F.asgd_step, ["ax"], dict(step=2)),
 ]
 SIZE = 4
 

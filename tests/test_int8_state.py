@@ -478,7 +478,7 @@ CUDA_CASES = [c for c in CASES if c in (
     ("SGD", {"lr": 0.01, "momentum": 0.9}), ("RMSprop", {}),
     ("RMSprop", {"centered": True, "momentum": 0.5, "weight_decay": 0.05}), ("Adam", {}),
     ("AdamW", {"lr": 1e-2, "weight_decay": 0.3, "amsgrad": True}), ("Adagrad", {}),
-    ("Adadelta", {}), ("Lion", {}))]
+    ("Adadelta", {}), ("Lion", {}), ("Rprop", {}), ("ASGD", {}))]
 
 
 @needs_cuda

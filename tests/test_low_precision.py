@@ -690,7 +690,7 @@ def test_state_dtype_and_master_weights_are_fixed_for_the_optimizers_life():
 
 
 @pytest.mark.parametrize("name", ["SGD", "RMSprop", "Adam", "AdamW", "Adagrad", "Adamax",
-                                  "RAdam", "NAdam", "Adadelta", "Lion"])
+                                  "RAdam", "NAdam", "Adadelta", "Rprop", "ASGD", "Lion"])
 def test_every_optimizer_takes_the_options(name):
     import inspect
     signature = inspect.signature(getattr(nopt, name)).parameters
@@ -894,7 +894,7 @@ def test_low_precision_kernels_compile_to_ptx_in_float32_with_16_bit_memory_acce
     assert run.returncode == 0, run.stderr[-3000:]
     import json
     found = json.loads(run.stdout.strip().splitlines()[-1])
-    assert len(found) == 2 * 14 + 4 + 2
+    assert len(found) == 2 * 16 + 4 + 2
     for kernel, (f64_lines, loads, stores) in found.items():
         assert f64_lines == 0, f"{kernel}: {f64_lines} float64 PTX lines"
         params_in_bits = not kernel.split()[1].startswith("native")

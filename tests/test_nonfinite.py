@@ -12,7 +12,8 @@ from reference import RULES
 
 SHAPES = [(7, 5), (5,), (3, 2, 2), ()]
 OPTIMIZERS = [("SGD", {"lr": 0.1, "momentum": 0.9}), ("RMSprop", {"centered": True}),
-              ("Adam", {"amsgrad": True}), ("Adamax", {}), ("NAdam", {}), ("Lion", {})]
+              ("Adam", {"amsgrad": True}), ("Adamax", {}), ("NAdam", {}), ("Lion", {}),
+              ("Rprop", {}), ("ASGD", {"t0": 0.5})]
 
 
 def backend_arrays(device):
@@ -65,10 +66,12 @@ def test_by_default_nonfinite_values_propagate_like_the_reference(case, bad, dev
             for p, g, s in zip(ref, grads, ref_state):
                 RULES[name](p, g, s, **kwargs)
     results = [back(p) for p in params]
-    # it reached the param, or (Lion: sign(inf) is a finite step) the state
+    # it reached the param, or (Lion: sign(inf) is a finite step) the state; Rprop too takes
+    # an inf grad's sign only, and the next grad replaces it in prev: nothing keeps an inf
     touched = [results[0]] + [v for k, v in host_state(opt, back)[0].items()
                               if k in opt.state_names]
-    assert any(not np.isfinite(a[1, 2]) for a in touched), "the bad value vanished"
+    if not (name == "Rprop" and np.isinf(bad)):
+        assert any(not np.isfinite(a[1, 2]) for a in touched), "the bad value vanished"
     for got, expected in zip(results, ref):
         # equal_nan: the same elements are NaN/inf, the others equal the reference
         np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-13)

@@ -38,7 +38,7 @@ def runs(draw, dtypes=(np.float32, np.float64)):
     kwargs["lr"] = kwargs.get("lr", default_lr(name)) * draw(st.sampled_from([0.1, 1.0, 5.0]))
     if "betas" in defaults:
         kwargs["betas"] = (draw(st.floats(0.0, 0.99)), draw(st.floats(0.5, 0.9999)))
-    if draw(st.booleans()):
+    if "weight_decay" in defaults and draw(st.booleans()):  # Rprop has none, as in torch
         kwargs["weight_decay"] = draw(st.floats(1e-3, 0.3))
     kwargs["maximize"] = draw(st.booleans())
     dtype = draw(st.sampled_from(dtypes))

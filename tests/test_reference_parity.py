@@ -53,7 +53,7 @@ def test_functional_matches_class(case):
     fn = {"SGD": F.sgd_step, "RMSprop": F.rmsprop_step, "Adam": F.adam_step,
           "AdamW": F.adamw_step, "Adagrad": F.adagrad_step, "Adamax": F.adamax_step,
           "RAdam": F.radam_step, "NAdam": F.nadam_step, "Adadelta": F.adadelta_step,
-          "Lion": F.lion_step}[name]
+          "Rprop": F.rprop_step, "ASGD": F.asgd_step, "Lion": F.lion_step}[name]
     for step in range(1, 6):
         grads = make_grads(params, step)
         opt.step(grads)

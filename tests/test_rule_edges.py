@@ -62,5 +62,5 @@ def test_infinite_params_stay_infinite_without_weight_decay(case):
         np.testing.assert_allclose(p, r, **TOLERANCE[np.float64])
     for state in opt.state:  # and the moments never saw the inf param
         for key, buffer in state.items():
-            if key in opt.state_names:
+            if key in opt.state_names and key != "ax":  # ASGD's ax averages the params
                 assert np.all(np.isfinite(buffer)), key

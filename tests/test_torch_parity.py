@@ -46,11 +46,11 @@ def test_matches_torch_optim(case, dtype, torch_default_dtype):
 
 
 @pytest.mark.parametrize("name", ["SGD", "RMSprop", "Adam", "AdamW", "Adagrad", "Adamax",
-                                  "RAdam", "NAdam", "Adadelta"])
+                                  "RAdam", "NAdam", "Adadelta", "Rprop", "ASGD"])
 def test_defaults_equal_torch(name):
     ours = inspect.signature(getattr(nopt, name)).parameters
     theirs = inspect.signature(getattr(torch.optim, name)).parameters
     shared = [k for k in ours if k in theirs and k != "params"]
-    assert len(shared) >= 5
+    assert len(shared) >= 4  # Rprop's lr, etas, step_sizes, maximize
     for key in shared:
         assert ours[key].default == theirs[key].default, f"{name}({key}=...) default differs"

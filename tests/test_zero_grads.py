@@ -33,7 +33,10 @@ def zeroed_grads(params, step):
 
 
 def decays(name, kwargs):
-    """A weight decay moves params even where the grad is 0 (AdamW's default is 1e-2)."""
+    """A weight decay moves params even where the grad is 0 (AdamW's default is 1e-2), and so
+    does ASGD's decay term lambd (default 1e-4)."""
+    if name == "ASGD" and kwargs.get("lambd", 1e-4) != 0.0:
+        return True
     return kwargs.get("weight_decay", 1e-2 if name == "AdamW" else 0.0) != 0.0
 
 

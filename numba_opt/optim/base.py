@@ -11,8 +11,9 @@ Subclasses say only what differs between optimizers, through hooks that forward 
   (Adam's bias corrections) and their values; the rest are computed once per change of a group.
 - ``host_state`` and ``_advance_host(hyper, step, host)``: scalars kept on the host per param
   beside the step count, with their initial values (NAdam's running ``mu_product``), and how a
-  step changes them; they reach ``_scalars`` and ``_step_scalars`` as keyword arguments and are
-  part of ``state`` and the state_dict.
+  step changes them; they reach ``_scalars`` and ``_step_scalars`` as keyword arguments (as a
+  step leaves them, or as ``_host_for_step`` picks: ASGD's eta and mu as it found them) and
+  are part of ``state`` and the state_dict.
 
 How a step runs (the fast path is what makes small steps cheap and big models one pass):
 - The params of a group that share a dtype form a *bucket*.  Each state (exp_avg, ...) of a
@@ -414,15 +415,16 @@ class Optimizer:
         fresh = () if len(started) == len(names) else tuple(n for n in names if n not in started)
         step = bucket.step + 1
         host = self._advance_host(hyper, step, bucket.host)
+        used = self._host_for_step(hyper, step, bucket.host, host)
         # the scalars: made anew when the group or the fresh states change, otherwise only the
         # step_fields (Adam's bias corrections) are rewritten
         scalars = bucket.scalars
         if scalars is None or bucket.scalars_fresh != fresh:
-            scalars = self._backend.scalars_argument(self._scalars(hyper, step, fresh, **host),
+            scalars = self._backend.scalars_argument(self._scalars(hyper, step, fresh, **used),
                                                      bucket.compute_dtype)
         elif self.step_fields:
             scalars = self._backend.update_scalars(scalars, self._step_indices,
-                                                   self._step_scalars(hyper, step, **host))
+                                                   self._step_scalars(hyper, step, **used))
         grad_fields = _signed(self._grad_fields, hyper)
         if scalars is not bucket.scalars or bucket.grad_fields != grad_fields:
             scalars = self._backend.update_scalars(scalars, (0, 1), grad_fields)
@@ -471,9 +473,10 @@ class Optimizer:
                 continue
             fresh = tuple(n for n in names if n not in history[1])
             history[0] += 1
-            history[2] = self._advance_host(hyper, history[0], history[2])
+            before, history[2] = history[2], self._advance_host(hyper, history[0], history[2])
+            used = self._host_for_step(hyper, history[0], before, history[2])
             scalars = self._backend.update_scalars(self._backend.scalars_argument(
-                self._scalars(hyper, history[0], fresh, **history[2]), bucket.compute_dtype),
+                self._scalars(hyper, history[0], fresh, **used), bucket.compute_dtype),
                 (0, 1), _signed(self._grad_fields, hyper))
             if bucket.storage.stochastic:
                 scalars = self._salted(scalars, history[0])
@@ -554,6 +557,12 @@ class Optimizer:
     def _advance_host(self, hyper, step, host):
         """The host scalars after step number ``step`` (a new dict; ``host`` is not changed)."""
         return host
+
+    def _host_for_step(self, hyper, step, before, after):
+        """The host scalars step number ``step`` computes with, given those it found
+        (``before``) and those it leaves (``after``): ``after`` unless overridden (NAdam's
+        mu_product includes this step's mu_t; ASGD's eta and mu are the previous step's)."""
+        return after
 
     # ------------------------------------------------------------------------------ the state
     @property
