@@ -27,6 +27,8 @@ CONTENDERS = [  # (label, param dtype, options)
     ("bfloat16 params + float32 master, bfloat16 state", "bfloat16",
      dict(master_weights=True, state_dtype="bfloat16")),
     ("float16 params, float16 state", "float16", {}),
+    ("float32 params, int8 state", "float32", dict(state_dtype="int8")),
+    ("bfloat16 params, bfloat16 state, stochastic", "bfloat16", dict(stochastic_rounding=True)),
 ]
 
 
@@ -64,7 +66,7 @@ def main():
               f"{'CPU ms':>8s} {'vs f32':>7s}")
         for label, _, (state, moved) in steps:
             wall, cpu = np.median(times[label], axis=0)
-            print(f"{label:50s} {state:8d} {moved:8d} {wall * 1e3:8.2f} {base[0] / wall:6.2f}x "
+            print(f"{label:50s} {state:8.3g} {moved:8.3g} {wall * 1e3:8.2f} {base[0] / wall:6.2f}x "
                   f"{cpu * 1e3:8.2f} {base[1] / cpu:6.2f}x")
 
 

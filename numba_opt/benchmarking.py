@@ -9,7 +9,7 @@ import functools
 import numpy as np
 from numba import config, njit, prange
 
-from . import _codecs
+from . import _codecs, _quant
 from .examples import registry
 
 try:  # a module global, so that numba's CUDA simulator can stand in for it in tests
@@ -80,14 +80,18 @@ def numba_opt_list(sizes, dtype, optimizer="Adam", loops=None, **options):
     return step
 
 
-def storage_bytes(optimizer, dtype, state_dtype=None, master_weights=False):
+def storage_bytes(optimizer, dtype, state_dtype=None, master_weights=False,
+                  stochastic_rounding=False):
     """(state bytes per param, bytes one step reads and writes per param) of numba_opt's
     kernel on params of ``dtype`` with these options (torch's fused kernels move the same for
-    the same dtypes), from the dtypes: see ``moved_bytes``."""
+    the same dtypes), from the dtypes: see ``moved_bytes`` (stochastic rounding moves the same)."""
     states = (traffic(optimizer) - 3) // 2
     storage, state = _codecs.storage(dtype, _codecs.state_dtype_option(state_dtype),
                                      master_weights)
-    state_bytes = states * state.itemsize + 4 * storage.master
+    per_element = state.itemsize
+    if storage.state == _codecs.INT8:  # a code, and a float32 scale per block
+        per_element += _quant.SCALE.itemsize / _quant.BLOCK
+    state_bytes = states * per_element + 4 * storage.master
     return state_bytes, moved_bytes(dtype, state_bytes, storage.master)
 
 
