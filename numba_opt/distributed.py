@@ -54,10 +54,10 @@ except (ImportError, RuntimeError) as exc:  # RuntimeError: mpi4py found no MPI 
         "(mpi4py and the mpich wheel), or mpi4py built against your cluster's MPI "
         f"({type(exc).__name__}: {exc})") from exc
 
-from . import _fork, _validation as check, dispatch
+from . import _codecs, _fork, _validation as check, dispatch
 from .flat import FlatParams
 from .optim._groups import _normalise_params, _reject_shared_memory
-from .optim.base import (STATE_DICT_FORMAT, Optimizer, _check_clipping, _clip_scale,
+from .optim.base import (SEED, STATE_DICT_FORMAT, Optimizer, _check_clipping, _clip_scale,
                          checked_header, grad_list)
 
 __all__ = ["broadcast_params", "average_gradients", "ZeroRedundancyOptimizer"]
@@ -384,12 +384,9 @@ class ZeroRedundancyOptimizer:
                              "(its blocks of 256 would straddle the shard boundaries); shard "
                              "float32 or bfloat16 state, which already divides the state by the "
                              "number of ranks")
-        if self._template.stochastic_rounding:
-            # the rounding itself would shard exactly (it hashes values, not positions), but
-            # the gathered state_dict does not carry the seed yet
-            raise ValueError("stochastic_rounding=True is not offered by "
-                             "ZeroRedundancyOptimizer yet (its state_dict does not carry the "
-                             "rounding_seed); use it with a plain optimizer")
+        # stochastic rounding shards exactly: its random bits hash values and the param's step
+        # count, never positions; the seed travels in the state_dict (see state_dict)
+        self._rounding_seed = self._template.rounding_seed
         self.param_groups, self._group_indices, start = [], [], 0
         for gi, group in enumerate(groups):
             filled = {**self._template.defaults, **group, "params": list(group["params"])}
@@ -724,16 +721,33 @@ class ZeroRedundancyOptimizer:
                                   "params": list(indices)}
                                  for g, indices in zip(self.param_groups, self._group_indices)],
                 "state": state,
+                **self._seed_entry(),
             }
+
+    @property
+    def stochastic_rounding(self):
+        """Whether bfloat16/float16 stores round stochastically (the optimizer option)."""
+        return self._template.stochastic_rounding
+
+    @property
+    def rounding_seed(self):
+        """The stochastic rounding seed (from the constructor, or the last loaded state_dict)."""
+        return self._rounding_seed
+
+    def _seed_entry(self):
+        """The stochastic rounding seed's state_dict entry, as the plain optimizer writes it."""
+        return {SEED: self._rounding_seed} if self._template.stochastic_rounding else {}
 
     def _gather_state(self, vector, name, local, heads, state):
         """One state buffer of one dtype, whole on every rank (host), cut back into params."""
-        whole = np.zeros(vector.total, vector.dtype)
+        # in the state's dtype (state_dtype may differ from the params'), moved as its bits:
+        # MPI knows no bfloat16, and a gather only copies
+        whole = np.zeros(vector.total, self._buffer_dtype(vector.indices[0], name))
         for piece, entry in zip(self._pieces, local):
             if piece.vector is vector and name in entry:
                 start = vector.lo + piece.offset
                 whole[start:start + piece.stop - piece.start] = self._backend.to_host(entry[name])
-        self.comm.Allgatherv(MPI.IN_PLACE, (whole, (vector.counts, vector.displs)))
+        self.comm.Allgatherv(MPI.IN_PLACE, (_codecs.bits(whole), (vector.counts, vector.displs)))
         for i, start, n in zip(vector.indices, vector.starts, vector.sizes):
             if i in heads and name in heads[i][1]:
                 param = self._params[i]
@@ -745,11 +759,12 @@ class ZeroRedundancyOptimizer:
         or from a plain optimizer); each rank keeps its slices.  Every rank checks all of it
         first; if it fails on any rank, every rank raises and nothing changes."""
         with self._lock:
-            step_count, hyper, state = _agree(self.comm,
-                                              lambda: self._checked_load(state_dict))
+            step_count, hyper, state, seed = _agree(self.comm,
+                                                    lambda: self._checked_load(state_dict))
             for group, values in zip(self.param_groups, hyper):
                 group.update({k: list(v) if isinstance(v, list) else v
                               for k, v in values.items()})
+            self._rounding_seed = seed
             if self.local_optimizer is not None:
                 self.local_optimizer.load_state_dict(self._local_state_dict(
                     state_dict["format"], step_count, state))
@@ -757,9 +772,10 @@ class ZeroRedundancyOptimizer:
             self.step_count = step_count
 
     def _checked_load(self, state_dict):
-        """(step_count, hyper-parameters per group, state per param index), checked as
-        Optimizer.load_state_dict checks them, naming the full params."""
+        """(step_count, hyper-parameters per group, state per param index, rounding seed),
+        checked as Optimizer.load_state_dict checks them, naming the full params."""
         step_count = checked_header(state_dict, self._optimizer_class.__name__)
+        seed = self._template._checked_seed(state_dict)
         groups, entries = state_dict["param_groups"], state_dict["state"]
         if not (isinstance(groups, (list, tuple)) and all(isinstance(g, Mapping)
                                                           for g in groups)):
@@ -783,7 +799,7 @@ class ZeroRedundancyOptimizer:
                 raise ValueError(f"state_dict['state'] has an entry for param {i!r}, the "
                                  f"optimizer has {len(self._params)} params")
             state[int(i)] = self._checked_entry(int(i), saved)
-        return step_count, hyper, state
+        return step_count, hyper, state, seed
 
     def _checked_entry(self, i, saved):
         param, label = self._params[i], self._labels[i]
@@ -807,8 +823,9 @@ class ZeroRedundancyOptimizer:
             elif value.shape != tuple(param.shape):
                 raise ValueError(f"{where} has shape {value.shape}, {label} has "
                                  f"{tuple(param.shape)}")
-            elif value.dtype != param.dtype:
-                raise TypeError(f"{where} has dtype {value.dtype}, {label} has {param.dtype}")
+            elif value.dtype != self._buffer_dtype(i, key):
+                raise TypeError(f"{where} has dtype {value.dtype}, the optimizer keeps {key!r} "
+                                f"of {label} ({param.dtype}) in {self._buffer_dtype(i, key)}")
         return saved
 
     def _local_state_dict(self, state_format, step_count, state):
@@ -827,7 +844,8 @@ class ZeroRedundancyOptimizer:
                                   if key in self.state_names else value)
                             for key, value in state[piece.index].items()}
         return {"format": state_format, "optimizer": self._optimizer_class.__name__,
-                "step_count": step_count, "param_groups": groups, "state": local}
+                "step_count": step_count, "param_groups": groups, "state": local,
+                **self._seed_entry()}
 
     def __repr__(self):
         shard = ", ".join(f"{d} [{lo}, {hi}) of {total}"

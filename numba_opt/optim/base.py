@@ -41,8 +41,10 @@ from .._codecs import bits
 from .._typing import Device, Grads, Params, Real
 from ._buckets import ABSMAX, MASTER, _Bucket
 from ._grads import Intake
-# STATE_DICT_FORMAT and checked_header: for the data-parallel wrapper, which imports them here
-from ._state import STATE_DICT_FORMAT, StateMixin, _frozen, _mutable, checked_header  # noqa: F401
+# SEED, STATE_DICT_FORMAT and checked_header: for the data-parallel wrapper, which imports
+# them here
+from ._state import (SEED, STATE_DICT_FORMAT, StateMixin, _frozen,  # noqa: F401
+                     _mutable, checked_header)
 from . import _docs, _groups
 from ._groups import _normalise_params, _reject_shared_memory
 
