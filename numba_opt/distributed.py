@@ -37,6 +37,7 @@ CUDA arrays are handed to mpi4py as they are (through ``__cuda_array_interface__
 through the host: that needs an MPI library built CUDA-aware (the ``mpich`` wheel is not).  The
 device is synchronized before each MPI call that reads device memory.
 """
+import bisect
 import math
 import operator
 import threading
@@ -54,10 +55,10 @@ except (ImportError, RuntimeError) as exc:  # RuntimeError: mpi4py found no MPI 
         "(mpi4py and the mpich wheel), or mpi4py built against your cluster's MPI "
         f"({type(exc).__name__}: {exc})") from exc
 
-from . import _codecs, _fork, _validation as check, dispatch
+from . import _codecs, _fork, _quant, _validation as check, dispatch
 from .flat import FlatParams
 from .optim._groups import _normalise_params, _reject_shared_memory
-from .optim.base import (SEED, STATE_DICT_FORMAT, Optimizer, _check_clipping, _clip_scale,
+from .optim.base import (ABSMAX, SEED, STATE_DICT_FORMAT, Optimizer, _check_clipping, _clip_scale,
                          checked_header, grad_list)
 
 __all__ = ["broadcast_params", "average_gradients", "ZeroRedundancyOptimizer"]
@@ -178,17 +179,29 @@ class _Vector:
     where the arrays lie back to back, as a FlatParams's do), cut into one element range per
     rank."""
 
-    def __init__(self, dtype, indices, arrays, size, rank):
+    def __init__(self, dtype, indices, arrays, size, rank, align=1):
         self.dtype = dtype
         self.indices = indices
         self.sizes = [int(np.prod(arrays[i].shape)) for i in indices]
         self.starts = list(np.cumsum([0] + self.sizes[:-1]).tolist())
         self.total = sum(self.sizes)
-        bounds = [r * self.total // size for r in range(size + 1)]
+        bounds = [self._aligned(r * self.total // size, align) for r in range(size + 1)]
+        bounds = [max(bounds[:r + 1]) for r in range(size + 1)]  # (snapping keeps them sorted)
         self.counts = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
         self.displs = bounds[:-1]
         self.lo, self.hi = bounds[rank], bounds[rank + 1]
         self.bounds = bounds
+
+    def _aligned(self, bound, align):
+        """``bound`` moved to the nearest multiple of ``align`` elements from the start of the
+        array it falls in (or that array's end): int8 state's blocks never straddle ranks."""
+        if align == 1:
+            return bound
+        k = bisect.bisect_right(self.starts, bound) - 1
+        if k < 0 or bound >= self.starts[k] + self.sizes[k]:
+            return bound  # between arrays, or the end
+        start, n = self.starts[k], self.sizes[k]
+        return start + min(round((bound - start) / align) * align, n)
 
     def owner(self, k):
         """The rank holding the first element of the vector's k-th array (the rank its position
@@ -210,10 +223,10 @@ class _Vector:
         return pieces
 
 
-def _vectors(arrays, size, rank):
+def _vectors(arrays, size, rank, align=1):
     dtypes = dict.fromkeys(np.dtype(a.dtype) for a in arrays)
     return [_Vector(dtype, [i for i, a in enumerate(arrays) if np.dtype(a.dtype) == dtype],
-                    arrays, size, rank) for dtype in dtypes]
+                    arrays, size, rank, align) for dtype in dtypes]
 
 
 def _pack(backend, buffer, vector, flats):
@@ -377,13 +390,10 @@ class ZeroRedundancyOptimizer:
         # An optimizer over an empty view of one param: it checks the defaults, fills and checks
         # each group as the plain optimizer would, and allocates nothing.
         self._template = optimizer_class([self._backend.flat(arrays[0])[0:0]], **defaults)
-        if self._template.state_dtype == "int8":
-            # a shard cuts params anywhere, so its absmax blocks would not be the plain
-            # optimizer's, and the gathered state would not load into one
-            raise ValueError("state_dtype='int8' is not offered by ZeroRedundancyOptimizer yet "
-                             "(its blocks of 256 would straddle the shard boundaries); shard "
-                             "float32 or bfloat16 state, which already divides the state by the "
-                             "number of ranks")
+        # int8 state: each rank's range starts on a block of 256 of its param (_Vector), and a
+        # slice of a param keeps int8 state when the whole param would (_local_class), so every
+        # block is the plain optimizer's block and the shards' state is the whole's
+        self._int8 = self._template.state_dtype == "int8"
         # stochastic rounding shards exactly: its random bits hash values and the param's step
         # count, never positions; the seed travels in the state_dict (see state_dict)
         self._rounding_seed = self._template.rounding_seed
@@ -397,7 +407,8 @@ class ZeroRedundancyOptimizer:
         self._optimizer_class, self._defaults = optimizer_class, dict(defaults)
         self._templates = {np.dtype(arrays[0].dtype): self._template}  # see _plain_like
         self.defaults = self._template.defaults
-        self.state_names = optimizer_class.state_names
+        self.state_names = optimizer_class.state_names + (
+            tuple(n + ABSMAX for n in optimizer_class.state_names) if self._int8 else ())
         self._params, self._labels, self._names = arrays, labels, names
 
     def _layout_items(self):
@@ -414,7 +425,8 @@ class ZeroRedundancyOptimizer:
         """This rank's slices of the params, their grad buffers and the local optimizer."""
         backend = self._backend
         self._flats = [backend.flat(p) for p in self._params]
-        self._vectors = _vectors(self._params, self.size, self.rank)
+        self._vectors = _vectors(self._params, self.size, self.rank,
+                                 _quant.BLOCK if self._int8 else 1)
         pieces = []
         for vector in self._vectors:
             vector.grad = backend.full(vector.hi - vector.lo, vector.dtype, 0.0)
@@ -440,8 +452,22 @@ class ZeroRedundancyOptimizer:
                 inner_groups.append({**dict(_snapshot(group)),
                                      "params": [self._slices[k] for k in mine]})
         # None where this rank's shard is empty (S < N): it still joins every collective
-        self.local_optimizer = (self._optimizer_class(inner_groups, **self._defaults)
+        self.local_optimizer = (self._local_class()(inner_groups, **self._defaults)
                                 if inner_groups else None)
+
+    def _local_class(self):
+        """``optimizer_class``, or with int8 state a subclass (under the same name) whose slices
+        keep int8 state exactly when their whole params would."""
+        if not self._int8:
+            return self._optimizer_class
+        whole_sizes = [int(np.prod(self._params[p.index].shape)) for p in self._pieces]
+
+        def _quantizes(optimizer, k, param):
+            return whole_sizes[k] >= _quant.MIN_SIZE
+        cls = self._optimizer_class
+        return type(cls.__name__, (cls,), {"_quantizes": _quantizes,
+                                          "__qualname__": cls.__qualname__,
+                                          "__module__": cls.__module__})
 
     @property
     def shard(self):
@@ -675,11 +701,18 @@ class ZeroRedundancyOptimizer:
                 [self._backend.flat(self._params[i])[0:0]], **self._defaults)
         return self._templates[dtype]
 
+    def _quantized(self, i):
+        return self._int8 and math.prod(self._params[i].shape) >= _quant.MIN_SIZE
+
     def _state_names_of(self, i):
-        return self._plain_like(i)._state_names_of(0)
+        if self._quantized(i):  # the empty view of _plain_like is too small to be quantized
+            return self.state_names
+        return tuple(n for n in self._plain_like(i)._state_names_of(0) if not n.endswith(ABSMAX))
 
     def _buffer_dtype(self, i, name):
-        return self._plain_like(i)._buffer_dtype(0, name)
+        if self._quantized(i):
+            return _quant.SCALE if name.endswith(ABSMAX) else _quant.CODE
+        return None if name.endswith(ABSMAX) else self._plain_like(i)._buffer_dtype(0, name)
 
     def _buffer_shape(self, i, name):
         return Optimizer._buffer_shape(self, i, name)  # it reads only self._params
@@ -740,19 +773,41 @@ class ZeroRedundancyOptimizer:
 
     def _gather_state(self, vector, name, local, heads, state):
         """One state buffer of one dtype, whole on every rank (host), cut back into params."""
-        # in the state's dtype (state_dtype may differ from the params'), moved as its bits:
-        # MPI knows no bfloat16, and a gather only copies
-        whole = np.zeros(vector.total, self._buffer_dtype(vector.indices[0], name))
-        for piece, entry in zip(self._pieces, local):
-            if piece.vector is vector and name in entry:
-                start = vector.lo + piece.offset
-                whole[start:start + piece.stop - piece.start] = self._backend.to_host(entry[name])
-        self.comm.Allgatherv(MPI.IN_PLACE, (_codecs.bits(whole), (vector.counts, vector.displs)))
-        for i, start, n in zip(vector.indices, vector.starts, vector.sizes):
+        if name.endswith(ABSMAX):
+            return self._gather_scales(vector, name, local, heads, state)
+        # in the state's dtype (state_dtype may differ from the params', and with int8 state
+        # small params keep float32 where large ones have codes: one gather per dtype), moved
+        # as its bits: MPI knows no bfloat16, and a gather only copies
+        dtypes = {i: self._buffer_dtype(i, name) for i in vector.indices}
+        for dtype in dict.fromkeys(dtypes.values()):
+            whole = np.zeros(vector.total, dtype)
+            for piece, entry in zip(self._pieces, local):
+                if piece.vector is vector and name in entry and dtypes[piece.index] == dtype:
+                    start = vector.lo + piece.offset
+                    whole[start:start + piece.stop - piece.start] = self._backend.to_host(
+                        entry[name])
+            self.comm.Allgatherv(MPI.IN_PLACE, (_codecs.bits(whole),
+                                                (vector.counts, vector.displs)))
+            for i, start, n in zip(vector.indices, vector.starts, vector.sizes):
+                if i in heads and name in heads[i][1] and dtypes[i] == dtype:
+                    param = self._params[i]
+                    state[i][name] = whole[start:start + n].reshape(
+                        tuple(param.shape), order="F" if _fortran(param) else "C")
+
+    def _gather_scales(self, vector, name, local, heads, state):
+        """int8 state's absmax scales (one per block; a rank's slices hold whole blocks): each
+        rank's pieces, gathered as objects (a 256th of the codes' size), put end to end."""
+        mine = [(piece.index, piece.start // _quant.BLOCK, self._backend.to_host(entry[name]))
+                for piece, entry in zip(self._pieces, local)
+                if piece.vector is vector and name in entry]
+        pieces = {}
+        for part in self.comm.allgather(mine):
+            for i, first_block, scales in part:
+                pieces.setdefault(i, []).append((first_block, scales))
+        for i, parts in pieces.items():
             if i in heads and name in heads[i][1]:
-                param = self._params[i]
-                state[i][name] = whole[start:start + n].reshape(
-                    tuple(param.shape), order="F" if _fortran(param) else "C")
+                state[i][name] = np.concatenate([scales for _, scales in sorted(
+                    parts, key=lambda part: part[0])])
 
     def load_state_dict(self, state_dict):
         """Collective: restore a full state_dict (from ``state_dict()`` on any number of ranks,
@@ -820,13 +875,25 @@ class ZeroRedundancyOptimizer:
                                  f"{key!r}")
             elif not isinstance(value, np.ndarray):
                 raise TypeError(f"{where} must be a NumPy array, got {type(value).__name__}")
-            elif value.shape != tuple(param.shape):
-                raise ValueError(f"{where} has shape {value.shape}, {label} has "
-                                 f"{tuple(param.shape)}")
+            elif self._buffer_dtype(i, key) is None:
+                raise ValueError(f"{where}: {label} has no {key!r}")
+            elif value.shape != self._buffer_shape(i, key):
+                raise ValueError(f"{where} has shape {value.shape}, the optimizer keeps {key!r} "
+                                 f"of {label} {tuple(param.shape)} in "
+                                 f"{self._buffer_shape(i, key)}")
             elif value.dtype != self._buffer_dtype(i, key):
                 raise TypeError(f"{where} has dtype {value.dtype}, the optimizer keeps {key!r} "
                                 f"of {label} ({param.dtype}) in {self._buffer_dtype(i, key)}")
         return saved
+
+    @staticmethod
+    def _slice_of(value, name, piece, order):
+        """A piece's part of one of its param's state buffers: its elements, or for int8
+        scales its blocks (a piece starts on a block)."""
+        if name.endswith(ABSMAX):
+            first = piece.start // _quant.BLOCK
+            return value[first:first + _quant.blocks(piece.stop - piece.start)]
+        return np.ravel(value, order=order)[piece.start:piece.stop]
 
     def _local_state_dict(self, state_format, step_count, state):
         """The local optimizer's share of a full state_dict: its groups, and each of its slices'
@@ -840,7 +907,7 @@ class ZeroRedundancyOptimizer:
         for k, piece in enumerate(self._pieces):
             if piece.index in state:
                 order = "F" if _fortran(self._params[piece.index]) else "C"
-                local[k] = {key: (np.ravel(value, order=order)[piece.start:piece.stop]
+                local[k] = {key: (self._slice_of(value, key, piece, order)
                                   if key in self.state_names else value)
                             for key, value in state[piece.index].items()}
         return {"format": state_format, "optimizer": self._optimizer_class.__name__,

@@ -165,10 +165,15 @@ class Optimizer(StateMixin):
         numbers saves little and costs precision, as in bitsandbytes)."""
         if self._state_dtype != _codecs.INT8:
             return [(members, self._state_dtype)]
-        small = [i for i in members if params[i].size < _quant.MIN_SIZE]
-        large = [i for i in members if params[i].size >= _quant.MIN_SIZE]
+        small = [i for i in members if not self._quantizes(i, params[i])]
+        large = [i for i in members if self._quantizes(i, params[i])]
         return [(part, kind) for part, kind in ((large, _codecs.INT8), (small, "float32"))
                 if part]
+
+    def _quantizes(self, i, param):
+        """Whether param i keeps int8 state (with state_dtype='int8'): from MIN_SIZE elements
+        (a wrapper that steps slices of params decides by the whole param's size)."""
+        return param.size >= _quant.MIN_SIZE
 
     def add_param_group(self, param_group: Mapping[str, Any]) -> None:
         """Add a group of params, as torch.optim's ``add_param_group`` (to train frozen layers

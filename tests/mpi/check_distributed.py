@@ -320,7 +320,7 @@ def check_stochastic_rounding():
     with the plain one stepped with the mean grads (to a bfloat16 ulp: a mean that differs in
     its last float32 bit can round the other way), its state_dict carries the seed and loads
     into a plain optimizer, and a sharded run resumed from its state_dict repeats the
-    uninterrupted one bit for bit.  int8 state is refused."""
+    uninterrupted one bit for bit."""
     options = dict(state_dtype="bfloat16", stochastic_rounding=True, rounding_seed=7)
     start = [p.astype(np.float32) for p in mixed_groups(3)]
     mine, ref, again = ([p.copy(order="K") for p in start] for _ in range(3))
@@ -346,9 +346,59 @@ def check_stochastic_rounding():
     expect_error(ValueError, ["rounding_seed"], lambda: dist.ZeroRedundancyOptimizer(
         [p.copy() for p in start], nopt.Adam, comm=COMM, state_dtype="bfloat16").load_state_dict(
             saved))
-    # int8 state is refused, on every rank, with the reason (its blocks would straddle shards)
-    expect_error(ValueError, ["int8", "shard"], lambda: dist.ZeroRedundancyOptimizer(
-        [p.copy() for p in start], nopt.Adam, comm=COMM, state_dtype="int8"))
+
+
+def check_int8_state():
+    """state_dtype='int8': every rank's range starts on a block of 256 of its param, slices of
+    params of 4096 elements or more keep codes and scales (smaller ones float32), the gathered
+    state_dict has the plain optimizer's keys, dtypes and shapes and loads into it, the params
+    stay with the plain optimizer's (a mean grad that differs in its last bit can pick the
+    neighbouring code), a plain state_dict loads onto the ranks, and a resumed sharded run
+    repeats the uninterrupted one bit for bit."""
+    rng = np.random.default_rng(11)
+    start = [rng.standard_normal(s).astype(np.float32) for s in [(4101,), (130, 160), (100,), ()]]
+    for name, kwargs in [("Adam", {"lr": 1e-2}), ("SGD", {"lr": 0.05, "momentum": 0.9})]:
+        cls = getattr(nopt, name)
+        mine, ref, again = ([p.copy() for p in start] for _ in range(3))
+        zero = dist.ZeroRedundancyOptimizer(mine, cls, comm=COMM, state_dtype="int8", **kwargs)
+        plain = cls(ref, state_dtype="int8", **kwargs)
+        vector = zero._vectors[0]
+        for bound in vector.bounds:
+            k = max(j for j, s0 in enumerate(vector.starts) if s0 <= bound) if bound else 0
+            assert bound == vector.total or (bound - vector.starts[k]) % 256 == 0 \
+                or bound == vector.starts[k] + vector.sizes[k], (name, vector.bounds)
+        run_pair(zero, mine, plain, ref, 4)
+        saved, expected = zero.state_dict(), plain.state_dict()
+        assert saved["state"].keys() == expected["state"].keys()
+        for i, entry in expected["state"].items():
+            assert saved["state"][i].keys() == entry.keys(), (name, i)
+            for key, value in entry.items():
+                got = saved["state"][i][key]
+                if isinstance(value, np.ndarray):
+                    assert got.shape == value.shape and got.dtype == value.dtype, (name, i, key)
+                    if got.dtype == np.uint8:  # codes: nearly all the same
+                        assert np.mean(got == value) > 0.99, (name, i, key)
+        assert saved["state"][1]["exp_avg" if name == "Adam" else "momentum_buffer"].dtype \
+            == np.uint8 and saved["state"][2][next(iter(cls.state_names))].dtype == np.float32
+        cls([p.copy() for p in ref], state_dtype="int8", **kwargs).load_state_dict(saved)
+        for k, (a, b) in enumerate(zip(mine, ref)):
+            np.testing.assert_allclose(a, b, rtol=1e-2, atol=1e-3, err_msg=f"{name} param {k}")
+        for p, q in zip(again, mine):
+            p[...] = q
+        resumed = dist.ZeroRedundancyOptimizer(again, cls, comm=COMM, state_dtype="int8",
+                                               **kwargs)
+        resumed.load_state_dict(saved)
+        run_pair(zero, mine, plain, ref, 3, first=4)
+        run_pair(resumed, again, cls([p.copy() for p in ref], state_dtype="int8", **kwargs),
+                 [p.copy() for p in ref], 3, first=4)
+        for a, b in zip(again, mine):
+            assert a.tobytes() == b.tobytes(), f"{name}: a resumed sharded int8 run differs"
+        onto = [p.copy() for p in ref]
+        spread = dist.ZeroRedundancyOptimizer(onto, cls, comm=COMM, state_dtype="int8", **kwargs)
+        spread.load_state_dict(plain.state_dict())  # a plain int8 state_dict onto the ranks
+        run_pair(spread, onto, plain, ref, 2, first=7)
+        for k, (a, b) in enumerate(zip(onto, ref)):
+            np.testing.assert_allclose(a, b, rtol=1e-2, atol=1e-3, err_msg=f"{name} param {k}")
 
 
 def check_load_state_dict_errors_on_every_rank():
