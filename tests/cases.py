@@ -111,3 +111,24 @@ def count_kernel_calls(monkeypatch, kernel_class):
         if hasattr(kernel_class, method):
             monkeypatch.setattr(kernel_class, method, counting(getattr(kernel_class, method)))
     return calls
+
+
+def model_in(params, layout):
+    """(the params, what the optimizer is given) in a layout: a FlatParams (its views), or the
+    list itself."""
+    if layout == "FlatParams":
+        flat = nopt.FlatParams(params)
+        return flat.params, flat
+    return params, params
+
+
+def grads_in(model, grads, layout, step):
+    """A step's grads as the layout passes them: written into the FlatParams's grads, or with
+    a None at step 2 for the per-param layout (its bucket then goes param by param)."""
+    if layout == "FlatParams":
+        for view, grad in zip(model.grads, grads):
+            view[...] = grad
+        return model.grads
+    if layout == "per-param" and step == 2:
+        grads[1] = None
+    return grads

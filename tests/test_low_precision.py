@@ -22,7 +22,8 @@ import pytest
 import numba_opt as nopt
 import numba_opt.functional as F
 from numba_opt import _codecs, _cpu
-from cases import CASES, case_id, count_kernel_calls, make_grads, make_params, optimizer
+from cases import (CASES, case_id, count_kernel_calls, grads_in, make_grads, make_params,
+                   model_in, optimizer)
 from reference import is_buffer, stored_step
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
@@ -361,25 +362,15 @@ def test_every_loop_rounds_like_the_twin(case, config, layout):
     name, kwargs = case
     param_dtype, options, state_dtype = ALL_CONFIGS[config]
     shapes = [(130, 130), (3,)] if layout == "large" else SHAPES
-    params = params_in(param_dtype, shapes)
-    if layout == "FlatParams":
-        flat = nopt.FlatParams(params)
-        params, model = flat.params, flat
-    else:
-        model = params
+    params, model = model_in(params_in(param_dtype, shapes), layout)
     opt = optimizer(name, model, **kwargs, **options)
     twin = Twin(name, kwargs, params, options, state_dtype)
     for step in range(1, 7):
-        grads = grads_for(params, step)
-        if layout == "FlatParams":
-            for view, grad in zip(flat.grads, grads):
-                view[...] = grad
-            grads = flat.grads
-        elif layout == "per-param" and step == 2:
-            grads[1] = None
+        grads = grads_in(model, grads_for(params, step), layout, step)
         opt.step(grads)
         twin.step(grads)
     twin.check(opt.state, params)
+
 
 
 def test_a_flat_bfloat16_model_steps_in_one_kernel_call(monkeypatch):

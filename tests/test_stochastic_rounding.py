@@ -18,7 +18,7 @@ from numba import config as numba_config, njit
 
 import numba_opt as nopt
 from numba_opt import _codecs, _cpu
-from cases import CASES, case_id, make_grads, make_params, optimizer
+from cases import CASES, case_id, grads_in, make_grads, make_params, model_in, optimizer
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
 
@@ -314,22 +314,11 @@ def run_layout(case, config, layout, loops, monkeypatch):
     name, kwargs = case
     param_dtype, options, _ = CONFIGS[config]
     monkeypatch.setattr(_cpu, "LOOPS", loops)
-    params = params_in(param_dtype, [(130, 130), (7, 5), (3,)])
-    model = params
-    if layout == "FlatParams":
-        flat = nopt.FlatParams(params)
-        params, model = flat.params, flat
+    params, model = model_in(params_in(param_dtype, [(130, 130), (7, 5), (3,)]), layout)
     opt = optimizer(name, model, **kwargs, **options, stochastic_rounding=True,
                     rounding_seed=99)
     for step in range(1, 6):
-        grads = grads_for(params, step)
-        if layout == "FlatParams":
-            for view, grad in zip(flat.grads, grads):
-                view[...] = grad
-            grads = flat.grads
-        elif layout == "per-param" and step == 2:
-            grads[1] = None
-        opt.step(grads)
+        opt.step(grads_in(model, grads_for(params, step), layout, step))
     return [p.copy() for p in params], opt.state_dict()
 
 
