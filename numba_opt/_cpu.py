@@ -357,10 +357,9 @@ def kernel(name, storage):
     except KeyError:
         with _KERNELS_LOCK:
             if (name, storage) not in _KERNELS:
-                blockwise = storage.state == "int8" and _math.KERNELS[name][0]
+                blockwise = storage.state == _codecs.INT8
                 _KERNELS[name, storage] = (BlockwiseKernel if blockwise else Kernel)(
-                    name, storage._replace(state="native", signs=()) if storage.state ==
-                    "int8" and not blockwise else storage)
+                    name, storage)
         return _KERNELS[name, storage]
 
 

@@ -123,13 +123,8 @@ def kernel(name, storage):
     """The Launcher of variant ``name`` on ``storage``, made on first use."""
     key = (name, storage)
     if key not in _LAUNCHERS:
-        blockwise = storage.state == _codecs.INT8 and _math.KERNELS[name][0]
-        if blockwise:
-            made = BlockwiseLauncher(name, storage)
-        else:  # int8 state but no state buffer (plain SGD): the ordinary kernel
-            made = Launcher(name, storage._replace(state="native", signs=())
-                            if storage.state == _codecs.INT8 else storage)
-        _LAUNCHERS.setdefault(key, made)
+        blockwise = storage.state == _codecs.INT8
+        _LAUNCHERS.setdefault(key, (BlockwiseLauncher if blockwise else Launcher)(name, storage))
     return _LAUNCHERS[key]
 
 

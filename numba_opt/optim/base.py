@@ -344,9 +344,11 @@ class Optimizer(StateMixin):
 
     def _use_layout(self, bucket, hyper, kernel_name, names):
         storage, buffers = bucket.storage, names
-        if bucket.quantized:  # each state as its codes and its scales; signed maps by name
+        if bucket.quantized and names:  # each state as codes and scales; signed maps by name
             storage = storage._replace(signs=tuple(map(_quant.is_signed, names)))
             buffers = tuple(b for n in names for b in (n, n + ABSMAX))
+        elif bucket.quantized:  # no state to quantize (plain SGD): the ordinary kernel
+            storage = storage._replace(state="native")
         if storage.master:
             buffers = buffers + (MASTER,)
         for name in buffers:
