@@ -390,26 +390,26 @@ class Optimizer(StateMixin):
             scalars, (_SALT,), (_codecs.rounding_salt(self._rounding_seed, step),))
 
     def _allocate(self, bucket, name, hyper):
+        bounds = bucket.bounds  # each param's part of the buffer
         if name == MASTER:  # filled from the params at their first step (Bucket.start_master)
             buffer = self._backend.full(bucket.size, _codecs.FLOAT32, 0.0)
         elif bucket.quantized:
             # the initial value v0 (0, or Adagrad's initial_accumulator_value ...) is v0 itself
             # as scale and the code of 1 (or scale 0 and the code of 0): exact
-            state = name[:-len(ABSMAX)] if name.endswith(ABSMAX) else name
+            state = name.removesuffix(ABSMAX)
             initial = float(self._initial_value(state, hyper))
-            if name.endswith(ABSMAX):
+            if name != state:  # the scales: one per block
                 buffer = self._backend.full(bucket.blocks, _quant.SCALE, abs(initial))
-                bucket.buffers[name] = buffer
-                bucket.views[name] = [buffer[start:stop] for start, stop in bucket.block_bounds]
-                return
-            codes, _ = _quant.quantize_array(np.array([1.0 if initial else 0.0]),
-                                             _quant.is_signed(state))
-            buffer = self._backend.full(bucket.size, _quant.CODE, codes[0])
+                bounds = bucket.block_bounds
+            else:
+                codes, _ = _quant.quantize_array(np.array([1.0 if initial else 0.0]),
+                                                 _quant.is_signed(state))
+                buffer = self._backend.full(bucket.size, _quant.CODE, codes[0])
         else:
             buffer = self._backend.full(bucket.size, bucket.state_dtype,
                                         self._initial_value(name, hyper))
         bucket.buffers[name] = buffer
-        bucket.views[name] = [buffer[start:stop] for start, stop in bucket.bounds]
+        bucket.views[name] = [buffer[start:stop] for start, stop in bounds]
 
     # ------------------------------------------------------------------------ grads and groups
     def _grad_list(self, grads):
