@@ -393,7 +393,7 @@ class ZeroRedundancyOptimizer:
         # int8 state: each rank's range starts on a block of 256 of its param (_Vector), and a
         # slice of a param keeps int8 state when the whole param would (_local_class), so every
         # block is the plain optimizer's block and the shards' state is the whole's
-        self._int8 = self._template.state_dtype == "int8"
+        self._int8 = self._template.state_dtype == _codecs.INT8
         # stochastic rounding shards exactly: its random bits hash values and the param's step
         # count, never positions; the seed travels in the state_dict (see state_dict)
         self._rounding_seed = self._template.rounding_seed
@@ -460,10 +460,10 @@ class ZeroRedundancyOptimizer:
         keep int8 state exactly when their whole params would."""
         if not self._int8:
             return self._optimizer_class
-        whole_sizes = [int(np.prod(self._params[p.index].shape)) for p in self._pieces]
+        quantized = [self._quantized(p.index) for p in self._pieces]
 
         def _quantizes(optimizer, k, param):
-            return whole_sizes[k] >= _quant.MIN_SIZE
+            return quantized[k]
         cls = self._optimizer_class
         return type(cls.__name__, (cls,), {"_quantizes": _quantizes,
                                           "__qualname__": cls.__qualname__,
@@ -702,7 +702,8 @@ class ZeroRedundancyOptimizer:
         return self._templates[dtype]
 
     def _quantized(self, i):
-        return self._int8 and math.prod(self._params[i].shape) >= _quant.MIN_SIZE
+        """Whether the whole param i keeps int8 state (the plain optimizer's rule)."""
+        return self._int8 and self._template._quantizes(i, self._params[i])
 
     def _state_names_of(self, i):
         if self._quantized(i):  # the empty view of _plain_like is too small to be quantized
