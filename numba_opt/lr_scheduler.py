@@ -18,6 +18,11 @@ ones it inherits are checked).  Of a user's callables (LambdaLR's and Multiplica
 ``lr_lambda``, CyclicLR's ``scale_fn``) a state keeps what torch keeps: a callable object's
 attributes, and None for a function or lambda, whose code is not saved; loading puts the
 attributes back into the loading scheduler's own callables.
+A group added by ``add_param_group`` after a scheduler was made is scheduled as torch does:
+chainable schedules scale its current lr with the others'; a step whose formula needs its
+initial lr (LambdaLR, CyclicLR, OneCycleLR, ...) raises a ValueError and changes nothing; a
+ReduceLROnPlateau made with one ``min_lr`` covers it.  Such a scheduler's state (lists for the
+groups it was made with, last lrs for every group) loads again.
 """
 from __future__ import annotations
 
@@ -87,16 +92,20 @@ class LRScheduler(_StateDict):
     def step(self):
         self.last_epoch += 1
         try:
-            lrs = self.get_lr()
+            # a refused step (a user's lr_lambda, say) moves nothing, momenta included
+            with _all_or_nothing(self.optimizer):
+                self._set_lrs(self.get_lr())
         except BaseException:
-            self.last_epoch -= 1  # a refused step (a user's lr_lambda, say) moves nothing
+            self.last_epoch -= 1
             raise
-        self._set_lrs(lrs)
 
     def _set_lrs(self, lrs):
-        for group, lr in zip(self.optimizer.param_groups, lrs):
+        groups = self.optimizer.param_groups
+        if len(lrs) != len(groups):
+            raise _added_groups_error(self, len(lrs), len(groups))
+        for group, lr in zip(groups, lrs):
             group["lr"] = lr
-        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        self._last_lr = [group["lr"] for group in groups]
 
     def get_last_lr(self):
         return list(self._last_lr)
@@ -107,15 +116,28 @@ class LRScheduler(_StateDict):
     def _restart(self):
         """Epoch 0 again, from ``base_lrs`` (what torch's SequentialLR does at a milestone: the
         closed form at epoch 0, which every schedule here shares with its first step)."""
-        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+        groups = self.optimizer.param_groups
+        if len(self.base_lrs) != len(groups):
+            raise _added_groups_error(self, len(self.base_lrs), len(groups))
+        for group, base in zip(groups, self.base_lrs):
             group["lr"] = base
         self.last_epoch = -1
         self.step()
 
     def _state_checks(self, state):
-        lrs = _lrs(len(self.optimizer.param_groups))
+        own, now = len(self.base_lrs), len(self.optimizer.param_groups)
         # -1: a scheduler inside a SequentialLR waits there until its milestone
-        return {"base_lrs": lrs, "last_epoch": _at_least(-1), "_last_lr": lrs}
+        return {"base_lrs": _lrs(own), "last_epoch": _at_least(-1), "_last_lr": _lrs(own, now)}
+
+
+def _added_groups_error(scheduler, known, groups):
+    """A step whose formula gives lrs for fewer groups than the optimizer has now: groups were
+    added (add_param_group) after the scheduler was made, and its formula needs each group's
+    initial lr (torch raises too; chainable schedules scale every group's current lr and go
+    on)."""
+    return ValueError(f"{type(scheduler).__name__} was made for {known} param groups and the "
+                      f"optimizer now has {groups} (add_param_group): its formula needs every "
+                      f"group's initial lr; make the scheduler after adding the group")
 
 
 @contextlib.contextmanager
@@ -230,16 +252,26 @@ def _apply_sub(scheduler, values):
 
 
 # --- checks for saved values: check(where, value) -> the value to keep
-def _lrs(groups):
-    """A list of one lr per param group."""
+def _lrs(groups, most=None):
+    """A list of one lr per param group: exactly ``groups`` of them, or, with ``most``, from
+    ``groups`` to ``most``.  A scheduler's own lists (base_lrs, max_lrs, ...) cover the groups
+    it was made with; the ``_last_lr`` it saves covers every group at its last step, groups
+    added since by ``add_param_group`` too (torch loads such a state: so must we)."""
+    most = groups if most is None else most
+
     def lrs(where, value):
         if not isinstance(value, (list, tuple)):
             raise TypeError(f"{where} must be a list of {groups} lrs, got "
                             f"{type(value).__name__}")
-        if len(value) != groups:
-            raise ValueError(f"{where} has {len(value)} lrs for {groups} param groups")
+        if not groups <= len(value) <= most:
+            expected = groups if groups == most else f"{groups} to {most}"
+            raise ValueError(f"{where} has {len(value)} lrs for {expected} param groups")
         return [check.non_negative(f"{where}[{k}]", v) for k, v in enumerate(value)]
     return lrs
+
+
+def _none_or(check_value):
+    return lambda where, value: None if value is None else check_value(where, value)
 
 
 def _as_is(where, value):
@@ -757,7 +789,7 @@ class OneCycleLR(LRScheduler):
         keys = {"initial_lr", "max_lr", "min_lr"}
         if cycling:
             keys |= {"max_momentum", "base_momentum"}
-        groups = len(self.optimizer.param_groups)
+        groups = len(self.limits)  # the groups it was made with (see _lrs)
         momentum = _momentum_check("betas" in self.optimizer.defaults)
 
         def limits(where, value):
@@ -936,7 +968,7 @@ class CyclicLR(LRScheduler):
     def _state_checks(self, state):
         cycling = state.get("cycle_momentum")  # the key set depends on it; checked below
         cycling = isinstance(cycling, (bool, np.bool_)) and bool(cycling)
-        groups = len(self.optimizer.param_groups)
+        groups = len(self.base_lrs)  # the groups it was made with (see _lrs)
         checks = {**super()._state_checks(state), "max_lrs": _lrs(groups),
                   "total_size": _positive_real, "step_ratio": _step_ratio,
                   "mode": _one_of(*_CYCLIC_SCALE_MODES), "gamma": check.non_negative,
@@ -996,8 +1028,13 @@ class CosineAnnealingWarmRestarts(LRScheduler):
         else:
             epoch = _non_negative_number("epoch", epoch)
             t_cur, t_i = self._position(epoch)
+        before = self.T_cur, self.T_i, self.last_epoch
         self.T_cur, self.T_i, self.last_epoch = t_cur, t_i, math.floor(epoch)
-        self._set_lrs(self.get_lr())
+        try:
+            self._set_lrs(self.get_lr())
+        except BaseException:  # a refused step (see _added_groups_error) moves nothing
+            self.T_cur, self.T_i, self.last_epoch = before
+            raise
 
     def _position(self, epoch):
         """(T_cur, T_i) at ``epoch``, computed as torch does, its float logarithm included: at
@@ -1116,7 +1153,9 @@ class SequentialLR(_StateDict):
     def _state_checks(self, state):
         return {"last_epoch": _at_least(0),
                 "milestones": _milestone_list(len(self._schedulers) - 1),
-                "_last_lr": _lrs(len(self.optimizer.param_groups)),
+                # every group it was made with, and any added since (see _lrs)
+                "_last_lr": _lrs(max(len(s.base_lrs) for s in self._schedulers),
+                                 len(self.optimizer.param_groups)),
                 "schedulers": _sub_states(self._schedulers)}
 
     def _apply(self, values):
@@ -1150,6 +1189,8 @@ class ReduceLROnPlateau(_StateDict):
         if len(min_lrs) != groups:
             raise ValueError(f"min_lr has {len(min_lrs)} entries for {groups} param groups")
         self.min_lrs = [check.non_negative("min_lr", m) for m in min_lrs]
+        # torch's: a single min_lr also covers groups added later (a list cannot)
+        self.default_min_lr = None if isinstance(min_lr, (list, tuple)) else self.min_lrs[0]
         self.best = math.inf if mode == "min" else -math.inf
         self.num_bad_epochs = self.cooldown_counter = 0
         self.last_epoch = 0
@@ -1166,8 +1207,19 @@ class ReduceLROnPlateau(_StateDict):
 
     def step(self, metric):
         value = check.real("metric", metric)
+        better = self._better(value)
+        bad = 0 if better or self.cooldown_counter > 0 else self.num_bad_epochs + 1
+        groups = len(self.optimizer.param_groups)
+        if bad > self.patience and groups != len(self.min_lrs):
+            # groups added since it was made: torch's rule, refused before anything changes
+            if self.default_min_lr is None:
+                raise ValueError(f"ReduceLROnPlateau was made with a min_lr list for "
+                                 f"{len(self.min_lrs)} param groups and the optimizer now has "
+                                 f"{groups} (add_param_group): set its min_lrs to one per "
+                                 f"group")
+            self.min_lrs = [self.default_min_lr] * groups
         self.last_epoch += 1
-        if self._better(value):
+        if better:
             self.best, self.num_bad_epochs = value, 0
         else:
             self.num_bad_epochs += 1
@@ -1186,13 +1238,18 @@ class ReduceLROnPlateau(_StateDict):
         return list(self._last_lr)
 
     def _state_checks(self, state):
-        lrs = _lrs(len(self.optimizer.param_groups))
-        return {"factor": _factor, "mode": _one_of("min", "max"),
+        # min_lrs grow to cover groups added since it was made (default_min_lr), see _lrs
+        own, now = len(self.min_lrs), len(self.optimizer.param_groups)
+        checks = {"factor": _factor, "mode": _one_of("min", "max"),
                 "threshold_mode": _one_of("rel", "abs"), "patience": _at_least(0),
                 "cooldown": _at_least(0), "threshold": check.non_negative,
-                "eps": check.non_negative, "min_lrs": lrs, "best": _real_or_infinite,
-                "num_bad_epochs": _at_least(0), "cooldown_counter": _at_least(0),
-                "last_epoch": _at_least(0), "_last_lr": lrs}
+                "eps": check.non_negative, "min_lrs": _lrs(own, now),
+                "best": _real_or_infinite, "num_bad_epochs": _at_least(0),
+                "cooldown_counter": _at_least(0), "last_epoch": _at_least(0),
+                "_last_lr": _lrs(own, now)}
+        if "default_min_lr" in state:  # saved since it existed; an older state keeps ours
+            checks["default_min_lr"] = _none_or(check.non_negative)
+        return checks
 
     def _check_together(self, values, where):
         if values["cooldown_counter"] > values["cooldown"]:

@@ -145,6 +145,97 @@ def test_schedulers_follow_torch_after_a_group_is_added():
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.05, 0.01])
 
 
+# schedulers made before a group is added, with the same arguments here and in torch
+SCHEDULERS_BEFORE_AN_ADDITION = {
+    "StepLR": dict(step_size=2, gamma=0.5),
+    "MultiStepLR": dict(milestones=[2, 4]),
+    "ExponentialLR": dict(gamma=0.9),
+    "LinearLR": dict(start_factor=0.5, total_iters=4),
+    "ConstantLR": dict(factor=0.5, total_iters=3),
+    "PolynomialLR": dict(total_iters=4),
+    "CosineAnnealingLR": dict(T_max=2),  # its formula reads base_lrs at epoch 3
+    "CosineAnnealingWarmRestarts": dict(T_0=3),
+    "LambdaLR": dict(lr_lambda=lambda t: 1.0 / (t + 1)),
+    "MultiplicativeLR": dict(lr_lambda=lambda t: 0.9),
+    "CyclicLR": dict(base_lr=0.1, max_lr=1.0, step_size_up=2),
+    "OneCycleLR": dict(max_lr=1.0, total_steps=20),
+    "ReduceLROnPlateau": dict(patience=0, factor=0.5),
+    "ReduceLROnPlateau-list": dict(patience=0, factor=0.5, min_lr=[0.01]),
+}
+
+
+def _lr_run(module, optimizer, tensor, kind, steps, resume_from=None):
+    """(group lrs after each step, the error a step raised or None, optimizer, scheduler) of a
+    scheduler made over one group, a second group added after 2 steps.  ``resume_from`` =
+    (optimizer, scheduler) state_dicts: the run is rebuilt the same way up to the addition,
+    then loads them and steps on."""
+    first, second = arrays(0, [(3,)]), arrays(1, [(2,)])
+    opt = optimizer([tensor(a) for a in first], lr=1.0, momentum=0.9)
+    scheduler = getattr(module, kind.split("-")[0])(opt, **SCHEDULERS_BEFORE_AN_ADDITION[kind])
+    step = (lambda: scheduler.step(1.0)) if "Plateau" in kind else scheduler.step
+    lrs = []
+    for t in range(steps):
+        if t == 2:
+            opt.add_param_group({"params": [tensor(a) for a in second], "lr": 0.2})
+            if resume_from is not None:
+                opt.load_state_dict(resume_from[0])
+                scheduler.load_state_dict(resume_from[1])
+        try:
+            step()
+        except (ValueError, RuntimeError, KeyError) as error:
+            return lrs, error, opt, scheduler
+        lrs.append([float(g["lr"]) for g in opt.param_groups])
+    return lrs, None, opt, scheduler
+
+
+@pytest.mark.parametrize("kind", sorted(SCHEDULERS_BEFORE_AN_ADDITION))
+def test_a_scheduler_made_before_add_param_group_follows_torch_and_resumes(kind):
+    """torch 2.13: a chainable schedule scales every group's current lr, the added one's too;
+    a step whose formula needs an added group's initial lr raises (here a ValueError saying
+    what to do, the step undone); a plateau with one min_lr covers the new group.  A state
+    saved after the addition loads into the scheduler and into a run rebuilt the same way,
+    whose lrs continue the first run's."""
+    torch = pytest.importorskip("torch")
+    ours = _lr_run(lr_scheduler, nopt.SGD, np.copy, kind, 9)
+    theirs = _lr_run(torch.optim.lr_scheduler, torch.optim.SGD,
+                     lambda a: torch.tensor(a, dtype=torch.float64), kind, 9)
+    assert len(ours[0]) == len(theirs[0])
+    for a, b in zip(ours[0], theirs[0]):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    assert (ours[1] is None) == (theirs[1] is None), (ours[1], theirs[1])
+    if ours[1] is not None:
+        assert isinstance(ours[1], ValueError) and "add_param_group" in str(ours[1])
+        opt, scheduler = ours[2:]
+        before = scheduler.state_dict(), [dict(g, params=None) for g in opt.param_groups]
+        with pytest.raises(ValueError, match="add_param_group"):
+            scheduler.step(1.0) if "Plateau" in kind else scheduler.step()
+        assert (scheduler.state_dict(), [dict(g, params=None) for g in opt.param_groups]) \
+            == before  # the refused step changed nothing
+        return
+    _, _, opt, scheduler = _lr_run(lr_scheduler, nopt.SGD, np.copy, kind, 6)
+    saved = opt.state_dict(), scheduler.state_dict()
+    scheduler.load_state_dict(saved[1])  # its own state, saved after the addition
+    assert scheduler.state_dict() == saved[1]
+    resumed = _lr_run(lr_scheduler, nopt.SGD, np.copy, kind, 5, saved)
+    assert resumed[1] is None and resumed[0][2:] == ours[0][6:]
+
+
+def test_a_scheduler_state_with_too_many_or_too_few_lrs_is_refused():
+    opt = nopt.SGD(arrays(0, [(3,)]), lr=1.0)
+    scheduler = lr_scheduler.StepLR(opt, step_size=2)
+    opt.add_param_group({"params": arrays(1, [(2,)]), "lr": 0.2})
+    scheduler.step()
+    for key, lrs, match in [("base_lrs", [1.0, 0.2], "2 lrs for 1 param groups"),
+                            ("_last_lr", [1.0, 0.2, 0.3], "3 lrs for 1 to 2 param groups"),
+                            ("_last_lr", [], "0 lrs for 1 to 2")]:
+        sd = scheduler.state_dict()
+        sd[key] = lrs
+        before = scheduler.state_dict()
+        with pytest.raises(ValueError, match=match):
+            scheduler.load_state_dict(sd)
+        assert scheduler.state_dict() == before
+
+
 def refusals():
     w = np.zeros((4, 3), np.float32)
     readonly = np.zeros(3, np.float32)
