@@ -37,6 +37,8 @@ OPTIMIZERS = {
     "RAdam": Entry("RAdam", {}, dict(lr=1e-2), dict(lr=3e-2)),
     "NAdam": Entry("NAdam", {}, dict(lr=3e-3), dict(lr=3e-2)),
     "Adadelta": Entry("Adadelta", {}, dict(lr=1.0), dict(lr=1.0), dict(lr=1.0)),
+    "Rprop": Entry("Rprop", {}, dict(lr=1e-3), dict(lr=1e-2)),
+    "ASGD": Entry("ASGD", {}, dict(lr=0.1, t0=100.0), dict(lr=1e-3)),
     "Lion": Entry("Lion", {}, dict(lr=1e-3, weight_decay=0.1), dict(lr=1e-2), dict(lr=1e-4)),
 }
 
