@@ -827,6 +827,48 @@ class ZeroRedundancyOptimizer:
             self._remember_groups()
             self.step_count = step_count
 
+    def add_param_group(self, param_group):
+        """Collective: add ``param_group`` as ``Optimizer.add_param_group`` does (a dict with
+        'params' and any hyper-parameters; the others from the defaults), the same on every
+        rank.  Element ranges shift when params join, so the sharding is rebuilt over every
+        group: the full state is gathered (a ``state_dict()``), re-cut and loaded back, which
+        costs one state_dict's traffic; fine for a rare event (unfreezing layers), not for
+        every step.  Every rank checks it first; on any refusal every rank raises and nothing
+        changes."""
+        with self._lock:
+            saved = self.state_dict()  # collective; changes nothing
+            before = dict(self.__dict__)
+
+            def local():
+                if self._names is not None:
+                    raise TypeError("param_group: a ZeroRedundancyOptimizer over named params "
+                                    "has one group; give the params as a list to add groups")
+                if not isinstance(param_group, Mapping):
+                    raise TypeError(f"param_group must be a dict, got "
+                                    f"{type(param_group).__name__}")
+                if "params" not in param_group:
+                    raise ValueError("param_group has no 'params' entry")
+                added = param_group["params"]
+                added = added.params if isinstance(added, FlatParams) else added
+                groups = [dict(g) for g in self.param_groups] + [
+                    {**param_group, "params": [added] if check.is_array(added) else added}]
+                self._setup(groups, self._optimizer_class, self._defaults)
+
+            try:
+                _agree(self.comm, local)
+                _same_on_every_rank(self.comm, self._layout_items(),
+                                    "ZeroRedundancyOptimizer's params and hyper-parameters")
+            except BaseException:
+                self.__dict__.clear()
+                self.__dict__.update(before)
+                raise
+            self._shard()
+            self._seen = None
+            saved["param_groups"] = [
+                {**{k: v for k, v in g.items() if k != "params"}, "params": list(indices)}
+                for g, indices in zip(self.param_groups, self._group_indices)]
+            self.load_state_dict(saved)
+
     def _checked_load(self, state_dict):
         """(step_count, hyper-parameters per group, state per param index, rounding seed),
         checked as Optimizer.load_state_dict checks them, naming the full params."""

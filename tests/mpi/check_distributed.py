@@ -401,6 +401,37 @@ def check_int8_state():
             np.testing.assert_allclose(a, b, rtol=1e-2, atol=1e-3, err_msg=f"{name} param {k}")
 
 
+def check_add_param_group():
+    """add_param_group on every rank re-cuts the shards over every group: the sharded run goes
+    on with the plain optimizer that got the same group (the earlier params' state carried
+    over, the new ones' state fresh), its state_dict equals the plain one's, and refusals (a
+    param already there, a group that differs between ranks) raise on every rank and change
+    nothing."""
+    start = mixed_groups(5)
+    mine, ref = ([p.copy(order="K") for p in start] for _ in range(2))
+    zero = dist.ZeroRedundancyOptimizer(groups_of(mine[:3]), nopt.Adam, comm=COMM, lr=1e-2,
+                                        amsgrad=True)
+    plain = nopt.Adam(groups_of(ref[:3]), lr=1e-2, amsgrad=True)
+    run_pair(zero, mine[:3], plain, ref[:3], 3)
+    shard_before = zero.shard
+    expect_error(ValueError, ["shares memory"], lambda: zero.add_param_group(
+        {"params": [mine[0]]}))
+    if SIZE > 1:
+        expect_error(ValueError, ["same on every rank", "param_groups[2]"],
+                     lambda: zero.add_param_group({"params": mine[3:], "lr": 1e-3 * (1 + RANK)}))
+    assert zero.shard == shard_before and len(zero.param_groups) == 2
+    for opt, params in ((zero, mine), (plain, ref)):
+        opt.add_param_group({"params": params[3:], "lr": 2e-3, "betas": (0.8, 0.99)})
+    assert len(zero.param_groups) == 3 and zero.param_groups[2]["betas"] == (0.8, 0.99)
+    assert_same_state_dict(zero.state_dict(), plain.state_dict(), "after add_param_group")
+    run_pair(zero, mine, plain, ref, 4, first=3)
+    assert_close(mine, ref, "after add_param_group")
+    assert_same_state_dict(zero.state_dict(), plain.state_dict(), "stepped after adding")
+    named = dist.ZeroRedundancyOptimizer({"w": np.zeros(4)}, nopt.SGD, comm=COMM)
+    expect_error(TypeError, ["named params", "list"], lambda: named.add_param_group(
+        {"params": [np.zeros(3)]}))
+
+
 def check_load_state_dict_errors_on_every_rank():
     """A state_dict that one rank finds bad (another optimizer's, a wrong shape, a bad lr, not a
     dict) makes every rank raise, naming the rank, and changes nothing anywhere."""
