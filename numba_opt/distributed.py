@@ -58,6 +58,7 @@ except (ImportError, RuntimeError) as exc:  # RuntimeError: mpi4py found no MPI 
 from . import _codecs, _fork, _quant, _validation as check, dispatch
 from .flat import FlatParams
 from .optim._groups import _normalise_params, _reject_shared_memory
+from .optim._state import checked_entry
 from .optim.base import (ABSMAX, SEED, STATE_DICT_FORMAT, Optimizer, _check_clipping, _clip_scale,
                          checked_header, grad_list)
 
@@ -900,34 +901,8 @@ class ZeroRedundancyOptimizer:
         return step_count, hyper, state, seed
 
     def _checked_entry(self, i, saved):
-        param, label = self._params[i], self._labels[i]
-        if not isinstance(saved, Mapping):
-            raise TypeError(f"state_dict['state'][{i}] must be a dict, got "
-                            f"{type(saved).__name__}")
-        for key in ("step", *self._optimizer_class.host_state):
-            if key not in saved:
-                raise ValueError(f"state_dict['state'][{i}] has no {key!r}")
-        for key, value in saved.items():
-            where = f"state_dict['state'][{i}][{key!r}]"
-            if key == "step":
-                check.count(where, value)
-            elif key in self._optimizer_class.host_state:
-                check.real(where, value)
-            elif key not in self.state_names:
-                raise ValueError(f"{where}: {self._optimizer_class.__name__} has no state "
-                                 f"{key!r}")
-            elif not isinstance(value, np.ndarray):
-                raise TypeError(f"{where} must be a NumPy array, got {type(value).__name__}")
-            elif self._buffer_dtype(i, key) is None:
-                raise ValueError(f"{where}: {label} has no {key!r}")
-            elif value.shape != self._buffer_shape(i, key):
-                raise ValueError(f"{where} has shape {value.shape}, the optimizer keeps {key!r} "
-                                 f"of {label} {tuple(param.shape)} in "
-                                 f"{self._buffer_shape(i, key)}")
-            elif value.dtype != self._buffer_dtype(i, key):
-                raise TypeError(f"{where} has dtype {value.dtype}, the optimizer keeps {key!r} "
-                                f"of {label} ({param.dtype}) in {self._buffer_dtype(i, key)}")
-        return saved
+        """As a plain optimizer checks a param's saved state (keys, host scalars, buffers)."""
+        return checked_entry(self, self._optimizer_class, i, saved)
 
     @staticmethod
     def _slice_of(value, name, piece, order):

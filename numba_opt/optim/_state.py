@@ -63,6 +63,45 @@ def checked_header(state_dict, optimizer_name):
     return check.count("state_dict['step_count']", state_dict["step_count"])
 
 
+def checked_entry(owner, cls, i, saved, dtype_options=""):
+    """Param ``i``'s saved state entry checked against ``owner`` (an optimizer of class
+    ``cls``, or the ZeroRedundancyOptimizer wrapping one: anything with ``_params``,
+    ``_labels``, ``state_names``, ``_buffer_dtype`` and ``_buffer_shape``): its keys, its host
+    scalars and each buffer's type, shape and dtype."""
+    param, label = owner._params[i], owner._labels[i]
+    where = f"state_dict['state'][{i}]"
+    if not isinstance(saved, Mapping):
+        raise TypeError(f"{where} ({label}'s state) must be a dict, got "
+                        f"{type(saved).__name__}")
+    for key in ("step", *cls.host_state):
+        if key not in saved:
+            raise ValueError(f"{where} has no {key!r}")
+    for key, value in saved.items():
+        at = f"{where}[{key!r}]"
+        if key == "step":
+            check.count(at, value)
+        elif key in cls.host_state:
+            cls.host_checks[key](at, value)
+        elif key not in owner.state_names:
+            raise ValueError(f"{at}: {cls.__name__} has no state {key!r}")
+        elif owner._buffer_dtype(i, key) is None:
+            raise ValueError(f"{at}: {label} has no {key!r} (master_weights keeps float32 "
+                             "copies of bfloat16 and float16 params only; with "
+                             f"state_dtype='int8', params of {_quant.MIN_SIZE} elements "
+                             "or more have codes and absmax scales, the others float32 "
+                             "state)")
+        elif not isinstance(value, np.ndarray):
+            raise TypeError(f"{at} must be a NumPy array, got {type(value).__name__}")
+        elif value.shape != owner._buffer_shape(i, key):
+            raise ValueError(f"{at} has shape {value.shape}, the optimizer keeps {key!r} "
+                             f"of {label} {tuple(param.shape)} in {owner._buffer_shape(i, key)}")
+        elif value.dtype != owner._buffer_dtype(i, key):
+            raise TypeError(f"{at} has dtype {value.dtype}, the optimizer keeps {key!r} of "
+                            f"{label} ({param.dtype}) in {owner._buffer_dtype(i, key)}"
+                            f"{dtype_options}")
+    return saved
+
+
 class StateMixin:
     """State, state_dict and load_state_dict of ``Optimizer`` (see the module docstring)."""
 
@@ -194,38 +233,9 @@ class StateMixin:
     def _checked_state(self, i, saved):
         """One param's saved state, checked: keys, host scalars, buffers, and that its step
         count and buffers agree (see load_state_dict)."""
-        param, label = self._params[i], self._labels[i]
-        where = f"state_dict['state'][{i}]"
-        if not isinstance(saved, Mapping):
-            raise TypeError(f"{where} ({label}'s state) must be a dict, got "
-                            f"{type(saved).__name__}")
-        for key in ("step", *self.host_state):
-            if key not in saved:
-                raise ValueError(f"{where} has no {key!r}")
-        for key, value in saved.items():
-            at = f"{where}[{key!r}]"
-            if key == "step":
-                check.count(at, value)
-            elif key in self.host_state:
-                self.host_checks[key](at, value)
-            elif key not in self.state_names:
-                raise ValueError(f"{at}: {type(self).__name__} has no state {key!r}")
-            elif self._buffer_dtype(i, key) is None:
-                raise ValueError(f"{at}: {label} has no {key!r} (master_weights keeps float32 "
-                                 "copies of bfloat16 and float16 params only; with "
-                                 f"state_dtype='int8', params of {_quant.MIN_SIZE} elements "
-                                 "or more have codes and absmax scales, the others float32 "
-                                 "state)")
-            elif not isinstance(value, np.ndarray):
-                raise TypeError(f"{at} must be a NumPy array, got {type(value).__name__}")
-            elif value.shape != self._buffer_shape(i, key):
-                raise ValueError(f"{at} has shape {value.shape}, the optimizer keeps {key!r} "
-                                 f"of {label} {tuple(param.shape)} in {self._buffer_shape(i, key)}")
-            elif value.dtype != self._buffer_dtype(i, key):
-                raise TypeError(f"{at} has dtype {value.dtype}, the optimizer keeps {key!r} of "
-                                f"{label} ({param.dtype}) in {self._buffer_dtype(i, key)}"
-                                f"{self._dtype_options()}")
-        self._check_history(f"{where} ({label})", saved, self._state_names_of(i))
+        checked_entry(self, type(self), i, saved, self._dtype_options())
+        self._check_history(f"state_dict['state'][{i}] ({self._labels[i]})", saved,
+                            self._state_names_of(i))
         return saved
 
     def _buffer_dtype(self, i, name):
