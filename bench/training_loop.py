@@ -259,6 +259,21 @@ def numba_opt_list_serial(model):
     return numba_opt_list(model)
 
 
+def numba_opt_flat_state(state_dtype):
+    """numba_opt over FlatParams with float32 params and low-precision state (issue 14): the
+    same loop with 4 (bfloat16) or ~2 (int8) bytes of state per param instead of 8."""
+    def contender(model):
+        import numba_opt as nopt
+        flat = nopt.FlatParams(model.init_params())
+        opt = nopt.Adam(flat, lr=LR, betas=BETAS, eps=EPS, state_dtype=state_dtype)
+
+        def compute():
+            model.forward_backward(flat.params, out=flat.grads)
+            return flat.grads
+        return Contender(flat.params, compute, opt.step)
+    return contender
+
+
 CONTENDERS = {
     "numba_opt list": numba_opt_list,
     "numba_opt list, serial loops": numba_opt_list_serial,
@@ -266,7 +281,11 @@ CONTENDERS = {
     "numba_opt FlatParams": numba_opt_flat,
     "torch fused": torch_fused,
     "numpy": numpy_adam,
+    "numba_opt FlatParams, bfloat16 state": numba_opt_flat_state("bfloat16"),
+    "numba_opt FlatParams, int8 state": numba_opt_flat_state("int8"),
 }
+#: not in the pyperf suite by default (it is long enough): compare them with bench/loop_pair.py
+LOW_PRECISION = ("numba_opt FlatParams, bfloat16 state", "numba_opt FlatParams, int8 state")
 
 
 # ------------------------------------------------------------------------------------- metrics
@@ -335,7 +354,8 @@ def timed(loops, name, model, contender, metric):
 def cases(contenders=None, loads=LOADS):
     """(model, load, contender, metric) for every benchmark: all idle ones, then all busy."""
     if contenders is None:
-        contenders = [c for c in CONTENDERS if c != "torch fused" or _torch_installed()]
+        contenders = [c for c in CONTENDERS if c not in LOW_PRECISION
+                      and (c != "torch fused" or _torch_installed())]
     return [(model, load, contender, metric) for load in loads for model in MODELS
             for contender in contenders for metric in METRICS]
 

@@ -143,7 +143,9 @@ def tiny_models(dtype=np.float32):
 
 
 def training_contenders():
-    return [c for c in tl.CONTENDERS if c != "torch fused" or tl._torch_installed()]
+    """The pyperf suite's contenders (the low-precision ones are for bench/loop_pair.py)."""
+    return [c for c in tl.CONTENDERS if c not in tl.LOW_PRECISION
+            and (c != "torch fused" or tl._torch_installed())]
 
 
 def test_training_loop_models_have_the_stated_shapes():
@@ -193,6 +195,30 @@ def test_training_loop_contenders_optimize_the_same_thing(model):
             assert moved > 1e-4, (contender, name)  # four steps of lr=1e-3 moved every param
             np.testing.assert_allclose(result.params[name], reference[name], rtol=1e-7,
                                        atol=1e-12, err_msg=f"{contender} {name}")
+
+
+@pytest.mark.parametrize("model", ["mlp", "transformer"])
+def test_training_loop_low_precision_contenders_step_like_float32_state(model):
+    """bfloat16 and int8 state: the same iterations as float32 state, to the state's rounding
+    (tiny params keep int8 state float32, so the int8 contender is checked on a model whose
+    largest params have 4096 elements or more)."""
+    net = (tl.MLP(layers=(80, 64, 4), batch=5) if model == "mlp"
+           else tl.Transformer(blocks=1, d_model=32, tokens=6))
+    trained = {c: tl.CONTENDERS[c](net) for c in ("numba_opt FlatParams", *tl.LOW_PRECISION)}
+    for _ in range(4):
+        for contender in trained.values():
+            contender.iteration()
+    start = net.init_params()
+    reference = trained["numba_opt FlatParams"].params
+    assert max(p.size for p in start.values()) >= 4096
+    for contender, within in zip(tl.LOW_PRECISION, (0.02, 0.1)):
+        for name, initial in start.items():
+            moved = np.asarray(trained[contender].params[name]) - initial
+            expected = reference[name] - initial
+            # int8 codes are coarse for the smallest second moments of a block, so a few
+            # elements' moves differ a lot; the whole move is what must agree
+            error = np.linalg.norm(moved - expected) / np.linalg.norm(expected)
+            assert error < within, (contender, name, error)
 
 
 @pytest.mark.parametrize("model", ["mlp", "transformer"])
