@@ -40,6 +40,7 @@ class Adafactor(Optimizer):
     """
     state_names = FACTORED + UNFACTORED
     hyper_checks = F.ADAFACTOR_HYPER
+    elementwise = False  # row, column and whole-param reductions
 
     param_docs = {"lr": "the largest relative step size rho_t = min(lr, 1/sqrt(t)), and the "
                         "weight decay's factor",
