@@ -3,7 +3,7 @@
 A factored param (2 dims or more) is seen as ``batches`` matrices of ``rows`` x ``cols`` (the
 last two dims; C order), flat: element (b, i, j) at ``(b*rows + i)*cols + j``, its row factor
 at ``b*rows + i`` and its column factor at ``b*cols + j``.  One step of a param is a few passes
-(``functional.adafactor_param_step`` drives them and does the host arithmetic):
+(``functional.adafactor_update_param`` drives them and does the host arithmetic):
 the param's sum of squares (``_cpu.sum_squares``), the row and column means of g^2 lerped into
 the factors, each matrix's mean row factor, the sum of U^2 (the update's RMS sets the clipping),
 then the write.  An unfactored param has two: the variance update with the sum of U^2, then the

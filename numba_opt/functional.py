@@ -594,8 +594,8 @@ def adafactor_state_shapes(shape):
     return {"row_var": shape[:-1] + (1,), "col_var": shape[:-2] + (1, shape[-1])}
 
 
-def adafactor_param_step(kernels, param, grad, states, dims, *, step, lr, beta2_decay, eps, d,
-                         weight_decay, maximize, grad_scale=1.0, clip_value=math.inf):
+def adafactor_update_param(kernels, param, grad, states, dims, *, step, lr, beta2_decay, eps,
+                           d, weight_decay, maximize, grad_scale=1.0, clip_value=math.inf):
     """One Adafactor step of one param (torch's single-tensor loop), run by ``kernels``
     (``_factored`` or ``_factored_cuda``) on flat views: ``states`` is (variance,) or (row_var,
     col_var); ``dims`` as ``adafactor_dims``.  The host arithmetic, in float64, as torch's:
@@ -682,7 +682,7 @@ def adafactor_step(param: Array, grad: Array, row_var: Array | None = None,
     backend = dispatch.backend(dispatch.resolve_device(device, named))
     _reject_shared_memory(named)
     flat = backend.flat
-    adafactor_param_step(dispatch.factored(backend), flat(param), flat(grad),
+    adafactor_update_param(dispatch.factored(backend), flat(param), flat(grad),
                          tuple(flat(s) for s in states), adafactor_dims(param.shape),
                          step=step, **hyper)
 

@@ -146,8 +146,8 @@ class Adafactor(Optimizer):
 
     def _step_param(self, bucket, j, grad, step):
         hyper = self._group_cache[bucket.group_index][0]
-        grad_scale, clip_value = self._grad_fields  # adafactor_param_step signs it to maximize
-        F.adafactor_param_step(
+        grad_scale, clip_value = self._grad_fields  # adafactor_update_param signs it to maximize
+        F.adafactor_update_param(
             dispatch.factored(self._backend), bucket.flat_params[j], grad,
             tuple(bucket.views[name][j] for name in bucket.names),
             F.adafactor_dims(bucket.params[j].shape), step=step, grad_scale=grad_scale,
