@@ -355,3 +355,34 @@ def test_float32_kernels_compile_to_ptx_without_float64():
             assert f64_lines == 0, f"{kernel}: {f64_lines} float64 PTX lines"
         else:
             assert f64_lines > 0, f"{kernel}: the float64 kernel shows no f64, check the check"
+
+
+def test_an_lr_scheduler_drives_it_as_torch_s_drives_torch():
+    params = make(np.float32)
+    tensors, expected = torch_pair(params)
+    opt = nopt.Adafactor(params)
+    schedule = nopt.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
+    theirs = torch.optim.lr_scheduler.StepLR(expected, step_size=3, gamma=0.5)
+    for step in range(1, 10):
+        grads = grads_for(params, step)
+        opt.step(grads)
+        torch_step(expected, tensors, grads)
+        schedule.step()
+        theirs.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(expected.param_groups[0]["lr"])
+    for p, t in zip(params, tensors):
+        np.testing.assert_allclose(p, t.numpy(), **TOL[np.float32])
+
+
+def test_later_steps_compile_nothing_new():
+    from numba_opt import _factored
+    params = make(np.float32) + make(np.float64)
+    opt = nopt.Adafactor(params)
+    for step in (1, 2):
+        opt.step(grads_for(params, step))
+    counts = {name: [len(d.signatures) for d in pair] for name, pair in _factored._LOOPS.items()}
+    for step in range(3, 8):
+        opt.param_groups[0]["lr"] = 0.01 / step
+        opt.step(grads_for(params, step))
+    assert counts == {name: [len(d.signatures) for d in pair]
+                      for name, pair in _factored._LOOPS.items()}
