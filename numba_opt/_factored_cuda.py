@@ -147,6 +147,7 @@ def _combined(partials, blocks):
 
 
 # ------------------------------------------------------------- the interface (as _factored)
+# (functional.adafactor_update_param never calls it with an empty param)
 def scalars(values, dtype):
     return _cuda.scalars_argument(values, dtype)
 
@@ -154,8 +155,6 @@ def scalars(values, dtype):
 def factored_moments(grad, row_var, col_var, dims, h):
     batches, rows, cols = dims
     cast = np.dtype(row_var.dtype).type
-    if grad.size == 0:
-        return _buffer(row_var.dtype, batches)
     _row_moments[_launch(batches * rows)](grad, row_var, batches, rows, cols, cast(cols), h)
     _col_moments[_launch(batches * cols)](grad, col_var, batches, rows, cols, cast(rows), h)
     row_mean = _buffer(row_var.dtype, batches)
@@ -164,8 +163,6 @@ def factored_moments(grad, row_var, col_var, dims, h):
 
 
 def factored_update_sq(grad, row_var, col_var, row_mean, dims, h):
-    if grad.size == 0:
-        return 0.0
     _, rows, cols = dims
     blocks, threads = _launch(grad.size)
     partials = _buffer(grad.dtype, blocks)
@@ -175,15 +172,11 @@ def factored_update_sq(grad, row_var, col_var, row_mean, dims, h):
 
 
 def factored_apply(param, grad, row_var, col_var, row_mean, dims, h):
-    if param.size:
-        _, rows, cols = dims
-        _factored_apply[_launch(param.size)](param, grad, row_var, col_var, row_mean, rows, cols,
-                                             h)
+    _, rows, cols = dims
+    _factored_apply[_launch(param.size)](param, grad, row_var, col_var, row_mean, rows, cols, h)
 
 
 def vector_update_sq(grad, variance, h):
-    if grad.size == 0:
-        return 0.0
     blocks, threads = _launch(grad.size)
     partials = _buffer(grad.dtype, blocks)
     _REDUCTIONS[np.dtype(grad.dtype)][1][blocks, threads](grad, variance, partials, h)
@@ -191,5 +184,4 @@ def vector_update_sq(grad, variance, h):
 
 
 def vector_apply(param, grad, variance, h):
-    if param.size:
-        _vector_apply[_launch(param.size)](param, grad, variance, h)
+    _vector_apply[_launch(param.size)](param, grad, variance, h)

@@ -602,6 +602,8 @@ def adafactor_update_param(kernels, param, grad, states, dims, *, step, lr, beta
     alpha = max(eps2, RMS(param)) * min(lr, 1/sqrt(t)) from the param before its decay, and
     the update's clipping max(1, RMS(U)/d) once U's sum of squares is known.
     ``grad_scale`` is the global-norm clipping factor, negated here to maximize."""
+    if param.size == 0:  # nothing to update (torch's RMS would divide 0 by 0)
+        return
     eps1, eps2 = eps
     dtype = np.dtype(param.dtype)
     if eps1 is None:

@@ -229,6 +229,13 @@ def test_add_param_group_steps_the_new_params_from_step_one():
         np.testing.assert_allclose(p, t.numpy(), rtol=1e-10, atol=1e-12)
 
 
+def test_an_empty_param_steps_without_effect():
+    params = [np.zeros((0, 4)), np.ones(3), np.zeros(0)]
+    opt = nopt.Adafactor(params)
+    opt.step([np.zeros((0, 4)), np.ones(3), np.zeros(0)])
+    assert np.all(params[1] < 1) and opt.state[0]["row_var"].shape == (0, 1)
+
+
 def test_functional_step_matches_the_class():
     params = make(np.float64)
     mine = [p.copy() for p in params]
