@@ -70,6 +70,15 @@ ASGDScalars = namedtuple(
     # 1 - lambd*eta; average is 0 while mu == 1 (ax is then a copy of the param)
     _GRAD_FIELDS + "eta param_scale weight_decay mu average")
 
+AdafactorScalars = namedtuple(
+    "AdafactorScalars",
+    # Adafactor is not elementwise: its per-element rules below are run by the reductions and
+    # loops of ``_factored`` (CPU) and ``_factored_cuda``.  beta2_weight is t^beta2_decay (the
+    # lerp weight); eps1 clamps the row factor's mean, eps1_sq the variance estimate;
+    # param_scale is 1 - lr*weight_decay; neg_step is -alpha / max(1, RMS(U)/d), known only
+    # after the pass that sums U^2 (0 until then); one is 1 in the kernel's dtype.
+    _GRAD_FIELDS + "beta2_weight eps1 eps1_sq param_scale neg_step one")
+
 
 # The array -> namedtuple unpackers (a test checks each against its namedtuple's fields).
 @_rule
@@ -130,10 +139,16 @@ def unpack_asgd(v):
     return ASGDScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7])
 
 
+@_rule
+def unpack_adafactor(v):
+    return AdafactorScalars(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8])
+
+
 SCALARS = {"lion": LionScalars, "sgd": SGDScalars, "rmsprop": RMSpropScalars, "adam": AdamScalars,
            "adamax": AdamaxScalars, "radam": RAdamScalars, "nadam": NAdamScalars,
            "adadelta": AdadeltaScalars, "adagrad": AdagradScalars, "rprop": RpropScalars,
-           "asgd": ASGDScalars}
+           "asgd": ASGDScalars,
+           "adafactor": AdafactorScalars}
 
 
 @_rule
@@ -335,6 +350,49 @@ def asgd(param, grad, ax, h):
     else:  # mu == 1: torch copies the param (ax + (param - ax) could round differently)
         ax = param
     return param, ax
+
+
+@_rule
+def torch_lerp(start, end, weight, one):
+    """torch.lerp's formula, exact at both ends (weight 1, Adafactor's first step, gives
+    ``end``): start + w*(end - start) for w < 1/2, else end - (end - start)*(1 - w).  The test
+    is w + w < 1: a literal 0.5 would be float64."""
+    diff = end - start
+    if weight + weight < one:
+        return start + weight * diff
+    return end - diff * (one - weight)
+
+
+@_rule
+def adafactor_variance(grad, variance, h):
+    """Adafactor's second moment of an unfactored (0-d or 1-D) param, ``grad`` prepared:
+    V <- lerp(V, g^2, t^beta2_decay)."""
+    return torch_lerp(variance, grad * grad, h.beta2_weight, h.one)
+
+
+@_rule
+def adafactor_factored_update(grad, row_var, col_var, row_mean, h):
+    """Adafactor's update U of one element of a factored param (``grad`` prepared): the variance
+    estimate R_i C_j / max(mean(R), eps1) (``row_mean`` is that max), clamped to eps1^2, then
+    U = g / sqrt(it), in torch's order of roundings (rsqrt as 1 / sqrt)."""
+    estimate = row_var * col_var / row_mean
+    estimate = h.eps1_sq if estimate < h.eps1_sq else estimate  # NaN passes, as clamp_
+    return grad * (h.one / math.sqrt(estimate))
+
+
+@_rule
+def adafactor_vector_update(grad, variance, h):
+    """Adafactor's update U of an unfactored element from its (updated) second moment."""
+    estimate = h.eps1_sq if variance < h.eps1_sq else variance
+    return grad * (h.one / math.sqrt(estimate))
+
+
+@_rule
+def adafactor_param(param, update, h):
+    """The param write: decoupled weight decay p*(1 - lr*wd), then p - alpha*U/max(1, RMS(U)/d)
+    (two roundings, as torch's mul_ then add_)."""
+    param = param * h.param_scale
+    return param + h.neg_step * update
 
 
 # ------------------------------------------------------------------------------------------------

@@ -12,6 +12,9 @@ import numpy as np
 
 DEVICES = ("auto", "cpu", "cuda")
 _BACKEND_MODULES = {"cpu": "numba_opt._cpu", "cuda": "numba_opt._cuda"}
+# Adafactor's loops and reductions (not elementwise), per backend module
+_FACTORED_MODULES = {"numba_opt._cpu": "numba_opt._factored",
+                     "numba_opt._cuda": "numba_opt._factored_cuda"}
 
 
 def location(array):
@@ -58,3 +61,8 @@ def backend(device):
     if device == "cuda":
         module.check_available()
     return module
+
+
+def factored(backend_module):
+    """Adafactor's kernels for a backend module (``backend``'s answer): same interface on both."""
+    return importlib.import_module(_FACTORED_MODULES[backend_module.__name__])

@@ -384,6 +384,11 @@ class ZeroRedundancyOptimizer:
         if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, Optimizer)):
             raise TypeError("optimizer_class must be a numba_opt optimizer class (nopt.Adam, "
                             f"...), got {optimizer_class!r}")
+        if not optimizer_class.elementwise:
+            raise ValueError(f"ZeroRedundancyOptimizer shards the state by element ranges, "
+                             f"which {optimizer_class.__name__} cannot step (its update "
+                             "reduces over rows, columns or whole params); use it unsharded, "
+                             "with average_gradients")
         groups, arrays, labels, names = _checked_params(params)
         self.device = dispatch.resolve_device(defaults.get("device", "auto"),
                                               zip(labels, arrays))

@@ -546,6 +546,149 @@ def asgd_step(param: Array, grad: Array, ax: Array, *, step: int, eta: Real | No
     return after["eta"], after["mu"]
 
 
+# ----------------------------------------------------------------------------------- Adafactor
+def _adafactor_eps(name, value):
+    """Adafactor's (eps1, eps2): eps1 None (the param dtype's machine epsilon) or >= 0 (torch's
+    "epsilon1 should be >= 0"), eps2 >= 0."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"{name} must be a pair (eps1, eps2), eps1 None or a number, got "
+                        f"{value!r}")
+    eps1 = None if value[0] is None else check.non_negative(f"{name}[0]", value[0])
+    return eps1, check.non_negative(f"{name}[1]", value[1])
+
+
+def _beta2_decay(name, value):
+    value = check.real(name, value)
+    if value > 0:  # beta2_t = 1 - t^beta2_decay would leave [0, 1)
+        raise ValueError(f"{name} must be <= 0, got {value}")
+    return value
+
+
+def _clipping_threshold(name, value):
+    value = check.real(name, value)
+    if value < 1:
+        raise ValueError(f"{name} (the clipping threshold) must be >= 1, got {value}")
+    return value
+
+
+ADAFACTOR_HYPER = dict(lr=check.non_negative, beta2_decay=_beta2_decay, eps=_adafactor_eps,
+                       d=_clipping_threshold, weight_decay=check.non_negative,
+                       maximize=check.flag)
+
+
+def adafactor_dims(shape):
+    """(batches, rows, cols) of a param factored over its last two dims (the leading ones
+    batched), or None for 0-d and 1-D params, which keep a full second moment."""
+    shape = tuple(shape)
+    if len(shape) < 2:
+        return None
+    return math.prod(shape[:-2]), shape[-2], shape[-1]
+
+
+def adafactor_state_shapes(shape):
+    """name -> shape of Adafactor's state buffers for a param of ``shape`` (torch's: the
+    factors keep the reduced dim as 1)."""
+    shape = tuple(shape)
+    if len(shape) < 2:
+        return {"variance": shape}
+    return {"row_var": shape[:-1] + (1,), "col_var": shape[:-2] + (1, shape[-1])}
+
+
+def adafactor_update_param(kernels, param, grad, states, dims, *, step, lr, beta2_decay, eps,
+                           d, weight_decay, maximize, grad_scale=1.0, clip_value=math.inf):
+    """One Adafactor step of one param (torch's single-tensor loop), run by ``kernels``
+    (``_factored`` or ``_factored_cuda``) on flat views: ``states`` is (variance,) or (row_var,
+    col_var); ``dims`` as ``adafactor_dims``.  The host arithmetic, in float64, as torch's:
+    alpha = max(eps2, RMS(param)) * min(lr, 1/sqrt(t)) from the param before its decay, and
+    the update's clipping max(1, RMS(U)/d) once U's sum of squares is known.
+    ``grad_scale`` is the global-norm clipping factor, negated here to maximize."""
+    if param.size == 0:  # nothing to update (torch's RMS would divide 0 by 0)
+        return
+    eps1, eps2 = eps
+    dtype = np.dtype(param.dtype)
+    if eps1 is None:
+        eps1 = float(np.finfo(dtype).eps)
+    size = param.size
+    step = float(step)
+    rho = min(lr, 1.0 / math.sqrt(step))
+    alpha = max(eps2, math.sqrt(kernels.sum_squares(param)) / math.sqrt(size)) * rho
+    h = _math.AdafactorScalars(
+        grad_scale=-grad_scale if maximize else grad_scale, clip_value=clip_value,
+        rounding_salt=0.0, beta2_weight=step ** beta2_decay, eps1=eps1, eps1_sq=eps1 * eps1,
+        param_scale=1.0 - lr * weight_decay, neg_step=0.0, one=1.0)
+    scalars = kernels.scalars(h, dtype)
+    if dims is None:
+        (variance,) = states
+        update_sq = kernels.vector_update_sq(grad, variance, scalars)
+    else:
+        row_var, col_var = states
+        row_mean = kernels.factored_moments(grad, row_var, col_var, dims, scalars)
+        update_sq = kernels.factored_update_sq(grad, row_var, col_var, row_mean, dims, scalars)
+    clipping = max(1.0, math.sqrt(update_sq) / (math.sqrt(size) * d))
+    scalars = kernels.scalars(h._replace(neg_step=-alpha / clipping), dtype)
+    if dims is None:
+        kernels.vector_apply(param, grad, variance, scalars)
+    else:
+        kernels.factored_apply(param, grad, row_var, col_var, row_mean, dims, scalars)
+
+
+def check_adafactor_param(param, name):
+    """Adafactor's extra demands on a param: float32 or float64 (its reductions have no
+    bfloat16 / float16 path), and C order when factored (the factors are over the last two
+    dims as laid out in memory)."""
+    if np.dtype(param.dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"{name} has dtype {param.dtype}; Adafactor updates float32 and float64 "
+                        "params")
+    if len(param.shape) >= 2 and not check._layout(param)[0]:
+        raise ValueError(f"{name} is not C-contiguous; Adafactor factors the last two dims "
+                         "and needs them in C order")
+
+
+def adafactor_step(param: Array, grad: Array, row_var: Array | None = None,
+                   col_var: Array | None = None, variance: Array | None = None, *, step: int,
+                   lr: Real = 1e-2, beta2_decay: Real = -0.8,
+                   eps: tuple[Real | None, Real] = (None, 1e-3), d: Real = 1.0,
+                   weight_decay: Real = 0.0, maximize: bool = False,
+                   device: Device = "auto") -> None:
+    """One Adafactor step in place (torch.optim.Adafactor).  A param of 2 dims or more takes
+    ``row_var`` (shape[:-1] + (1,)) and ``col_var`` (shape[:-2] + (1, shape[-1])), a 0-d or 1-D
+    one ``variance`` (its shape); all in the param's dtype, C order, starting at 0."""
+    hyper = dict(lr=lr, beta2_decay=beta2_decay, eps=eps, d=d, weight_decay=weight_decay,
+                 maximize=maximize)
+    check_hyper(ADAFACTOR_HYPER, hyper)
+    step = check.step_number("step", step)
+    check.check_param(param, "param")
+    check_adafactor_param(param, "param")
+    check.check_like(grad, param, "grad", "param")
+    given = dict(row_var=row_var, col_var=col_var, variance=variance)
+    shapes = adafactor_state_shapes(param.shape)
+    for name, state in given.items():
+        if name not in shapes:
+            if state is not None:
+                raise ValueError(f"{name} is not used for a param of shape "
+                                 f"{tuple(param.shape)}: give {sorted(shapes)}")
+            continue
+        if state is None:
+            raise ValueError(f"{name} is required for a param of shape {tuple(param.shape)}")
+        check._require_array(state, name)
+        if tuple(state.shape) != shapes[name]:
+            raise ValueError(f"{name} has shape {tuple(state.shape)}, a param of shape "
+                             f"{tuple(param.shape)} needs {shapes[name]}")
+        if np.dtype(state.dtype) != np.dtype(param.dtype):
+            raise TypeError(f"{name} has dtype {state.dtype} but param has dtype {param.dtype}")
+        c_contiguous, _, readonly = check._layout(state)
+        if not c_contiguous or readonly:
+            raise ValueError(f"{name} must be a writeable C-contiguous array")
+    states = [given[name] for name in shapes]
+    named = [("param", param), ("grad", grad), *zip(shapes, states)]
+    backend = dispatch.backend(dispatch.resolve_device(device, named))
+    _reject_shared_memory(named)
+    flat = backend.flat
+    adafactor_update_param(dispatch.factored(backend), flat(param), flat(grad),
+                         tuple(flat(s) for s in states), adafactor_dims(param.shape),
+                         step=step, **hyper)
+
+
 # -------------------------------------------------------------------------------------- common
 def check_hyper(checks, hyper):
     """Validate hyper-parameters with a table of ``name -> check(name, value)`` (the tables above

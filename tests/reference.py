@@ -176,9 +176,34 @@ def asgd(param, grad, state, lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_dec
     state["mu"] = 1 / max(1, t - t0)
 
 
+def adafactor(param, grad, state, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0,
+              weight_decay=0.0, maximize=False, eps_dtype=np.float64):
+    """Adafactor as torch states it: second moment factored over the last two dims for params
+    of 2 dims or more; ``eps_dtype``: whose machine epsilon eps1=None means (the param's)."""
+    g = -grad if maximize else grad.copy()
+    eps1, eps2 = eps
+    if eps1 is None:
+        eps1 = float(np.finfo(eps_dtype).eps)
+    t = state["step"] = state.get("step", 0) + 1
+    w = t ** beta2_decay  # 1 - beta2_t
+    rho = min(lr, 1 / np.sqrt(t))
+    alpha = max(eps2, np.sqrt(np.mean(param * param))) * rho
+    param *= 1 - lr * weight_decay
+    if g.ndim >= 2:
+        r = state["row_var"] = ((1 - w) * state.get("row_var", 0.0)
+                                + w * np.mean(g * g, axis=-1, keepdims=True))
+        c = state["col_var"] = ((1 - w) * state.get("col_var", 0.0)
+                                + w * np.mean(g * g, axis=-2, keepdims=True))
+        v = r * c / np.maximum(np.mean(r, axis=-2, keepdims=True), eps1)
+    else:
+        v = state["variance"] = (1 - w) * state.get("variance", 0.0) + w * g * g
+    u = g / np.sqrt(np.maximum(v, eps1 * eps1))
+    param -= alpha * u / max(1.0, np.sqrt(np.mean(u * u)) / d)
+
+
 RULES = {"SGD": sgd, "RMSprop": rmsprop, "Adam": adam, "AdamW": adamw, "Adagrad": adagrad,
          "Adamax": adamax, "RAdam": radam, "NAdam": nadam, "Adadelta": adadelta,
-         "Rprop": rprop, "ASGD": asgd, "Lion": lion}
+         "Rprop": rprop, "ASGD": asgd, "Lion": lion, "Adafactor": adafactor}
 
 
 def stored_step(name, param, grad, state, param_dtype, state_dtype, **kwargs):

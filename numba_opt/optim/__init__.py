@@ -1,3 +1,4 @@
+from .adafactor import Adafactor
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
 from .adadelta import Adadelta
@@ -12,4 +13,4 @@ from .rprop import Rprop
 from .sgd import SGD
 
 __all__ = ["Optimizer", "SGD", "RMSprop", "RMSProp", "Adam", "AdamW", "Adagrad", "Adamax",
-           "RAdam", "NAdam", "Adadelta", "Rprop", "ASGD", "Lion"]
+           "RAdam", "NAdam", "Adadelta", "Rprop", "ASGD", "Lion", "Adafactor"]

@@ -113,17 +113,20 @@ class StateMixin:
         the param (writing to a view changes the state).  When params were given as a dict, the
         list is indexable by their names too: ``opt.state["W"]``."""
         states = _States() if self._names is None else _States(self._names)
-        for i, param in enumerate(self._params):
+        for i in range(len(self._params)):
             bucket, j = self._bucket_of[i]
             step, started, host = bucket.history(j)
             entry = {"step": step, **host} if step else {}
             if step:
                 for name in sorted(started, key=self.state_names.index):
-                    view = bucket.views[name][j]  # absmax scales stay 1-D, one per block
-                    entry[name] = view if name.endswith(ABSMAX) else self._backend.shaped(
-                        view, param)
+                    entry[name] = self._state_view(i, name, bucket.views[name][j])
             states.append(entry)
         return states
+
+    def _state_view(self, i, name, view):
+        """Param i's flat state buffer ``name`` as ``state`` shows it: shaped like the param
+        (absmax scales stay 1-D, one per block)."""
+        return view if name.endswith(ABSMAX) else self._backend.shaped(view, self._params[i])
 
     @_locked
     def state_dict(self) -> dict[str, Any]:

@@ -62,6 +62,8 @@ class Optimizer(StateMixin):
     host_state = {}
     #: constructor parameter -> its meaning, for the docstring (see _docs; shared ones there)
     param_docs = {}
+    #: whether the update is element by element (ZeroRedundancyOptimizer's shards need it)
+    elementwise = True
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
