@@ -76,7 +76,25 @@ def make_optimizer(name, flat, comm=None):
         return cls(flat, **settings)
     from numba_opt import distributed as dist
     dist.broadcast_params(flat, comm, root=0)  # every rank starts from rank 0's weights
+    if not cls.elementwise:
+        # ZeRO's element-range shards would cut the rows and columns Adafactor's factors
+        # average over: every rank keeps the whole state and steps with the mean grads
+        return _AveragedGrads(cls(flat, **settings), comm, dist.average_gradients)
     return dist.ZeroRedundancyOptimizer(flat, cls, comm=comm, **settings)
+
+
+class _AveragedGrads:
+    """Plain data parallel: ``step`` averages the grads over the ranks, then steps."""
+
+    def __init__(self, optimizer, comm, average):
+        self.optimizer, self.comm, self.average = optimizer, comm, average
+
+    def step(self, grads):
+        return self.optimizer.step(self.average(grads, self.comm))
+
+    @property
+    def step_count(self):
+        return self.optimizer.step_count
 
 
 def train(name, train_set, test_set, epochs, hidden, seed, batch=64, progress=None, comm=None):

@@ -39,6 +39,7 @@ OPTIMIZERS = {
     "Adadelta": Entry("Adadelta", {}, dict(lr=1.0), dict(lr=1.0), dict(lr=1.0)),
     "Rprop": Entry("Rprop", {}, dict(lr=1e-3), dict(lr=1e-2)),
     "ASGD": Entry("ASGD", {}, dict(lr=0.1, t0=100.0), dict(lr=1e-3)),
+    "Adafactor": Entry("Adafactor", {}, dict(lr=3e-2), dict(lr=3e-2)),
     "Lion": Entry("Lion", {}, dict(lr=1e-3, weight_decay=0.1), dict(lr=1e-2), dict(lr=1e-4)),
 }
 
