@@ -22,6 +22,7 @@ import math
 import numpy as np
 
 from . import _codecs, _math, _validation as check, dispatch
+from ._interface import dtype_of
 from ._typing import Array, Betas, Device, Real
 
 
@@ -567,12 +568,12 @@ def _run(kernel_name, device, param, grad, state_names, given, h):
     storage = _codecs.NATIVE
     if states:
         check.check_like(states[0], param, state_names[0], "param", writeable=True,
-                         dtype=states[0].dtype)  # all but its dtype, which is checked next
-        state_dtype = np.dtype(states[0].dtype)
-        option = None if state_dtype == np.dtype(param.dtype) else state_dtype.name
+                         dtype=dtype_of(states[0]))  # all but its dtype, checked next
+        state_dtype = dtype_of(states[0])
+        option = None if state_dtype == dtype_of(param) else state_dtype.name
         if option is not None and option not in _codecs.STATE_DTYPES:
             check.check_like(states[0], param, state_names[0], "param")  # the dtype error
-        storage = _codecs.storage(param.dtype, _codecs.state_dtype_option(option), False)[0]
+        storage = _codecs.storage(dtype_of(param), _codecs.state_dtype_option(option), False)[0]
         for name, state in zip(state_names, states):
             check.check_like(state, param, name, "param", writeable=True, dtype=state_dtype)
     named = [("param", param), ("grad", grad), *zip(state_names, states)]
@@ -581,7 +582,7 @@ def _run(kernel_name, device, param, grad, state_names, given, h):
     flat = backend.flat
     backend.kernel(kernel_name, storage)(
         flat(param), flat(grad), tuple(flat(s) for s in states),
-        backend.scalars_argument(h, _codecs.compute_dtype(param.dtype)))
+        backend.scalars_argument(h, _codecs.compute_dtype(dtype_of(param))))
 
 
 def _reject_shared_memory(named):

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .. import _codecs, _quant, _validation as check
+from .._interface import describe
 from ._buckets import ABSMAX, MASTER, _States
 
 STATE_DICT_FORMAT = 1
@@ -194,7 +195,7 @@ class StateMixin:
     def _checked_state(self, i, saved):
         """One param's saved state, checked: keys, host scalars, buffers, and that its step
         count and buffers agree (see load_state_dict)."""
-        param, label = self._params[i], self._labels[i]
+        param, label = describe(self._params[i]), self._labels[i]
         where = f"state_dict['state'][{i}]"
         if not isinstance(saved, Mapping):
             raise TypeError(f"{where} ({label}'s state) must be a dict, got "
@@ -220,7 +221,7 @@ class StateMixin:
                 raise TypeError(f"{at} must be a NumPy array, got {type(value).__name__}")
             elif value.shape != self._buffer_shape(i, key):
                 raise ValueError(f"{at} has shape {value.shape}, the optimizer keeps {key!r} "
-                                 f"of {label} {tuple(param.shape)} in {self._buffer_shape(i, key)}")
+                                 f"of {label} {param.shape} in {self._buffer_shape(i, key)}")
             elif value.dtype != self._buffer_dtype(i, key):
                 raise TypeError(f"{at} has dtype {value.dtype}, the optimizer keeps {key!r} of "
                                 f"{label} ({param.dtype}) in {self._buffer_dtype(i, key)}"
@@ -239,7 +240,7 @@ class StateMixin:
 
     def _buffer_shape(self, i, name):
         """The shape of param i's state buffer ``name``: the param's, or one scale per block."""
-        shape = tuple(self._params[i].shape)
+        shape = describe(self._params[i]).shape
         return (_quant.blocks(math.prod(shape)),) if name.endswith(ABSMAX) else shape
 
     def _state_names_of(self, i):
