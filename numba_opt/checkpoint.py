@@ -246,7 +246,8 @@ def _expected(optimizer, want_params):
     ``want_params`` is false)."""
     expected = {_META: None}
     for i, (param, label) in enumerate(zip(optimizer._params, optimizer._labels)):
-        shape, dtype = describe(param)[:2]
+        described = describe(param)
+        shape, dtype = described.shape, described.dtype
         expected[f"params/{i}"] = (shape, dtype, f"the saved {label}") if want_params else None
         for name in optimizer._state_names_of(i):
             expected[f"state/{i}/{name}"] = (optimizer._buffer_shape(i, name),

@@ -71,6 +71,7 @@ class _Bucket:
         """No state: before the first step, and before loading a state_dict."""
         self.buffers = {}  # state name -> flat buffer over the whole bucket
         self.views = {}    # state name -> the per-param flat views into it
+        self.shaped_views = {}  # state name -> (its views, {j: view shaped like param j})
         # While every param has stepped together: one step count, one set of started states and
         # one set of host scalars.
         self.step, self.started, self.host = 0, set(), dict(self.host_state)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .. import _codecs, _quant, _validation as check
-from .._interface import describe
+from .._interface import describe, fortran_order
 from ._buckets import ABSMAX, MASTER, _States
 
 STATE_DICT_FORMAT = 1
@@ -64,6 +64,37 @@ def checked_header(state_dict, optimizer_name):
     return check.count("state_dict['step_count']", state_dict["step_count"])
 
 
+def _shaped(bucket, name, j, buffer, shape):
+    """Param j's part of ``buffer`` (the bucket's buffer ``name``, or a host copy of it),
+    ``shape``d like the param; absmax scales stay 1-D, one per block."""
+    if name.endswith(ABSMAX):
+        start, stop = bucket.block_bounds[j]
+        return buffer[start:stop]
+    start, stop = bucket.bounds[j]
+    return shape(buffer[start:stop], bucket.params[j], bucket.backend)
+
+
+def _host_shaped(flat, param, backend):
+    described = describe(param)
+    return flat.reshape(described.shape, order="F" if fortran_order(param) else "C")
+
+
+def _device_shaped(flat, param, backend):
+    return backend.shaped(flat, param)
+
+
+def _shaped_view(bucket, name, j):
+    """What ``.state`` shows of param j's buffer ``name``: its view, shaped once per buffer
+    (reshaping a device array costs microseconds, and loops read ``.state`` every step)."""
+    views = bucket.views[name]
+    cached = bucket.shaped_views.get(name)
+    if cached is None or cached[0] is not views:  # a new buffer (allocated, or loaded)
+        cached = bucket.shaped_views[name] = (views, {})
+    if j not in cached[1]:
+        cached[1][j] = _shaped(bucket, name, j, bucket.buffers[name], _device_shaped)
+    return cached[1][j]
+
+
 class StateMixin:
     """State, state_dict and load_state_dict of ``Optimizer`` (see the module docstring)."""
 
@@ -75,23 +106,35 @@ class StateMixin:
         the param (writing to a view changes the state).  When params were given as a dict, the
         list is indexable by their names too: ``opt.state["W"]``."""
         states = _States() if self._names is None else _States(self._names)
-        for i, param in enumerate(self._params):
+        states.extend(self._entries(_shaped_view))
+        return states
+
+    def _entries(self, buffer_view):
+        """Per param, {} before its first step, else its step count, host scalars and
+        ``buffer_view(bucket, name, j)`` of each state buffer it has (j: its place in the
+        bucket)."""
+        for i in range(len(self._params)):
             bucket, j = self._bucket_of[i]
             step, started, host = bucket.history(j)
             entry = {"step": step, **host} if step else {}
             if step:
                 for name in sorted(started, key=self.state_names.index):
-                    view = bucket.views[name][j]  # absmax scales stay 1-D, one per block
-                    entry[name] = view if name.endswith(ABSMAX) else self._backend.shaped(
-                        view, param)
-            states.append(entry)
-        return states
+                    entry[name] = buffer_view(bucket, name, j)
+            yield entry
 
     @_locked
     def state_dict(self) -> dict[str, Any]:
         """A checkpoint of the optimizer: hyper-parameters, step counters and host (NumPy) copies
         of every state buffer.  Params are referred to by position, as in torch."""
-        to_host = self._backend.to_host
+        copies = {}  # (bucket, state name) -> the host copy of its buffer
+
+        def host_view(bucket, name, j):
+            # one device-to-host copy per buffer (pinned memory on the GPU), sliced per param
+            key = (id(bucket), name)
+            if key not in copies:
+                copies[key] = self._backend.to_host(bucket.buffers[name])
+            return _shaped(bucket, name, j, copies[key], _host_shaped)
+
         return {
             "format": STATE_DICT_FORMAT,
             "optimizer": type(self).__name__,
@@ -100,8 +143,7 @@ class StateMixin:
                                  for k, v in g.items() if k != "params"},
                               "params": list(indices)}
                              for g, indices in zip(self.param_groups, self._group_indices)],
-            "state": {i: {k: (to_host(v) if k in self.state_names else v) for k, v in st.items()}
-                      for i, st in enumerate(self.state) if st},
+            "state": {i: entry for i, entry in enumerate(self._entries(host_view)) if entry},
             **({SEED: self._rounding_seed} if self._stochastic_rounding else {}),
         }
 
