@@ -341,6 +341,8 @@ def upload(flat_view, host_array, like):
 
 def copy_into(view, source):
     """Device-to-device (or host-to-device) copy into a C-ordered view."""
+    if not view.size:  # nothing to copy (and an empty source may have address 0)
+        return
     if isinstance(source, np.ndarray):
         contiguous = source.flags.c_contiguous
     else:
