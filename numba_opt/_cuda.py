@@ -13,7 +13,7 @@ stream.  Under the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) the same kernels 
 import numpy as np
 from numba import config, cuda
 
-from . import _codecs, _math, _quant
+from . import _codecs, _interface, _math, _quant
 from ._codecs import NATIVE, bits  # noqa: F401 (bits: part of the backend interface)
 
 THREADS_PER_BLOCK = 256
@@ -205,10 +205,33 @@ def scale(buffer, factor):
 
 def _as_numba(array):
     """A numba device-array view of ``array``: numba's own (or simulated) arrays as they are,
-    anything else with ``__cuda_array_interface__`` wrapped without a copy."""
+    anything else with ``__cuda_array_interface__`` wrapped without a copy, with the dtype
+    ``_interface`` reads (torch's bfloat16 interface says only '<V2')."""
     if getattr(array, "__cuda_memory__", False) or hasattr(array, "__cuda_ndarray__"):
         return array
-    return cuda.as_cuda_array(array)
+    dtype = _interface.dtype_of(array)
+    view = _simulated_view(array) if _SIMULATED else cuda.as_cuda_array(array)
+    return view if view.dtype == dtype else view.view(dtype)
+
+
+def _simulated_view(array):
+    """Simulator only (it has no ``as_cuda_array``): the simulator's device memory is host
+    memory, so an interface object there (the tests' torch and CuPy stand-ins) is wrapped by
+    reading its address, shape, strides and typestr as NumPy's ``__array_interface__`` --
+    the same fields the real wrapping reads, so the tests check them too."""
+    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+    interface = dict(array.__cuda_array_interface__)
+    interface.pop("stream", None)  # no streams in the simulator; not an __array_interface__ key
+    if not interface["data"][0]:  # torch gives empty tensors address 0, which NumPy refuses
+        return FakeCUDAArray(np.empty(interface["shape"], dtype=interface["typestr"]))
+    return FakeCUDAArray(np.asarray(_HostInterface({**interface, "version": 3}, array)))
+
+
+class _HostInterface:
+    """An ``__array_interface__`` holding the object whose memory it describes."""
+
+    def __init__(self, interface, owner):
+        self.__array_interface__, self.owner = interface, owner
 
 
 def _fortran(array):
@@ -222,36 +245,37 @@ def flat(array):
 
 
 class _Span:
-    """A __cuda_array_interface__ over adjacent device arrays; holds them so they outlive it."""
+    """A __cuda_array_interface__ over adjacent device arrays; holds them so they outlive it.
+    ``dtype`` names the type where the typestr cannot (bfloat16 is '<V2')."""
 
-    def __init__(self, pointer, size, typestr, arrays):
-        self.arrays = arrays
-        self.__cuda_array_interface__ = {"shape": (size,), "typestr": typestr, "strides": None,
-                                         "data": (pointer, False), "version": 3}
+    def __init__(self, pointer, size, dtype, arrays):
+        self.arrays, self.dtype = arrays, dtype
+        self.__cuda_array_interface__ = {"shape": (size,), "typestr": dtype.str,
+                                         "strides": None, "data": (pointer, False),
+                                         "version": 3}
 
 
 def span(arrays):
     """One 1-D device view over contiguous arrays that lie back to back, in order (the views of
-    a FlatParams on the GPU); None otherwise."""
+    a FlatParams on the GPU); None otherwise.  Empty arrays hold no bytes and are left out of
+    the chain: numba (and torch) give them address 0."""
     arrays = [_as_numba(a) for a in arrays]
     if len(arrays) == 1:
         return flat(arrays[0])
-    if _SIMULATED:  # fake device arrays wrap NumPy arrays: the CPU's test applies to those
-        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
-        from . import _cpu
-        host = _cpu.span([a._ary for a in arrays])
-        return None if host is None else FakeCUDAArray(host)
-    interfaces = [a.__cuda_array_interface__ for a in arrays]
-    typestr = interfaces[0]["typestr"]
-    start = end = interfaces[0]["data"][0]
-    for array, interface in zip(arrays, interfaces):
-        if interface["typestr"] != typestr or interface["data"][0] != end:
+    described = [_interface.describe(a) for a in arrays]
+    dtype = described[0].dtype
+    if any(d.dtype != dtype for d in described):
+        return None
+    extents = [(d.pointer, d.nbytes) for d in described if d.nbytes]
+    if not extents:
+        return flat(arrays[0])  # nothing to update
+    start = end = extents[0][0]
+    for pointer, nbytes in extents:
+        if pointer != end:
             return None
-        end += array.size * array.dtype.itemsize
-    size = (end - start) // arrays[0].dtype.itemsize
-    joined = cuda.as_cuda_array(_Span(start, size, typestr, arrays))
-    # the interface of bfloat16 memory says only "<V2": give the view its dtype back
-    return joined if joined.dtype == arrays[0].dtype else joined.view(arrays[0].dtype)
+        end += nbytes
+    # (the simulator wraps it as host memory, as it wraps the tests' stand-ins)
+    return _as_numba(_Span(start, (end - start) // dtype.itemsize, dtype, arrays))
 
 
 def full(size, dtype, value):
@@ -267,7 +291,46 @@ def shaped(flat_view, like):
 
 
 def to_host(array):
-    return _as_numba(array).copy_to_host()
+    """A NumPy copy of a device array, in pinned (page-locked) memory, which the copy fills at
+    full bus speed without a staging buffer (the simulator's pinned arrays are plain ones)."""
+    array = _as_numba(array)
+    if not array.size:
+        return np.empty(array.shape, dtype=array.dtype)
+    host = cuda.pinned_array(array.shape, dtype=array.dtype,
+                             order="F" if _fortran(array) else "C")
+    bits(array).copy_to_host(bits(host))  # bits: copies refuse bfloat16's '<V2' interface
+    return host
+
+
+def current_device():
+    """The ordinal of the GPU the kernels launch on (the simulator has one, 0)."""
+    return 0 if _SIMULATED else cuda.get_current_device().id
+
+
+def array_device(array):
+    """The ordinal of the GPU whose memory holds ``array``; None for an empty array (address
+    0).  Asks the driver about the address; tests monkeypatch it (the simulator has one GPU)."""
+    pointer = _interface.describe(array).pointer
+    if not pointer:
+        return None
+    if _SIMULATED:
+        return 0
+    from numba.cuda.cudadrv import driver
+    ordinal = driver.binding.CUpointer_attribute.CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL
+    return int(driver.driver.cuPointerGetAttribute(ordinal, driver.binding.CUdeviceptr(pointer)))
+
+
+def check_devices(named_arrays):
+    """Every array (pairs of name, array) must live on the current GPU: a kernel given another
+    GPU's address fails with an illegal address, or worse, reads it through peer access."""
+    current = current_device()
+    for name, array in named_arrays:
+        device = array_device(array)
+        if device is not None and device != current:
+            raise ValueError(f"{name} lives on GPU {device} but the current device is GPU "
+                             f"{current}, where numba_opt launches; make GPU {device} current "
+                             f"(numba.cuda.select_device({device}), torch.cuda.set_device, "
+                             f"cupy.cuda.Device({device}).use()) or move the array")
 
 
 def upload(flat_view, host_array, like):
@@ -278,6 +341,8 @@ def upload(flat_view, host_array, like):
 
 def copy_into(view, source):
     """Device-to-device (or host-to-device) copy into a C-ordered view."""
+    if not view.size:  # nothing to copy (and an empty source may have address 0)
+        return
     if isinstance(source, np.ndarray):
         contiguous = source.flags.c_contiguous
     else:

@@ -9,38 +9,12 @@ import numbers
 
 import numpy as np
 
-from . import _codecs, dispatch
+from . import _codecs, _interface, dispatch
 
 # the dtypes of params (and their grads): float32 and float64 are updated in their own precision;
 # bfloat16 (ml_dtypes) and float16 are computed in float32 and rounded when stored
 FLOAT_DTYPES = tuple(d for d in (_codecs.FLOAT32, _codecs.FLOAT64, _codecs.BFLOAT16,
                                  _codecs.FLOAT16) if d is not None)
-
-
-def _layout(array):
-    """(c_contiguous, f_contiguous, readonly) for a NumPy array, a __cuda_array_interface__
-    object, or a device array of numba's CUDA simulator."""
-    if isinstance(array, np.ndarray):
-        return array.flags.c_contiguous, array.flags.f_contiguous, not array.flags.writeable
-    if not hasattr(array, "__cuda_array_interface__"):  # the simulator's fake device array
-        return array.is_c_contiguous(), array.is_f_contiguous(), False
-    cai = array.__cuda_array_interface__
-    shape, strides = tuple(cai["shape"]), cai.get("strides")
-    readonly = bool(cai["data"][1])
-    if strides is None:  # the interface's way of saying C-contiguous
-        return True, len(shape) <= 1, readonly
-    itemsize = np.dtype(cai["typestr"]).itemsize
-
-    def contiguous(dims):
-        expected = itemsize
-        for extent, stride in dims:
-            if extent > 1 and stride != expected:
-                return False
-            expected *= extent
-        return True
-
-    dims = list(zip(shape, strides))
-    return contiguous(reversed(dims)), contiguous(dims), readonly
 
 
 def is_array(obj):
@@ -49,11 +23,8 @@ def is_array(obj):
 
 def data_span(array):
     """[start, end) of the bytes a contiguous array occupies (for aliasing checks)."""
-    interface = getattr(array, "__cuda_array_interface__", None)
-    if interface is None:  # NumPy, and the simulator's device arrays, which forward to NumPy
-        interface = getattr(array, "__array_interface__")
-    start = interface["data"][0]
-    return start, start + int(np.prod(array.shape)) * np.dtype(array.dtype).itemsize
+    described = _interface.describe(array)
+    return described.pointer, described.pointer + described.nbytes
 
 
 def _require_array(obj, name):
@@ -66,11 +37,11 @@ def _require_array(obj, name):
 
 def check_param(array, name):
     _require_array(array, name)
-    dtype = array.dtype
-    if np.dtype(dtype) not in FLOAT_DTYPES:
+    dtype = _interface.describe(array, name).dtype
+    if dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} has dtype {dtype}; numba_opt updates float32, float64, "
                         "bfloat16 (ml_dtypes) or float16 arrays")
-    c_contiguous, f_contiguous, readonly = _layout(array)
+    c_contiguous, f_contiguous, readonly = _interface.layout(array)
     if not (c_contiguous or f_contiguous):
         raise ValueError(f"{name} is not contiguous; the update is in place, so pass the array "
                          "itself, not a strided view (np.ascontiguousarray would copy it)")
@@ -82,16 +53,18 @@ def check_like(array, param, name, param_name, writeable=False, dtype=None):
     """A gradient or state array must match its param exactly: shape, dtype (the param's, or
     ``dtype`` when given: a state buffer's) and memory order."""
     _require_array(array, name)
-    if tuple(array.shape) != tuple(param.shape):
-        raise ValueError(f"{name} has shape {tuple(array.shape)} but {param_name} has shape "
-                         f"{tuple(param.shape)}")
-    if np.dtype(array.dtype) != np.dtype(param.dtype if dtype is None else dtype):
-        whose = (f"{param_name} has dtype {param.dtype}" if dtype is None
+    described = _interface.describe(array, name)
+    param_described = _interface.describe(param, param_name)
+    if described.shape != param_described.shape:
+        raise ValueError(f"{name} has shape {described.shape} but {param_name} has shape "
+                         f"{param_described.shape}")
+    if described.dtype != np.dtype(param_described.dtype if dtype is None else dtype):
+        whose = (f"{param_name} has dtype {param_described.dtype}" if dtype is None
                  else f"the state is {np.dtype(dtype)}")
-        raise TypeError(f"{name} has dtype {array.dtype} but {whose}; numba_opt does not "
+        raise TypeError(f"{name} has dtype {described.dtype} but {whose}; numba_opt does not "
                         "convert dtypes silently")
-    c_contiguous, f_contiguous, readonly = _layout(array)
-    p_c, p_f, _ = _layout(param)
+    c_contiguous, f_contiguous, readonly = _interface.layout(array)
+    p_c, p_f, _ = _interface.layout(param)
     if not ((c_contiguous and p_c) or (f_contiguous and p_f)):
         raise ValueError(f"{name} is not contiguous in the same memory order as {param_name}")
     if writeable and readonly:

@@ -40,6 +40,7 @@ import numpy as np
 from numpy.lib import format as npy
 
 from . import _codecs
+from ._interface import describe
 
 if TYPE_CHECKING:
     from .optim import Optimizer
@@ -245,7 +246,8 @@ def _expected(optimizer, want_params):
     ``want_params`` is false)."""
     expected = {_META: None}
     for i, (param, label) in enumerate(zip(optimizer._params, optimizer._labels)):
-        shape, dtype = tuple(param.shape), np.dtype(param.dtype)
+        described = describe(param)
+        shape, dtype = described.shape, described.dtype
         expected[f"params/{i}"] = (shape, dtype, f"the saved {label}") if want_params else None
         for name in optimizer._state_names_of(i):
             expected[f"state/{i}/{name}"] = (optimizer._buffer_shape(i, name),

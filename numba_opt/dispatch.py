@@ -36,6 +36,7 @@ def resolve_device(device, named_arrays):
     """The device every array in ``named_arrays`` (pairs of name, array) lives on, checked."""
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    named_arrays = list(named_arrays)
     decided_by = f"device={device!r}"
     for name, array in named_arrays:
         where = location(array)
@@ -47,6 +48,8 @@ def resolve_device(device, named_arrays):
         elif where != device:
             raise TypeError(f"{name} lives on {where} but the optimizer runs on {device} "
                             f"({decided_by}); numba_opt never copies between host and device")
+    if device == "cuda":  # and on the current GPU (the backend asks the driver)
+        backend(device).check_devices(named_arrays)
     return "cpu" if device == "auto" else device
 
 

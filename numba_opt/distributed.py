@@ -56,6 +56,7 @@ except (ImportError, RuntimeError) as exc:  # RuntimeError: mpi4py found no MPI 
         f"({type(exc).__name__}: {exc})") from exc
 
 from . import _codecs, _fork, _quant, _validation as check, dispatch
+from ._interface import dtype_of, fortran_order, shape_of, size_of
 from .flat import FlatParams
 from .optim._groups import _normalise_params, _reject_shared_memory
 from .optim._state import checked_entry
@@ -99,13 +100,11 @@ def _scratch(device, backend, size, dtype):
     return np.empty(size, dtype) if device == "cpu" else backend.full(size, dtype, 0.0)
 
 
-def _fortran(array):
-    c_contiguous, f_contiguous, _ = check._layout(array)
-    return f_contiguous and not c_contiguous
+_fortran = fortran_order
 
 
 def _describe(array):
-    return (f"shape {tuple(array.shape)}, {np.dtype(array.dtype)}, "
+    return (f"shape {shape_of(array)}, {dtype_of(array)}, "
             f"{'F' if _fortran(array) else 'C'} order, on {dispatch.location(array)}")
 
 
@@ -183,7 +182,7 @@ class _Vector:
     def __init__(self, dtype, indices, arrays, size, rank, align=1):
         self.dtype = dtype
         self.indices = indices
-        self.sizes = [int(np.prod(arrays[i].shape)) for i in indices]
+        self.sizes = [size_of(arrays[i]) for i in indices]
         self.starts = list(np.cumsum([0] + self.sizes[:-1]).tolist())
         self.total = sum(self.sizes)
         bounds = [self._aligned(r * self.total // size, align) for r in range(size + 1)]
@@ -225,8 +224,8 @@ class _Vector:
 
 
 def _vectors(arrays, size, rank, align=1):
-    dtypes = dict.fromkeys(np.dtype(a.dtype) for a in arrays)
-    return [_Vector(dtype, [i for i, a in enumerate(arrays) if np.dtype(a.dtype) == dtype],
+    dtypes = dict.fromkeys(dtype_of(a) for a in arrays)
+    return [_Vector(dtype, [i for i, a in enumerate(arrays) if dtype_of(a) == dtype],
                     arrays, size, rank, align) for dtype in dtypes]
 
 
@@ -411,7 +410,7 @@ class ZeroRedundancyOptimizer:
             self._group_indices.append(list(range(start, start + len(filled["params"]))))
             start += len(filled["params"])
         self._optimizer_class, self._defaults = optimizer_class, dict(defaults)
-        self._templates = {np.dtype(arrays[0].dtype): self._template}  # see _plain_like
+        self._templates = {dtype_of(arrays[0]): self._template}  # see _plain_like
         self.defaults = self._template.defaults
         self.state_names = optimizer_class.state_names + (
             tuple(n + ABSMAX for n in optimizer_class.state_names) if self._int8 else ())
@@ -701,7 +700,7 @@ class ZeroRedundancyOptimizer:
         """A plain optimizer_class over an empty view of param i: what the unsharded optimizer
         would keep for a param of that dtype (its state buffers and their dtypes), for
         nopt.load's checks of each member of a checkpoint."""
-        dtype = np.dtype(self._params[i].dtype)
+        dtype = dtype_of(self._params[i])
         if dtype not in self._templates:
             self._templates[dtype] = self._optimizer_class(
                 [self._backend.flat(self._params[i])[0:0]], **self._defaults)
@@ -799,7 +798,7 @@ class ZeroRedundancyOptimizer:
                 if i in heads and name in heads[i][1] and dtypes[i] == dtype:
                     param = self._params[i]
                     state[i][name] = whole[start:start + n].reshape(
-                        tuple(param.shape), order="F" if _fortran(param) else "C")
+                        shape_of(param), order="F" if _fortran(param) else "C")
 
     def _gather_scales(self, vector, name, local, heads, state):
         """int8 state's absmax scales (one per block; a rank's slices hold whole blocks): each

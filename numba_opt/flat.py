@@ -15,9 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from . import _validation as check, dispatch
+from ._interface import describe
 
 if TYPE_CHECKING:
     from ._typing import Array
@@ -38,20 +37,20 @@ class FlatParams:
             raise ValueError("params is empty")
         for array, label in zip(arrays, labels):
             check.check_param(array, label)
-        dtype = np.dtype(arrays[0].dtype)
-        for array, label in zip(arrays, labels):
-            if np.dtype(array.dtype) != dtype:
+        described = [describe(a) for a in arrays]
+        dtype = described[0].dtype
+        for array, label in zip(described, labels):
+            if array.dtype != dtype:
                 raise TypeError(f"{label} has dtype {array.dtype}, {labels[0]} has {dtype}; a "
                                 "FlatParams buffer holds one dtype (make one per dtype)")
         self.device = dispatch.resolve_device("auto", zip(labels, arrays))
         backend = dispatch.backend(self.device)
-        sizes = [int(np.prod(a.shape)) for a in arrays]
+        sizes = [a.size for a in described]
         total = sum(sizes)
         self.data = backend.full(total, dtype, 0.0)
         self.grad = backend.full(total, dtype, 0.0)
         data_views, grad_views, start = [], [], 0
-        for array, size in zip(arrays, sizes):
-            shape = tuple(array.shape)
+        for array, size, shape in zip(arrays, sizes, (a.shape for a in described)):
             data_views.append(self.data[start:start + size].reshape(shape))
             grad_views.append(self.grad[start:start + size].reshape(shape))
             backend.copy_into(data_views[-1], array)

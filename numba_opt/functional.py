@@ -22,6 +22,7 @@ import math
 import numpy as np
 
 from . import _codecs, _math, _validation as check, dispatch
+from ._interface import dtype_of, layout, shape_of
 from ._typing import Array, Betas, Device, Real
 
 
@@ -636,10 +637,10 @@ def check_adafactor_param(param, name):
     """Adafactor's extra demands on a param: float32 or float64 (its reductions have no
     bfloat16 / float16 path), and C order when factored (the factors are over the last two
     dims as laid out in memory)."""
-    if np.dtype(param.dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise TypeError(f"{name} has dtype {param.dtype}; Adafactor updates float32 and float64 "
+    if dtype_of(param) not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"{name} has dtype {dtype_of(param)}; Adafactor updates float32 and float64 "
                         "params")
-    if len(param.shape) >= 2 and not check._layout(param)[0]:
+    if len(shape_of(param)) >= 2 and not layout(param)[0]:
         raise ValueError(f"{name} is not C-contiguous; Adafactor factors the last two dims "
                          "and needs them in C order")
 
@@ -661,22 +662,23 @@ def adafactor_step(param: Array, grad: Array, row_var: Array | None = None,
     check_adafactor_param(param, "param")
     check.check_like(grad, param, "grad", "param")
     given = dict(row_var=row_var, col_var=col_var, variance=variance)
-    shapes = adafactor_state_shapes(param.shape)
+    shape = shape_of(param)
+    shapes = adafactor_state_shapes(shape)
     for name, state in given.items():
         if name not in shapes:
             if state is not None:
                 raise ValueError(f"{name} is not used for a param of shape "
-                                 f"{tuple(param.shape)}: give {sorted(shapes)}")
+                                 f"{shape}: give {sorted(shapes)}")
             continue
         if state is None:
-            raise ValueError(f"{name} is required for a param of shape {tuple(param.shape)}")
+            raise ValueError(f"{name} is required for a param of shape {shape}")
         check._require_array(state, name)
-        if tuple(state.shape) != shapes[name]:
-            raise ValueError(f"{name} has shape {tuple(state.shape)}, a param of shape "
-                             f"{tuple(param.shape)} needs {shapes[name]}")
-        if np.dtype(state.dtype) != np.dtype(param.dtype):
-            raise TypeError(f"{name} has dtype {state.dtype} but param has dtype {param.dtype}")
-        c_contiguous, _, readonly = check._layout(state)
+        if shape_of(state) != shapes[name]:
+            raise ValueError(f"{name} has shape {shape_of(state)}, a param of shape "
+                             f"{shape} needs {shapes[name]}")
+        if dtype_of(state) != dtype_of(param):
+            raise TypeError(f"{name} has dtype {dtype_of(state)} but param has dtype {dtype_of(param)}")
+        c_contiguous, _, readonly = layout(state)
         if not c_contiguous or readonly:
             raise ValueError(f"{name} must be a writeable C-contiguous array")
     states = [given[name] for name in shapes]
@@ -685,7 +687,7 @@ def adafactor_step(param: Array, grad: Array, row_var: Array | None = None,
     _reject_shared_memory(named)
     flat = backend.flat
     adafactor_update_param(dispatch.factored(backend), flat(param), flat(grad),
-                         tuple(flat(s) for s in states), adafactor_dims(param.shape),
+                         tuple(flat(s) for s in states), adafactor_dims(shape),
                          step=step, **hyper)
 
 
@@ -710,12 +712,12 @@ def _run(kernel_name, device, param, grad, state_names, given, h):
     storage = _codecs.NATIVE
     if states:
         check.check_like(states[0], param, state_names[0], "param", writeable=True,
-                         dtype=states[0].dtype)  # all but its dtype, which is checked next
-        state_dtype = np.dtype(states[0].dtype)
-        option = None if state_dtype == np.dtype(param.dtype) else state_dtype.name
+                         dtype=dtype_of(states[0]))  # all but its dtype, checked next
+        state_dtype = dtype_of(states[0])
+        option = None if state_dtype == dtype_of(param) else state_dtype.name
         if option is not None and option not in _codecs.STATE_DTYPES:
             check.check_like(states[0], param, state_names[0], "param")  # the dtype error
-        storage = _codecs.storage(param.dtype, _codecs.state_dtype_option(option), False)[0]
+        storage = _codecs.storage(dtype_of(param), _codecs.state_dtype_option(option), False)[0]
         for name, state in zip(state_names, states):
             check.check_like(state, param, name, "param", writeable=True, dtype=state_dtype)
     named = [("param", param), ("grad", grad), *zip(state_names, states)]
@@ -724,7 +726,7 @@ def _run(kernel_name, device, param, grad, state_names, given, h):
     flat = backend.flat
     backend.kernel(kernel_name, storage)(
         flat(param), flat(grad), tuple(flat(s) for s in states),
-        backend.scalars_argument(h, _codecs.compute_dtype(param.dtype)))
+        backend.scalars_argument(h, _codecs.compute_dtype(dtype_of(param))))
 
 
 def _reject_shared_memory(named):

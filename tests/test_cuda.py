@@ -264,3 +264,54 @@ def test_fused_clipping_on_the_gpu_matches_the_cpu(flat):
             assert gpu_norm == pytest.approx(cpu_norm, rel=1e-12)
     for d, h in zip(live, host):
         np.testing.assert_allclose(d.copy_to_host(), h, **TOLERANCE[np.float32])
+
+
+ISA_SCRIPT = textwrap.dedent("""
+    import json, sys, numpy as np
+    from numba import cuda, typeof
+    from numba_opt import _cuda, _math
+    out, found = sys.argv[1], {}
+    for name in ("sgd_momentum", "adam_amsgrad", "rmsprop_centered_momentum"):
+        n_states, family = _math.KERNELS[name]
+        fields = _math.SCALARS[family]._fields
+        h = _cuda.scalars_argument(_math.SCALARS[family]._make([0.0] * len(fields)), np.float32)
+        signature = (typeof(np.zeros(1, np.float32)),) * (2 + n_states) + (typeof(h),)
+        for cc in ((8, 0), (9, 0)):
+            ptx, _ = cuda.compile_ptx(_cuda.kernel(name, _cuda.NATIVE).kernel.py_func,
+                                      signature, cc=cc)
+            path = f"{out}/{name}_sm{cc[0]}{cc[1]}.ptx"
+            open(path, "w").write(ptx)
+            found[path] = next(l.split()[1] for l in ptx.splitlines()
+                               if l.startswith(".version"))
+    print(json.dumps(found))
+""")
+# PTX ISA 8.0 is CUDA 12.0's: what the oldest driver of the numba-cuda[cu12] path can load
+CU12_ISA = "8.0"
+
+
+def test_kernels_need_no_ptx_isa_past_cuda_12(tmp_path):
+    """numba-cuda's cu13 NVVM writes `.version 9.5` PTX, which needs a CUDA 13 driver; the cu12
+    path writes ISA 8.x.  The kernels, for Ampere (sm_80) and Hopper (sm_90), assemble with
+    their `.version` lowered to 8.0, so they use nothing newer: the cu12 path builds them."""
+    import pathlib
+    import re
+    import shutil
+    ptxas = shutil.which("ptxas")
+    if ptxas is None:
+        pytest.skip("no ptxas (CUDA toolkit) on this machine")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    run = subprocess.run([sys.executable, "-c", ISA_SCRIPT, str(tmp_path)], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    versions = json.loads(run.stdout.strip().splitlines()[-1])
+    assert len(versions) == 6
+    for path, version in versions.items():
+        assert tuple(map(int, version.split("."))) >= (8, 0), f"{path}: .version {version}"
+        text = pathlib.Path(path).read_text()
+        lowered = tmp_path / (os.path.basename(path) + ".cu12.ptx")
+        lowered.write_text(re.sub(r"^\.version \S+", f".version {CU12_ISA}", text, flags=re.M))
+        arch = re.search(r"^\.target (sm_\d+)", text, re.M).group(1)
+        assembled = subprocess.run([ptxas, f"-arch={arch}", str(lowered), "-o",
+                                    str(lowered) + ".cubin"], capture_output=True, text=True,
+                                   timeout=300)
+        assert assembled.returncode == 0, f"{path} at ISA {CU12_ISA}: {assembled.stderr}"

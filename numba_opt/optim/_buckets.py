@@ -9,6 +9,7 @@ import numpy as np
 
 from .. import _codecs, _quant
 from .._codecs import bits
+from .._interface import dtype_of, size_of
 
 MASTER = "master_param"  # the float32 copy of a bfloat16 / float16 param (master_weights=True)
 # With state_dtype='int8' each state of a quantized param is two buffers: its uint8 codes under the
@@ -44,10 +45,10 @@ class _Bucket:
         self.indices = indices
         self.params = params
         self.flat_params = [bits(backend.flat(p)) for p in params]
-        ends = list(itertools.accumulate(int(np.prod(p.shape)) for p in params))
+        ends = list(itertools.accumulate(size_of(p) for p in params))
         self.bounds = list(zip([0] + ends[:-1], ends))  # each param's [start, stop) in the state
         self.size = ends[-1]
-        self.dtype = np.dtype(params[0].dtype)
+        self.dtype = dtype_of(params[0])
         # the kernels' codecs, the dtype of the state buffers (the master copy is float32) and
         # the dtype the rules compute in, which the scalars take
         self.storage, self.state_dtype = storage, state_dtype
@@ -70,6 +71,7 @@ class _Bucket:
         """No state: before the first step, and before loading a state_dict."""
         self.buffers = {}  # state name -> flat buffer over the whole bucket
         self.views = {}    # state name -> the per-param flat views into it
+        self.shaped_views = {}  # state name -> (its views, {j: view shaped like param j})
         # While every param has stepped together: one step count, one set of started states and
         # one set of host scalars.
         self.step, self.started, self.host = 0, set(), dict(self.host_state)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .. import _codecs, _quant, _validation as check
+from .._interface import describe, fortran_order
 from ._buckets import ABSMAX, MASTER, _States
 
 STATE_DICT_FORMAT = 1
@@ -68,7 +69,7 @@ def checked_entry(owner, cls, i, saved, dtype_options=""):
     ``cls``, or the ZeroRedundancyOptimizer wrapping one: anything with ``_params``,
     ``_labels``, ``state_names``, ``_buffer_dtype`` and ``_buffer_shape``): its keys, its host
     scalars and each buffer's type, shape and dtype."""
-    param, label = owner._params[i], owner._labels[i]
+    param, label = describe(owner._params[i]), owner._labels[i]
     where = f"state_dict['state'][{i}]"
     if not isinstance(saved, Mapping):
         raise TypeError(f"{where} ({label}'s state) must be a dict, got "
@@ -102,6 +103,15 @@ def checked_entry(owner, cls, i, saved, dtype_options=""):
     return saved
 
 
+def _host_shaped(flat, param, backend):
+    described = describe(param)
+    return flat.reshape(described.shape, order="F" if fortran_order(param) else "C")
+
+
+def _device_shaped(flat, param, backend):
+    return backend.shaped(flat, param)
+
+
 class StateMixin:
     """State, state_dict and load_state_dict of ``Optimizer`` (see the module docstring)."""
 
@@ -113,26 +123,61 @@ class StateMixin:
         the param (writing to a view changes the state).  When params were given as a dict, the
         list is indexable by their names too: ``opt.state["W"]``."""
         states = _States() if self._names is None else _States(self._names)
+        states.extend(self._entries(self._shaped_view))
+        return states
+
+    def _entries(self, buffer_view):
+        """Per param, {} before its first step, else its step count, host scalars and
+        ``buffer_view(bucket, name, j, i)`` of each state buffer it has (j: its place in the
+        bucket, i: in the optimizer)."""
         for i in range(len(self._params)):
             bucket, j = self._bucket_of[i]
             step, started, host = bucket.history(j)
             entry = {"step": step, **host} if step else {}
             if step:
                 for name in sorted(started, key=self.state_names.index):
-                    entry[name] = self._state_view(i, name, bucket.views[name][j])
-            states.append(entry)
-        return states
+                    entry[name] = buffer_view(bucket, name, j, i)
+            yield entry
 
-    def _state_view(self, i, name, view):
-        """Param i's flat state buffer ``name`` as ``state`` shows it: shaped like the param
-        (absmax scales stay 1-D, one per block)."""
-        return view if name.endswith(ABSMAX) else self._backend.shaped(view, self._params[i])
+    def _shaped_view(self, bucket, name, j, i):
+        """What ``.state`` shows of param i's buffer ``name``: its view, shaped once per buffer
+        (reshaping a device array costs microseconds, and loops read ``.state`` every step)."""
+        views = bucket.views[name]
+        cached = bucket.shaped_views.get(name)
+        if cached is None or cached[0] is not views:  # a new buffer (allocated, or loaded)
+            cached = bucket.shaped_views[name] = (views, {})
+        if j not in cached[1]:
+            cached[1][j] = self._state_view(i, name, self._part(bucket, name, j,
+                                                                bucket.buffers[name]),
+                                            _device_shaped)
+        return cached[1][j]
+
+    def _part(self, bucket, name, j, buffer):
+        """Param j's flat part of ``buffer`` (the bucket's buffer ``name``, or a host copy of
+        it): its elements, or for absmax scales its blocks'."""
+        start, stop = (bucket.block_bounds if name.endswith(ABSMAX) else bucket.bounds)[j]
+        return buffer[start:stop]
+
+    def _state_view(self, i, name, flat, shape):
+        """Param i's flat part of its state buffer ``name`` as ``state`` and ``state_dict``
+        show it: ``shape``d like the param (_device_shaped for views, _host_shaped for host
+        copies); absmax scales stay 1-D, one per block."""
+        return flat if name.endswith(ABSMAX) else shape(flat, self._params[i], self._backend)
 
     @_locked
     def state_dict(self) -> dict[str, Any]:
         """A checkpoint of the optimizer: hyper-parameters, step counters and host (NumPy) copies
         of every state buffer.  Params are referred to by position, as in torch."""
-        to_host = self._backend.to_host
+        copies = {}  # (bucket, state name) -> the host copy of its buffer
+
+        def host_view(bucket, name, j, i):
+            # one device-to-host copy per buffer (pinned memory on the GPU), sliced per param
+            key = (id(bucket), name)
+            if key not in copies:
+                copies[key] = self._backend.to_host(bucket.buffers[name])
+            return self._state_view(i, name, self._part(bucket, name, j, copies[key]),
+                                    _host_shaped)
+
         return {
             "format": STATE_DICT_FORMAT,
             "optimizer": type(self).__name__,
@@ -141,8 +186,7 @@ class StateMixin:
                                  for k, v in g.items() if k != "params"},
                               "params": list(indices)}
                              for g, indices in zip(self.param_groups, self._group_indices)],
-            "state": {i: {k: (to_host(v) if k in self.state_names else v) for k, v in st.items()}
-                      for i, st in enumerate(self.state) if st},
+            "state": {i: entry for i, entry in enumerate(self._entries(host_view)) if entry},
             **({SEED: self._rounding_seed} if self._stochastic_rounding else {}),
         }
 
@@ -252,7 +296,7 @@ class StateMixin:
 
     def _buffer_shape(self, i, name):
         """The shape of param i's state buffer ``name``: the param's, or one scale per block."""
-        shape = tuple(self._params[i].shape)
+        shape = describe(self._params[i]).shape
         return (_quant.blocks(math.prod(shape)),) if name.endswith(ABSMAX) else shape
 
     def _state_names_of(self, i):

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import itertools
 import math
 
 from .. import dispatch, functional as F
+from .._interface import shape_of
 from .._typing import Device, Params, Real
 from .base import Optimizer
 
@@ -85,15 +87,15 @@ class Adafactor(Optimizer):
     def _state_kinds(self, members, params):
         """Factored and unfactored params in buckets of their own: each bucket has one set of
         state names."""
-        factored = [i for i in members if len(params[i].shape) >= 2]
-        vectors = [i for i in members if len(params[i].shape) < 2]
+        factored = [i for i in members if len(shape_of(params[i])) >= 2]
+        vectors = [i for i in members if len(shape_of(params[i])) < 2]
         return [(part, None) for part in (factored, vectors) if part]
 
     def _layout(self, hyper):
         return "adafactor", self.state_names
 
     def _bucket_names(self, bucket):
-        return FACTORED if len(bucket.params[0].shape) >= 2 else UNFACTORED
+        return FACTORED if len(shape_of(bucket.params[0])) >= 2 else UNFACTORED
 
     def _use_layout(self, bucket, hyper, kernel_name, names):
         mine = self._bucket_names(bucket)
@@ -104,19 +106,24 @@ class Adafactor(Optimizer):
 
     def _allocate(self, bucket, name, hyper):
         """One flat buffer per state over the bucket, each param's part of its state's size."""
-        sizes = [math.prod(F.adafactor_state_shapes(p.shape)[name]) for p in bucket.params]
+        sizes = [math.prod(F.adafactor_state_shapes(shape_of(p))[name]) for p in bucket.params]
         buffer = self._backend.full(sum(sizes), bucket.state_dtype, 0.0)
-        views, start = [], 0
-        for size in sizes:
-            views.append(buffer[start:start + size])
-            start += size
-        bucket.buffers[name], bucket.views[name] = buffer, views
+        ends = list(itertools.accumulate(sizes))
+        bounds = list(zip([0] + ends[:-1], ends))
+        bucket.buffers[name] = buffer
+        bucket.views[name] = [buffer[start:stop] for start, stop in bounds]
+        bucket.state_bounds = {**getattr(bucket, "state_bounds", {}), name: bounds}
 
-    def _state_view(self, i, name, view):
-        return view.reshape(self._buffer_shape(i, name))
+    def _part(self, bucket, name, j, buffer):
+        start, stop = bucket.state_bounds[name][j]  # its own sizes, not the param's
+        return buffer[start:stop]
+
+    def _state_view(self, i, name, flat, shape):
+        # torch's shapes: row_var (..., m, 1), col_var (..., 1, n); params are C-contiguous
+        return flat.reshape(self._buffer_shape(i, name))
 
     def _buffer_shape(self, i, name):
-        return F.adafactor_state_shapes(self._params[i].shape)[name]
+        return F.adafactor_state_shapes(shape_of(self._params[i]))[name]
 
     def _buffer_dtype(self, i, name):
         return self._bucket_of[i][0].state_dtype if name in self._state_names_of(i) else None
@@ -150,6 +157,6 @@ class Adafactor(Optimizer):
         F.adafactor_update_param(
             dispatch.factored(self._backend), bucket.flat_params[j], grad,
             tuple(bucket.views[name][j] for name in bucket.names),
-            F.adafactor_dims(bucket.params[j].shape), step=step, grad_scale=grad_scale,
+            F.adafactor_dims(shape_of(bucket.params[j])), step=step, grad_scale=grad_scale,
             clip_value=clip_value, **hyper)
 

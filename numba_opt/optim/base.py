@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from .. import _codecs, _fork, _math, _quant, _validation as check, dispatch
+from .._interface import dtype_of, size_of
 from .._codecs import bits
 from .._typing import Device, Grads, Params, Real
 from ._buckets import ABSMAX, MASTER, _Bucket
@@ -89,10 +90,10 @@ class Optimizer(StateMixin):
         for param, label in zip(params_flat, self._labels):
             check.check_param(param, label)
         _reject_shared_memory(params_flat, self._labels)
-        if master_weights and not any(_codecs.is_low_precision(p.dtype) for p in params_flat):
+        if master_weights and not any(_codecs.is_low_precision(dtype_of(p)) for p in params_flat):
             raise TypeError(f"master_weights=True keeps a float32 copy of bfloat16 and float16 "
                             f"params, but no param is either ({self._labels[0]} is "
-                            f"{params_flat[0].dtype}); float32 and float64 params are updated "
+                            f"{dtype_of(params_flat[0])}); float32 and float64 params are updated "
                             "directly")
 
         self.param_groups = []
@@ -115,7 +116,7 @@ class Optimizer(StateMixin):
         if stochastic_rounding and not any(b.storage.stochastic for b in self._buckets):
             raise TypeError(f"stochastic_rounding=True rounds the values stored in bfloat16 or "
                             f"float16, but nothing is stored so here ({self._labels[0]} is "
-                            f"{params_flat[0].dtype}, state_dtype={self._state_dtype!r}, "
+                            f"{dtype_of(params_flat[0])}, state_dtype={self._state_dtype!r}, "
                             f"master_weights={self._master_weights}): use bfloat16 or float16 "
                             "params without master weights, or state_dtype='bfloat16'")
         # per group: (hyper-parameters, kernel name, state names, the group's values when
@@ -136,8 +137,8 @@ class Optimizer(StateMixin):
         """The buckets of group ``gi`` (param ``indices`` into ``params``, named ``labels``):
         one per dtype and state kind.  Nothing is recorded (see ``_adopt_buckets``)."""
         buckets = []
-        for dtype in dict.fromkeys(np.dtype(params[i].dtype) for i in indices):
-            members = [i for i in indices if np.dtype(params[i].dtype) == dtype]
+        for dtype in dict.fromkeys(dtype_of(params[i]) for i in indices):
+            members = [i for i in indices if dtype_of(params[i]) == dtype]
             for members, state_dtype in self._state_kinds(members, params):
                 storage, buffer_dtype = _codecs.storage(dtype, state_dtype, self._master_weights,
                                                         labels[members[0]],
@@ -175,7 +176,7 @@ class Optimizer(StateMixin):
     def _quantizes(self, i, param):
         """Whether param i keeps int8 state (with state_dtype='int8'): from MIN_SIZE elements
         (a wrapper that steps slices of params decides by the whole param's size)."""
-        return param.size >= _quant.MIN_SIZE
+        return size_of(param) >= _quant.MIN_SIZE
 
     def add_param_group(self, param_group: Mapping[str, Any]) -> None:
         """Add a group of params, as torch.optim's ``add_param_group`` (to train frozen layers
@@ -301,7 +302,7 @@ class Optimizer(StateMixin):
         """The label of the first grad holding inf or NaN (or whose squares overflow)."""
         for grad, label in zip(grads, self._labels):
             if grad is not None and not math.isfinite(self._backend.sum_squares(
-                    bits(self._backend.flat(grad)), _codecs.codec_of(grad.dtype))):
+                    bits(self._backend.flat(grad)), _codecs.codec_of(dtype_of(grad)))):
                 return "grad for " + label
         return "a grad"
 
