@@ -383,6 +383,10 @@ class ZeroRedundancyOptimizer:
         if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, Optimizer)):
             raise TypeError("optimizer_class must be a numba_opt optimizer class (nopt.Adam, "
                             f"...), got {optimizer_class!r}")
+        if not optimizer_class.elementwise:
+            raise TypeError(f"ZeroRedundancyOptimizer shards the state by element ranges, but "
+                            f"{optimizer_class.__name__}'s update of an element reads its whole "
+                            "matrix; step it unsharded on every rank instead")
         groups, arrays, labels, names = _checked_params(params)
         self.device = dispatch.resolve_device(defaults.get("device", "auto"),
                                               zip(labels, arrays))
