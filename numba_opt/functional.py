@@ -586,7 +586,8 @@ def _ns_steps(name, value):
 
 def _adjust_lr_fn(name, value):
     if value not in MUON_ADJUST_LR_FNS:
-        raise ValueError(f"{name} must be one of {MUON_ADJUST_LR_FNS}, got {value!r}")
+        raise ValueError(f"{name}: Adjust learning rate function {value} is not supported "
+                         f"(torch's words); one of {MUON_ADJUST_LR_FNS}")
     return value
 
 
@@ -606,9 +607,9 @@ def check_ns_dtype(ns_dtype):
 def check_matrix(param, label):
     """Muon orthogonalizes whole matrices: 2-D float32 or float64 params only."""
     if len(param.shape) != 2:
-        raise ValueError(f"{label} has shape {tuple(param.shape)}: Muon only supports 2-D "
-                         "params (give biases, embeddings and the like to another optimizer, "
-                         "such as AdamW)")
+        raise ValueError(f"{label} has shape {tuple(param.shape)}: Muon only supports 2D "
+                         "parameters (give biases, embeddings and the like to another "
+                         "optimizer, such as AdamW)")
     if np.dtype(param.dtype) not in (np.float32, np.float64):
         raise TypeError(f"{label} is {np.dtype(param.dtype)}: Muon takes float32 and float64 "
                         "params")
