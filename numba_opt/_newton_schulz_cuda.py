@@ -14,7 +14,7 @@ Imported only for CUDA arrays; under ``NUMBA_ENABLE_CUDASIM=1`` the kernels run 
 import math
 
 import numpy as np
-from numba import cuda, float32, float64
+from numba import cuda, float32, float64, njit
 
 from . import _codecs, _cuda, _math
 from ._newton_schulz import compute_dtype
@@ -34,12 +34,12 @@ if _SIMULATED:  # the kernels run as Python: the codecs that take NumPy scalars 
 
     def _same(value):
         return value
-else:
-    @cuda.jit(device=True)
+else:  # CPU dispatchers, which numba-cuda compiles as device functions (as the _math rules)
+    @njit(inline="always")
     def _to_bfloat16(value):
         return _codecs.bfloat16_load(_codecs.bfloat16_store(float32(value)))
 
-    @cuda.jit(device=True)
+    @njit(inline="always")
     def _same(value):
         return value
 

@@ -390,6 +390,11 @@ PTX_SCRIPT = textwrap.dedent("""
             "gram": (nsc._matmul_kernel(np.dtype(dtype), rounding, True, False, 16),
                      (mat, mat, mat, mat, one, one)),
         }
+        if name == "float64":  # float64 params, iteration in bfloat16 values held in float32
+            mat32 = typeof(np.zeros((1, 1), np.float32))
+            kernels["momentum-to-bfloat16"] = (nsc._momentum_kernel(True),
+                                               (vec, vec, mat32, h) + index)
+            kernels["apply-from-float32"] = (nsc._apply_kernel(), (vec, mat32, one, one) + index)
         for kernel_name, (kernel, signature) in kernels.items():
             ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=(9, 0))
             counts[f"{kernel_name} {name}"] = sum(".f64" in l for l in ptx.splitlines())
@@ -405,10 +410,12 @@ def test_cuda_kernels_compile_to_ptx_and_float32_ones_hold_no_float64():
                          text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     counts = json.loads(run.stdout.strip().splitlines()[-1])
-    assert len(counts) == 14
+    assert len(counts) == 16
     for kernel, f64_lines in counts.items():
         if kernel.endswith("float32"):
             assert f64_lines == 0, f"{kernel}: {f64_lines} float64 PTX lines"
+        else:
+            assert f64_lines > 0, f"{kernel}: the float64 kernel shows no f64, check the check"
 
 
 # ------------------------------------------------------------------------------ distributed
