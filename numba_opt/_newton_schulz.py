@@ -23,7 +23,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from . import _codecs, _math
+from . import _codecs, _cpu, _math
 
 _JIT = dict(error_model="numpy", cache=True)
 ROUNDINGS = ("bfloat16", "float32", None)  # Muon's ns_dtype
@@ -42,16 +42,28 @@ def compute_dtype(param_dtype, ns_dtype):
     return np.dtype(np.float32) if ns_dtype is not None else np.dtype(param_dtype)
 
 
-@njit(parallel=True, **_JIT)
 def _momentum_loop(grad, momentum_buffer, update, h):
     for i in prange(grad.size):
         momentum_buffer[i], update[i] = _math.muon_momentum(grad[i], momentum_buffer[i], h)
 
 
-@njit(parallel=True, **_JIT)
 def _apply_loop(param, orthogonal, param_scale, adjusted_lr):
     for i in prange(param.size):
         param[i] = _math.muon_apply(param[i], orthogonal[i], param_scale, adjusted_lr)
+
+
+# (parallel, serial) twins: serial below _cpu.SERIAL_BELOW elements or with loops 'serial'
+# (numba_opt.threads), else parallel under _cpu's lock (serial in a forked GNU OpenMP child).
+# Not _cpu's timed choice: next to the matrix products these loops are a small part of a step.
+_LOOPS = {loop.__name__: (njit(parallel=True, nogil=True, **_JIT)(loop), njit(**_JIT)(loop))
+          for loop in (_momentum_loop, _apply_loop)}
+
+
+def _run(name, *args):
+    parallel, serial = _LOOPS[name]
+    if args[0].size < _cpu.SERIAL_BELOW or _cpu.LOOPS == "serial":
+        return serial(*args)
+    return _cpu._run_parallel(parallel, serial, args)
 
 
 def _to_bfloat16(x):
@@ -88,11 +100,11 @@ def muon_update(param, grad, momentum_buffer, h, coefficients, steps, eps, ns_dt
     the ``MuonScalars`` in the param's dtype; ``param_scale``, ``adjusted_lr``: numbers."""
     dtype = param.dtype.type
     update = np.empty_like(param)  # the param's memory order: the loops see all four alike
-    _momentum_loop(_flat(grad), _flat(momentum_buffer), _flat(update), h)
+    _run("_momentum_loop", _flat(grad), _flat(momentum_buffer), _flat(update), h)
     orthogonal = orthogonalize(update, coefficients, steps, eps, ns_dtype)
     order = "F" if param.flags.f_contiguous and not param.flags.c_contiguous else "C"
-    _apply_loop(_flat(param), orthogonal.reshape(-1, order=order), dtype(param_scale),
-                dtype(adjusted_lr))
+    _run("_apply_loop", _flat(param), orthogonal.reshape(-1, order=order), dtype(param_scale),
+         dtype(adjusted_lr))
 
 
 def _flat(array):
