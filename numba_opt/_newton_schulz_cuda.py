@@ -5,9 +5,9 @@ with an epilogue, out <- round(alpha * A B + beta * C) (B optionally transposed:
 Frobenius norm from per-block partial sums combined on the device, and the elementwise halves
 from grid-stride kernels over the same ``_math`` rules as the CPU loops.  With
 ``ns_dtype='bfloat16'`` the values are bfloat16 held in float32, each product summed in float32
-and rounded once after its epilogue, as on the CPU (and in torch).  One known difference from
-the CPU: the update of a float64 param reaches bfloat16 through float32 (two roundings), which
-can move a tie by one bfloat16 ulp.  Nothing goes to the host: the norm stays on the device.
+and rounded once after its epilogue, as on the CPU (and in torch); the update of a float64
+param reaches bfloat16 in one rounding (through float32 rounded to odd).  Nothing goes to the
+host: the norm stays on the device.
 
 Imported only for CUDA arrays; under ``NUMBA_ENABLE_CUDASIM=1`` the kernels run in Python.
 """
@@ -26,18 +26,37 @@ NORM_BLOCKS = 64         # the norm's partial sums, one per block
 _SIMULATED = _cuda._SIMULATED
 _NUMBA_TYPES = {np.dtype(np.float32): float32, np.dtype(np.float64): float64}
 
+
+
+@njit(inline="always")
+def _to_float32_odd(value):
+    """``value`` as a float32, rounded to odd: an inexact result gets its last bit set.  Rounded
+    on to bfloat16 (16 fewer bits) that gives the bfloat16 nearest ``value`` itself, as NumPy's
+    and torch's casts do, where rounding to nearest twice could land on a false tie."""
+    narrow = float32(value)
+    bits = _codecs.float32_bits(narrow)
+    if value != narrow and _codecs._and(bits, _ONE) == _ZERO:
+        # one float32 ulp towards value: the bits of a magnitude grow with it
+        towards = _codecs._add(bits, _ONE) if abs(value) > abs(narrow) else _codecs._sub(
+            bits, _ONE)
+        narrow = _codecs.float32_from_bits(towards)
+    return narrow
+
+
+_ONE, _ZERO = np.uint32(1), np.uint32(0)
+
 if _SIMULATED:  # the kernels run as Python: the codecs that take NumPy scalars (see _codecs)
     _bf16_load, _bf16_store = _codecs.PYTHON_CODECS["bfloat16"]
 
     def _to_bfloat16(value):
-        return _bf16_load(_bf16_store(value))
+        return _bf16_load(_bf16_store(_to_float32_odd(value)))
 
     def _same(value):
         return value
 else:  # CPU dispatchers, which numba-cuda compiles as device functions (as the _math rules)
     @njit(inline="always")
     def _to_bfloat16(value):
-        return _codecs.bfloat16_load(_codecs.bfloat16_store(float32(value)))
+        return _codecs.bfloat16_load(_codecs.bfloat16_store(_to_float32_odd(value)))
 
     @njit(inline="always")
     def _same(value):

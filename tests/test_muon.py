@@ -366,6 +366,23 @@ def test_cuda_functional_step_and_norm_below_eps(small_cuda_kernels):
     np.testing.assert_array_equal(host, expected)
 
 
+def test_cuda_rounds_float64_to_bfloat16_once():
+    """The kernels' bfloat16 rounding of a float64 update is NumPy's (ml_dtypes'), ties
+    included: 1 + 2**-8 + 2**-30 rounded to float32 first would be the tie 1 + 2**-8, which
+    rounds to even, 1; rounded once it is 1 + 2**-7."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    from numba_opt import _newton_schulz_cuda
+    rng = np.random.default_rng(0)
+    ties = rng.standard_normal(500).astype(ml_dtypes.bfloat16).astype(np.float64) * (1 + 2**-8)
+    values = np.concatenate([[1 + 2**-8 + 2**-30, -(1 + 2**-8 + 2**-30), 1 + 2**-8, 0.0, 5e-324],
+                             ties * (1 + rng.choice([-1, 1], 500) * 2.0**-35),
+                             rng.standard_normal(500) * 10.0 ** rng.integers(-30, 30, 500)])
+    expected = values.astype(ml_dtypes.bfloat16).astype(np.float32)
+    got = np.array([_newton_schulz_cuda._to_bfloat16(v) for v in values], np.float32)
+    np.testing.assert_array_equal(got, expected)
+    assert got[0] == 1 + 2**-7 and np.float32(values[0]).astype(ml_dtypes.bfloat16) == 1
+
+
 PTX_SCRIPT = textwrap.dedent("""
     import json, numpy as np
     from numba import cuda, typeof, int64, boolean
