@@ -78,7 +78,8 @@ def orthogonalize(update, coefficients, steps, eps, ns_dtype):
     a, b, c = coefficients
     dtype = compute_dtype(update.dtype, ns_dtype)
     rounded = _to_bfloat16 if ns_dtype == "bfloat16" else (lambda x: x)
-    x = rounded(update.astype(dtype, copy=False))
+    # from the update's own dtype: a float64 update rounds to bfloat16 once, as in torch
+    x = rounded(update) if ns_dtype == "bfloat16" else update.astype(dtype, copy=False)
     tall = x.shape[0] > x.shape[1]
     if tall:
         x = x.T

@@ -383,6 +383,38 @@ def test_cuda_rounds_float64_to_bfloat16_once():
     assert got[0] == 1 + 2**-7 and np.float32(values[0]).astype(ml_dtypes.bfloat16) == 1
 
 
+def _tie_step(param, grad):
+    """One step whose update is the bfloat16 rounding of ``grad`` over 4: no momentum, no
+    iteration, and the norm (below 4) clamped at eps = 4, a power of two."""
+    F.muon_step(param, grad, param * 0 if isinstance(param, np.ndarray) else _device_zeros(param),
+                lr=1.0, weight_decay=0.0, momentum=0.0, nesterov=False, ns_steps=0, eps=4.0)
+
+
+def _device_zeros(like):
+    from numba import cuda
+    return cuda.to_device(np.zeros(like.shape, like.dtype))
+
+
+TIES = np.array([[1 + 2**-8 + 2**-30, -(1 + 2**-8 + 2**-30), 1 + 2**-8, 0.5]] * 4) / 2
+
+
+def test_cpu_rounds_a_float64_update_to_bfloat16_once():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    param = np.zeros((4, 4))
+    _tie_step(param, TIES.copy())
+    expected = -TIES.astype(ml_dtypes.bfloat16).astype(np.float64) / 4
+    np.testing.assert_array_equal(param, expected)
+    assert param[0, 0] == -(1 + 2**-7) / 8
+
+
+def test_cuda_rounds_a_float64_update_to_bfloat16_once(small_cuda_kernels):
+    from numba import cuda
+    host, device = np.zeros((4, 4)), cuda.to_device(np.zeros((4, 4)))
+    _tie_step(host, TIES.copy())
+    _tie_step(device, cuda.to_device(TIES))
+    np.testing.assert_array_equal(device.copy_to_host(), host)
+
+
 PTX_SCRIPT = textwrap.dedent("""
     import json, numpy as np
     from numba import cuda, typeof, int64, boolean
