@@ -501,3 +501,24 @@ def test_checkpoint_save_and_load(tmp_path):
     opt.step([grad])
     other.step([grad])
     np.testing.assert_array_equal(other._params[0], params[0])
+
+
+def test_flat_params_and_named_params_step_like_a_list():
+    """A FlatParams (views into one buffer, grads too) and a dict of names step as the list."""
+    shapes = {"W1": (6, 4), "W2": (4, 3)}
+    plain = [_param(s, np.float32, seed=k) for k, s in enumerate(shapes.values())]
+    flat = nopt.FlatParams(dict(zip(shapes, (p.copy() for p in plain))))
+    named = {name: p.copy() for name, p in zip(shapes, plain)}
+    opts = nopt.Muon(plain, lr=0.02), nopt.Muon(flat, lr=0.02), nopt.Muon(named, lr=0.02)
+    for k in range(3):
+        grads = [_grads(s, np.float32, 1, seed=10 * k + i)[0] for i, s in
+                 enumerate(shapes.values())]
+        opts[0].step(grads)
+        for name, g in zip(shapes, grads):
+            flat.grads[name][...] = g
+        opts[1].step(flat.grads)
+        opts[2].step(dict(zip(shapes, grads)))
+    for p, name in zip(plain, shapes):
+        np.testing.assert_array_equal(flat.params[name], p)
+        np.testing.assert_array_equal(named[name], p)
+    assert opts[2].state["W2"]["step"] == 3
