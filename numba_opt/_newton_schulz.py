@@ -52,10 +52,18 @@ def _apply_loop(param, orthogonal, param_scale, adjusted_lr):
         param[i] = _math.muon_apply(param[i], orthogonal[i], param_scale, adjusted_lr)
 
 
+def _twin(loop, parallel):
+    # a name of its own per variant and per version of the rules: numba's on-disk cache keys
+    # by name and notices edits to this file only (see _cpu._renamed)
+    kind = "parallel" if parallel else "serial"
+    named = _cpu._renamed(loop, f"{loop.__name__}_{kind}_{_cpu._RULES_VERSION}")
+    return njit(parallel=parallel, nogil=parallel, **_JIT)(named)
+
+
 # (parallel, serial) twins: serial below _cpu.SERIAL_BELOW elements or with loops 'serial'
 # (numba_opt.threads), else parallel under _cpu's lock (serial in a forked GNU OpenMP child).
 # Not _cpu's timed choice: next to the matrix products these loops are a small part of a step.
-_LOOPS = {loop.__name__: (njit(parallel=True, nogil=True, **_JIT)(loop), njit(**_JIT)(loop))
+_LOOPS = {loop.__name__: (_twin(loop, True), _twin(loop, False))
           for loop in (_momentum_loop, _apply_loop)}
 
 

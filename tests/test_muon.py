@@ -522,3 +522,16 @@ def test_flat_params_and_named_params_step_like_a_list():
         np.testing.assert_array_equal(flat.params[name], p)
         np.testing.assert_array_equal(named[name], p)
     assert opts[2].state["W2"]["step"] == 3
+
+
+def test_a_matrix_past_the_serial_threshold_runs_the_parallel_loops():
+    from numba_opt import _cpu
+    shape = (160, 110)
+    assert shape[0] * shape[1] >= _cpu.SERIAL_BELOW
+    mine = _param(shape, np.float64)
+    ref, state = mine.copy(), {}
+    opt = nopt.Muon([mine], lr=0.02, ns_dtype=None)
+    for grad in _grads(shape, np.float64, 3):
+        opt.step([grad])
+        reference_muon(ref, grad, state, lr=0.02)
+    np.testing.assert_allclose(mine, ref, rtol=1e-10, atol=1e-12)
