@@ -253,6 +253,15 @@ def test_bad_hyper_parameters_are_refused(kwargs, error, words):
         nopt.Muon([_param((3, 2), np.float32)], **kwargs)
 
 
+def test_ns_dtype_is_settable_and_checked():
+    opt = nopt.Muon([_param((3, 2), np.float32)])
+    with pytest.raises(ValueError, match="ns_dtype"):
+        opt.ns_dtype = "float16"
+    assert opt.ns_dtype == "bfloat16"
+    opt.ns_dtype = None
+    assert opt.ns_dtype is None
+
+
 def test_params_must_be_2d_float32_or_float64():
     with pytest.raises(ValueError, match=r"params\[1\] has shape \(2, 3, 4\): Muon only "
                                          "supports 2D parameters"):
