@@ -15,10 +15,10 @@ from . import functional, lr_scheduler  # noqa: E402
 from .checkpoint import load, save  # noqa: E402
 from .flat import FlatParams  # noqa: E402
 from .optim import (  # noqa: E402
-    ASGD, SGD, Adadelta, Adafactor, Adagrad, Adam, Adamax, AdamW, Lion, NAdam, Optimizer, RAdam,
-    RMSProp, RMSprop, Rprop)
+    ASGD, SGD, Adadelta, Adafactor, Adagrad, Adam, Adamax, AdamW, Lion, Muon, NAdam, Optimizer,
+    RAdam, RMSProp, RMSprop, Rprop)
 
 __version__ = "0.1.0"
 __all__ = ["FlatParams", "Optimizer", "SGD", "RMSprop", "RMSProp", "Adam", "AdamW", "Adagrad",
-           "Adamax", "RAdam", "NAdam", "Adadelta", "Rprop", "ASGD", "Lion", "Adafactor",
+           "Adamax", "RAdam", "NAdam", "Adadelta", "Rprop", "ASGD", "Lion", "Adafactor", "Muon",
            "functional", "lr_scheduler", "save", "load", "threads"]

@@ -1,4 +1,4 @@
-"""CPU loops of Adafactor, the one optimizer that is not elementwise.
+"""CPU loops of Adafactor, whose update is not elementwise (row, column and whole-param sums).
 
 A factored param (2 dims or more) is seen as ``batches`` matrices of ``rows`` x ``cols`` (the
 last two dims; C order), flat: element (b, i, j) at ``(b*rows + i)*cols + j``, its row factor

@@ -650,6 +650,46 @@ def arranged(name, storage, wrap=None, codecs=None):
                       f"{name}_at_{_codecs.tag(storage)}_arranged", rule_at=rule_at))
 
 
+# ---------------------------------------------------------------------------------------- Muon
+# Muon's elementwise halves; the Newton-Schulz orthogonalization between them is matrix work
+# (numba_opt._newton_schulz).  Its own loops call these, not the KERNELS table: the update
+# they produce is a whole matrix, not a new param value.
+MuonScalars = namedtuple(
+    "MuonScalars",
+    # buffer_small / nesterov_small: 1 where the weight of that lerp (1 - momentum, momentum)
+    # has magnitude under 1/2 (see lerp)
+    _GRAD_FIELDS + "momentum one_minus_momentum buffer_small nesterov_small nesterov")
+
+
+@_rule
+def lerp(start, end, weight, one_minus_weight, small):
+    """torch.lerp: start + weight*(end - start) for |weight| < 1/2 (``small``), else
+    end - (end - start)*(1 - weight), the form exact at the nearer end."""
+    if small:
+        return start + weight * (end - start)
+    return end - (end - start) * one_minus_weight
+
+
+@_rule
+def muon_momentum(grad, momentum_buffer, h):
+    """Muon's momentum (torch.optim.Muon): an average, B <- lerp(B, g, 1 - mu), and the matrix
+    to orthogonalize, lerp(g, B, mu) with Nesterov, else B.  Returns (buffer, update)."""
+    grad = prepared_grad(grad, h)
+    momentum_buffer = lerp(momentum_buffer, grad, h.one_minus_momentum, h.momentum,
+                           h.buffer_small)
+    if h.nesterov:
+        return momentum_buffer, lerp(grad, momentum_buffer, h.momentum, h.one_minus_momentum,
+                                     h.nesterov_small)
+    return momentum_buffer, momentum_buffer
+
+
+@_rule
+def muon_apply(param, orthogonal, param_scale, adjusted_lr):
+    """Muon's param update: decoupled decay p*(1 - lr*weight_decay), then the orthogonalized
+    update O times the shape-adjusted lr."""
+    return param * param_scale - adjusted_lr * orthogonal
+
+
 # kernel variant -> (how many state buffers it updates, its rule family)
 KERNELS = {"sgd": (0, "sgd"), "sgd_momentum": (1, "sgd"), "rmsprop": (1, "rmsprop"),
            "rmsprop_centered": (2, "rmsprop"), "rmsprop_momentum": (2, "rmsprop"),

@@ -384,10 +384,10 @@ class ZeroRedundancyOptimizer:
             raise TypeError("optimizer_class must be a numba_opt optimizer class (nopt.Adam, "
                             f"...), got {optimizer_class!r}")
         if not optimizer_class.elementwise:
-            raise ValueError(f"ZeroRedundancyOptimizer shards the state by element ranges, "
-                             f"which {optimizer_class.__name__} cannot step (its update "
-                             "reduces over rows, columns or whole params); use it unsharded, "
-                             "with average_gradients")
+            raise TypeError(f"ZeroRedundancyOptimizer shards the state by element ranges, but "
+                            f"{optimizer_class.__name__}'s update of an element reads its whole "
+                            "row, column or matrix; step it unsharded on every rank instead, "
+                            "with average_gradients")
         groups, arrays, labels, names = _checked_params(params)
         self.device = dispatch.resolve_device(defaults.get("device", "auto"),
                                               zip(labels, arrays))

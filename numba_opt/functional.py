@@ -689,6 +689,115 @@ def adafactor_step(param: Array, grad: Array, row_var: Array | None = None,
     adafactor_update_param(dispatch.factored(backend), flat(param), flat(grad),
                          tuple(flat(s) for s in states), adafactor_dims(shape),
                          step=step, **hyper)
+# ---------------------------------------------------------------------------------------- Muon
+MUON_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # torch's (Keller Jordan's) quintic
+MUON_EPS = 1e-7
+MUON_NS_STEPS = 5
+MUON_ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
+MUON_NS_MAX_STEPS = 100  # torch refuses this many and more ("for computational efficiency")
+
+
+def muon_scalars(*, momentum, nesterov):
+    """Muon's momentum scalars (``_math.MuonScalars``); clipping off, as ``_pack`` makes it."""
+    return _pack(_math.MuonScalars, False, momentum=momentum, one_minus_momentum=1.0 - momentum,
+                 buffer_small=abs(1.0 - momentum) < 0.5, nesterov_small=abs(momentum) < 0.5,
+                 nesterov=nesterov)
+
+
+def muon_adjusted_lr(lr, adjust_lr_fn, shape):
+    """The lr the orthogonalized update of an (A, B) param is scaled by: lr*sqrt(max(1, A/B))
+    ('original', and None), or 0.2*lr*sqrt(max(A, B)) ('match_rms_adamw', Moonshot's: the
+    update's RMS then matches AdamW's)."""
+    rows, cols = shape
+    if adjust_lr_fn == "match_rms_adamw":
+        return lr * 0.2 * math.sqrt(max(rows, cols))
+    return lr * math.sqrt(max(1.0, rows / cols))
+
+
+def _ns_coefficients(name, value):
+    if not isinstance(value, (tuple, list)) or len(value) != 3:
+        raise TypeError(f"{name} must be three numbers (a, b, c), got {value!r}")
+    return tuple(check.real(f"{name}[{k}]", v) for k, v in enumerate(value))
+
+
+def _ns_steps(name, value):
+    value = check.count(name, value)
+    if value >= MUON_NS_MAX_STEPS:
+        raise ValueError(f"{name} must be below {MUON_NS_MAX_STEPS} (torch's bound), got {value}")
+    return value
+
+
+def _adjust_lr_fn(name, value):
+    if value not in MUON_ADJUST_LR_FNS:
+        raise ValueError(f"{name}: Adjust learning rate function {value} is not supported "
+                         f"(torch's words); one of {MUON_ADJUST_LR_FNS}")
+    return value
+
+
+MUON_HYPER = dict(lr=check.non_negative, weight_decay=check.non_negative,
+                  momentum=check.non_negative, nesterov=check.flag,
+                  ns_coefficients=_ns_coefficients, eps=check.non_negative, ns_steps=_ns_steps,
+                  adjust_lr_fn=_adjust_lr_fn)
+
+
+def check_ns_dtype(ns_dtype):
+    from ._newton_schulz import ROUNDINGS
+    if ns_dtype not in ROUNDINGS:
+        raise ValueError(f"ns_dtype must be one of {ROUNDINGS}, got {ns_dtype!r}")
+    return ns_dtype
+
+
+def check_matrix(param, label):
+    """Muon orthogonalizes whole matrices: 2-D float32 or float64 params only."""
+    if len(param.shape) != 2:
+        raise ValueError(f"{label} has shape {tuple(param.shape)}: Muon only supports 2D "
+                         "parameters (give biases, embeddings and the like to another "
+                         "optimizer, such as AdamW)")
+    if np.dtype(param.dtype) not in (np.float32, np.float64):
+        raise TypeError(f"{label} is {np.dtype(param.dtype)}: Muon takes float32 and float64 "
+                        "params")
+
+
+def muon_step(param: Array, grad: Array, momentum_buffer: Array, *, lr: Real = 1e-3,
+              weight_decay: Real = 0.1, momentum: Real = 0.95, nesterov: bool = True,
+              ns_coefficients: tuple[Real, Real, Real] = MUON_COEFFICIENTS,
+              eps: Real = MUON_EPS, ns_steps: int = MUON_NS_STEPS,
+              adjust_lr_fn: str | None = None, device: Device = "auto",
+              ns_dtype: str | None = "bfloat16") -> None:
+    """One Muon step in place (torch.optim.Muon) on the 2-D ``param``: ``momentum_buffer``
+    (the param's shape and dtype, zeros at the first step) averages the grads, and the param
+    moves by the Newton-Schulz orthogonalization of the (Nesterov) update; see ``nopt.Muon``.
+    The step count does not enter the rule."""
+    hyper = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
+                 ns_coefficients=ns_coefficients, eps=eps, ns_steps=ns_steps,
+                 adjust_lr_fn=adjust_lr_fn)
+    check_hyper(MUON_HYPER, hyper)
+    check_ns_dtype(ns_dtype)
+    check.check_param(param, "param")
+    check_matrix(param, "param")
+    check.check_like(grad, param, "grad", "param")
+    check.check_like(momentum_buffer, param, "momentum_buffer", "param", writeable=True)
+    named = [("param", param), ("grad", grad), ("momentum_buffer", momentum_buffer)]
+    device = dispatch.resolve_device(device, named)
+    dispatch.backend(device)  # CUDA available (or the clear error)
+    _reject_shared_memory(named)
+    muon_run(device, param, grad, momentum_buffer, hyper, ns_dtype, grad_fields=None)
+
+
+def muon_run(device, param, grad, momentum_buffer, hyper, ns_dtype, grad_fields):
+    """Muon's step of one checked param (the class calls it too): the scalars from ``hyper``,
+    ``grad_fields`` the (grad_scale, clip_value) of clipping or None."""
+    from . import _newton_schulz
+    dtype = np.dtype(param.dtype).type
+    h = muon_scalars(momentum=hyper["momentum"], nesterov=hyper["nesterov"])
+    if grad_fields is not None:
+        h = h._replace(grad_scale=grad_fields[0], clip_value=grad_fields[1])
+    h = type(h)(*(dtype(v) for v in h))
+    lr = float(hyper["lr"])  # a 0-d array counts as its number
+    _newton_schulz.backend(device).muon_update(
+        param, grad, momentum_buffer, h, hyper["ns_coefficients"], hyper["ns_steps"],
+        float(hyper["eps"]), ns_dtype, 1.0 - lr * float(hyper["weight_decay"]),
+        muon_adjusted_lr(lr, hyper["adjust_lr_fn"], tuple(param.shape)))
 
 
 # -------------------------------------------------------------------------------------- common

@@ -201,6 +201,28 @@ def adafactor(param, grad, state, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d
     param -= alpha * u / max(1.0, np.sqrt(np.mean(u * u)) / d)
 
 
+def muon(param, grad, state, lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True,
+         ns_coefficients=(3.4445, -4.7750, 2.0315), eps=1e-7, ns_steps=5, adjust_lr_fn=None):
+    """Muon (torch.optim.Muon's equations) for a 2-D param, all in float64: no bfloat16."""
+    buf = state["momentum_buffer"] = (momentum * state.get("momentum_buffer", 0.0)
+                                      + (1 - momentum) * grad)
+    update = (1 - momentum) * grad + momentum * buf if nesterov else buf
+    rows, cols = param.shape
+    x = update.T if rows > cols else update
+    x = x / max(np.sqrt(np.sum(x * x)), eps)
+    a, b, c = ns_coefficients
+    for _ in range(ns_steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    orthogonal = x.T if rows > cols else x
+    if adjust_lr_fn == "match_rms_adamw":
+        adjusted_lr = 0.2 * lr * np.sqrt(max(rows, cols))
+    else:
+        adjusted_lr = lr * np.sqrt(max(1.0, rows / cols))
+    param *= 1 - lr * weight_decay
+    param -= adjusted_lr * orthogonal
+
+
 RULES = {"SGD": sgd, "RMSprop": rmsprop, "Adam": adam, "AdamW": adamw, "Adagrad": adagrad,
          "Adamax": adamax, "RAdam": radam, "NAdam": nadam, "Adadelta": adadelta,
          "Rprop": rprop, "ASGD": asgd, "Lion": lion, "Adafactor": adafactor}

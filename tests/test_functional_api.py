@@ -12,7 +12,7 @@ PAIRS = [(F.sgd_step, nopt.SGD), (F.rmsprop_step, nopt.RMSprop), (F.adam_step, n
          (F.adamw_step, nopt.AdamW), (F.adagrad_step, nopt.Adagrad), (F.adamax_step, nopt.Adamax),
          (F.radam_step, nopt.RAdam), (F.nadam_step, nopt.NAdam), (F.adadelta_step, nopt.Adadelta),
          (F.rprop_step, nopt.Rprop), (F.asgd_step, nopt.ASGD), (F.lion_step, nopt.Lion),
-         (F.adafactor_step, nopt.Adafactor)]
+         (F.adafactor_step, nopt.Adafactor), (F.muon_step, nopt.Muon)]
 
 
 @pytest.mark.parametrize("fn, cls", PAIRS, ids=lambda v: getattr(v, "__name__", ""))

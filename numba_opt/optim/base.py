@@ -63,7 +63,7 @@ class Optimizer(StateMixin):
     host_state = {}
     #: constructor parameter -> its meaning, for the docstring (see _docs; shared ones there)
     param_docs = {}
-    #: whether the update is element by element (ZeroRedundancyOptimizer's shards need it)
+    #: each element's update reads only that element (ZeroRedundancyOptimizer shards by it)
     elementwise = True
 
     def __init_subclass__(cls, **kwargs):
@@ -254,6 +254,13 @@ class Optimizer(StateMixin):
             _clip_scale(max_grad_norm, norm), math.inf if clip_value is None else clip_value)
         for gi in stale:
             self._refresh_group(gi)
+        self._step_buckets(seen)
+        self.step_count += 1
+        return norm
+
+    def _step_buckets(self, seen):
+        """Step every bucket with grads (``seen``: ``Intake.adopt``'s answer); the state
+        buffers they need are allocated before any param changes (Muon overrides this)."""
         stepping = [(bucket, bucket_seen) for bucket, bucket_seen in zip(self._buckets, seen[1])
                     if bucket_seen[1] != "none"]
         for bucket, _ in stepping:
@@ -266,8 +273,6 @@ class Optimizer(StateMixin):
                 self._step_bucket(bucket, bucket_grads, grad_span, seen[2])
             else:  # some grads are None, now or in an earlier step
                 self._step_params(bucket, bucket_grads)
-        self.step_count += 1
-        return norm
 
     def _stale_groups(self):
         """The groups whose hyper-parameters changed since they were last checked: an entry is a
