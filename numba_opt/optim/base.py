@@ -28,6 +28,7 @@ How a step runs (the fast path is what makes small steps cheap and big models on
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
 import threading
@@ -69,7 +70,8 @@ class Optimizer(StateMixin):
 
     def __init__(self, params: Params, defaults: Mapping[str, Any], device: Device = "auto",
                  state_dtype: str | None = None, master_weights: bool = False,
-                 stochastic_rounding: bool = False, rounding_seed: int | None = None) -> None:
+                 stochastic_rounding: bool = False, rounding_seed: int | None = None,
+                 stream: Any = None) -> None:
         self.defaults = dict(defaults)
         self._state_dtype = _codecs.state_dtype_option(state_dtype)
         self._master_weights = check.flag("master_weights", master_weights)
@@ -105,6 +107,12 @@ class Optimizer(StateMixin):
 
         self.device = dispatch.resolve_device(device, zip(self._labels, params_flat))
         self._backend = dispatch.backend(self.device)
+        # the GPU's launch state: the stream and the device clip scale (see _cuda_launch)
+        self._launches = (self._backend.LaunchContext(stream)
+                          if hasattr(self._backend, "LaunchContext") else None)
+        if stream is not None and self._launches is None:
+            raise TypeError(f"stream= orders the CUDA kernels, but the optimizer runs on "
+                            f"{self.device}")
         self._params = params_flat
         self._group_indices = group_indices
         self._adopt_buckets([bucket for gi, indices in enumerate(group_indices)
@@ -196,7 +204,7 @@ class Optimizer(StateMixin):
     # ------------------------------------------------------------------------------- stepping
     def step(self, grads: Grads, *, max_grad_norm: Real | None = None,
              clip_value: Real | None = None, skip_if_nonfinite: bool = False,
-             error_if_nonfinite: bool = False) -> float | None:
+             error_if_nonfinite: bool = False, stream: Any = None) -> float | None:
         """Update every param in place from ``grads`` (same structure and order as the params:
         a sequence, or a dict with the same names).  A ``None`` grad skips its param, as in
         torch.  Everything is validated before anything is modified.
@@ -213,8 +221,17 @@ class Optimizer(StateMixin):
         [-clip_value, clip_value].  Both are folded into the update kernel: the grads are read,
         never rewritten (global-norm clipping adds one read pass to compute the norm).
         Returns the global grad norm before clipping when it was computed (with
-        ``max_grad_norm`` or a non-finite option), else None."""
-        with self._lock:
+        ``max_grad_norm`` or a non-finite option), else None.  On the GPU it is a
+        ``DeviceNorm``: the norm stays on the device until read (``float(norm)``), and the clip
+        scale never leaves it, so a clipped step does not wait for the GPU.
+
+        ``stream`` (CUDA): the stream this step's kernels run on, instead of the optimizer's
+        (see ``Optimizer(stream=...)`` and README's CUDA section)."""
+        if stream is not None and self._launches is None:
+            raise TypeError(f"stream= orders the CUDA kernels, but the optimizer runs on "
+                            f"{self.device}")
+        with self._lock, (contextlib.nullcontext() if self._launches is None
+                          else self._launches.active(stream, self._params[0])):
             return self._step(grads, max_grad_norm, clip_value, skip_if_nonfinite,
                               error_if_nonfinite)
 
@@ -236,8 +253,9 @@ class Optimizer(StateMixin):
         norm = None
         if clipping is not None and (max_grad_norm is not None or skip_if_nonfinite
                                      or error_if_nonfinite):
-            norm = self._grad_norm(seen)
-            if not math.isfinite(norm):
+            norm = self._grad_norm(seen, max_grad_norm)
+            # (only the non-finite options read the norm: on the GPU, a host sync)
+            if (skip_if_nonfinite or error_if_nonfinite) and not math.isfinite(norm):
                 if error_if_nonfinite:
                     raise ValueError(f"{self._first_nonfinite(grads)} has non-finite values "
                                      f"(global grad norm {norm}); nothing was changed")
@@ -247,8 +265,13 @@ class Optimizer(StateMixin):
         # --- everything is valid: what remains could fail only allocating new state buffers,
         # which happens for every bucket before any kernel runs (a step is all or nothing)
         self._seen_grads = seen
+        grad_scale = 1.0  # the GPU's kernels read the clip scale from the device
+        if self._launches is None:
+            grad_scale = _clip_scale(max_grad_norm, norm)
+        elif norm is None:
+            self._launches.unscale()
         self._grad_fields = _NO_CLIPPING if clipping is None else (
-            _clip_scale(max_grad_norm, norm), math.inf if clip_value is None else clip_value)
+            grad_scale, math.inf if clip_value is None else clip_value)
         for gi in stale:
             self._refresh_group(gi)
         stepping = [(bucket, bucket_seen) for bucket, bucket_seen in zip(self._buckets, seen[1])
@@ -280,8 +303,11 @@ class Optimizer(StateMixin):
                 stale.append(gi)             # is stale: the check then names it
         return stale
 
-    def _grad_norm(self, seen):
-        """The global L2 norm of all grads (float64 accumulation, one read pass)."""
+    def _grad_norm(self, seen, max_grad_norm):
+        """The global L2 norm of all grads (float64 accumulation, one read pass); on the GPU a
+        DeviceNorm, with the clip scale for ``max_grad_norm`` left on the device."""
+        if self._launches is not None:
+            return self._launches.grad_norm(self._buckets, seen, max_grad_norm)
         total = 0.0
         for bucket, (bucket_grads, presence, grad_span) in zip(self._buckets, seen[1]):
             codec = bucket.storage.param
