@@ -7,8 +7,11 @@ host and passed in the array dtype (as the ``_math`` namedtuple, flags as 0.0 / 
 kernels contain no float64 instructions (a test compiles the PTX to check).
 
 Params and grads may be numba device arrays or any ``__cuda_array_interface__`` object (CuPy
-arrays, torch CUDA tensors): they are viewed in place, never copied.  Kernels run on the default
-stream.  Under the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) the same kernels run in Python.
+arrays, torch CUDA tensors): they are viewed in place, never copied, wrapped without a host
+sync.  Kernels run on the step's stream and read the clip scale from device memory
+(``_cuda_launch``); a bucket of separate arrays is one launch over a device table
+(``_cuda_table``); the grad norm stays on the device (``_cuda_norm``).  Under the CUDA
+simulator (``NUMBA_ENABLE_CUDASIM=1``) the same kernels run in Python.
 """
 import numpy as np
 from numba import config, cuda

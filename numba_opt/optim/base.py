@@ -20,7 +20,8 @@ How a step runs (the fast path is what makes small steps cheap and big models on
 - The params of a group that share a dtype form a *bucket*.  Each state (exp_avg, ...) of a
   bucket is one flat buffer; each param's state is a view into it.
 - If the bucket's params lie back to back in one buffer (``FlatParams``) and so do the grads,
-  the whole bucket is ONE kernel call.  Otherwise one call per param (same scalars).
+  the whole bucket is ONE kernel call.  Otherwise one multi-tensor call over a table of the
+  arrays (CPU and GPU; int8 state, and buckets once their params diverged: one per param).
 - Grads that are the very objects of the previous step are not validated again, and a group's
   hyper-parameters are validated (and the scalars recomputed) only when an entry changes.
 - A ``None`` grad skips its param, whose step count then differs from the others': that bucket
