@@ -88,18 +88,22 @@ class _SimulatedStream:
         return f"<simulated external stream {self.handle:#x}>"
 
 
-_EXTERNAL = {}  # handle -> numba stream object, made once
+_EXTERNAL = {}  # handle -> numba stream object, made once (a step compares streams by identity)
 
 
 def _external(handle):
-    if handle in (0, 1):  # 0: the default stream; 1: CAI's legacy default stream
-        return cuda.default_stream() if not _SIMULATED else 0
-    if handle == 2:
-        return cuda.per_thread_default_stream()
-    if handle not in _EXTERNAL:
-        _EXTERNAL[handle] = _SimulatedStream(handle) if _SIMULATED else cuda.external_stream(
-            handle)
-    return _EXTERNAL[handle]
+    stream = _EXTERNAL.get(handle)
+    if stream is None:
+        if _SIMULATED:
+            stream = 0 if handle in (0, 1) else _SimulatedStream(handle)
+        elif handle in (0, 1):  # 0: the default stream; 1: CAI's legacy default stream
+            stream = cuda.default_stream()
+        elif handle == 2:
+            stream = cuda.per_thread_default_stream()
+        else:
+            stream = cuda.external_stream(handle)
+        stream = _EXTERNAL.setdefault(handle, stream)
+    return stream
 
 
 def as_stream(stream):

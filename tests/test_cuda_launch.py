@@ -268,3 +268,12 @@ def test_low_occupancy_warnings_are_silenced_around_our_launches_only(monkeypatc
             float(gpu.step(to_device(make_grads(host, step)), max_grad_norm=1.0))
         with pytest.raises(NumbaPerformanceWarning):  # outside our launches it still warns
             cuda.jit(lambda x: None)[1, 1]
+
+
+def test_the_gpu_bench_counts_launches_and_syncs(monkeypatch):
+    """bench/gpu_roof.py's smoke run under the simulator: the counts it will report on a GPU."""
+    import sys
+    from bench import gpu_roof
+    monkeypatch.setattr(sys, "argv", ["gpu_roof.py"])
+    records = gpu_roof.main()
+    assert [(r["launches"], r["host_syncs"]) for r in records] == [(1, 0), (3, 0)] * 2
