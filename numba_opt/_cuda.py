@@ -131,13 +131,16 @@ class Launcher:
         self._table_kernel = None  # made on the first bind_table
 
     def __call__(self, param, grad, states, scalars):
-        self.bind(param.size)(bits(param), bits(grad), *map(bits, states), scalars)
+        self.bind(param.size, fixed_types=False)(bits(param), bits(grad), *map(bits, states),
+                                                 scalars)
 
-    def bind(self, size):
-        """The launch for arrays of this size: ``launch(param, grad, *states, scalars)``."""
+    def bind(self, size, fixed_types=True):
+        """The launch for arrays of this size: ``launch(param, grad, *states, scalars)``.  A
+        bucket's call site passes arrays of one dtype and dimension each time (validated), so
+        after its first launch it skips numba's argument typing (``_cuda_launch.Bound``)."""
         if not size:
             return _nothing
-        launch = _cuda_launch.Bound(self.kernel, *_launch_config(size))
+        launch = _cuda_launch.Bound(self.kernel, *_launch_config(size), fixed_types=fixed_types)
 
         def call(*args):
             scalars = args[-1]
@@ -243,7 +246,7 @@ def widen(out, source, codec):
     as ``codec`` says) into the float32 device array ``out``: exact, a master copy's first
     value."""
     if out.size:
-        _cuda_launch.configure(_WIDEN[codec], *_launch_config(out.size))(out, source)
+        _cuda_launch.launcher(_WIDEN[codec], *_launch_config(out.size))(out, source)
 
 
 @cuda.jit
@@ -261,7 +264,7 @@ def _scale(out, factor):
 def scale(buffer, factor):
     """Multiply a 1-D device buffer by ``factor`` in place (cast to its dtype)."""
     if buffer.size:
-        _cuda_launch.configure(_scale, *_launch_config(buffer.size))(buffer, np.dtype(buffer.dtype).type(factor))
+        _cuda_launch.launcher(_scale, *_launch_config(buffer.size))(buffer, np.dtype(buffer.dtype).type(factor))
 
 
 def _as_numba(array):
@@ -357,7 +360,7 @@ def fill(buffer, value):
         codec = _codecs.codec_of(buffer.dtype)
         value = _codecs.encode(codec, value) if codec != "native" else \
             np.dtype(buffer.dtype).type(value)
-        _cuda_launch.configure(_fill, *_launch_config(buffer.size))(bits(buffer), value)
+        _cuda_launch.launcher(_fill, *_launch_config(buffer.size))(bits(buffer), value)
 
 
 # ----------------------------------------------------------- blockwise 8-bit state (_quant)

@@ -44,36 +44,56 @@ def configure(kernel, blocks, threads):
 
 class Bound:
     """A kernel launched over a fixed grid, configured again only when the stream changes.
-    With ``fixed_types`` (every argument is the caller's own, so its types never change) a GPU
-    launches the compiled kernel directly after the first call, skipping numba's typing of
+    With ``fixed_types`` (each argument has the same dtype and dimension at every call: a
+    bucket's call site; numba's arrays of any layout or writeability share one data model) a
+    GPU launches the compiled kernel directly after the first call, skipping numba's typing of
     every argument (the scalars namedtuple has up to ~30 fields)."""
 
     def __init__(self, kernel, blocks, threads, fixed_types=False):
         self.kernel, self.blocks, self.threads = kernel, blocks, threads
         self.fixed_types = fixed_types and not _SIMULATED
-        self._stream = self._launch = self._compiled = None
+        # (stream, its launch configuration, the compiled kernel or None), replaced as a whole:
+        # threads sharing a launcher never pair one stream with another's configuration
+        self._state = (None, None, None)
 
     def __call__(self, *args):
         stream = current_stream()
-        launch = self._launch
+        configured, launch, compiled = self._state
         # (the simulator's kernels keep one configuration each: set it every time)
-        if launch is None or stream is not self._stream or _SIMULATED:
-            launch = self._launch = configure(self.kernel, self.blocks, self.threads)
-            self._stream = stream
-        if self._compiled is not None:
-            self._compiled.launch(args, launch.griddim, launch.blockdim, launch.stream,
-                                  launch.sharedmem)
+        if launch is None or stream is not configured or _SIMULATED:
+            launch, compiled = configure(self.kernel, self.blocks, self.threads), None
+            self._state = (stream, launch, None)
+        if compiled is not None:
+            compiled.launch(args, launch.griddim, launch.blockdim, launch.stream,
+                            launch.sharedmem)
             return
         launch(*args)
         if self.fixed_types:
-            self._compiled = self.kernel.compile(
-                tuple(self.kernel.typeof_pyval(a) for a in args))
+            compiled = self.kernel.compile(tuple(self.kernel.typeof_pyval(a) for a in args))
+            self._state = (stream, launch, compiled)
+
+
+_LAUNCHERS = {}
+
+
+def launcher(kernel, blocks, threads):
+    """The Bound launch of ``kernel`` over this grid, made once (our own small kernels: fills,
+    copies, the norm's passes)."""
+    key = (kernel, blocks, threads)
+    bound = _LAUNCHERS.get(key)
+    if bound is None:
+        bound = _LAUNCHERS.setdefault(key, Bound(kernel, blocks, threads))
+    return bound
 
 
 def read_back(device_array, stream=None):
     """The host copy of a (small) device array, after the work queued on ``stream`` (the
     active one when None): a host sync, the only kind a step makes."""
-    return device_array.copy_to_host(stream=current_stream() if stream is None else stream)
+    stream = current_stream() if stream is None else stream
+    host = device_array.copy_to_host(stream=stream)
+    if not isinstance(stream, (int, _SimulatedStream)):
+        stream.synchronize()  # (a copy into pageable memory has finished already: no wait)
+    return host
 
 
 # ----------------------------------------------------------------------------------- streams

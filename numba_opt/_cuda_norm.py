@@ -32,9 +32,9 @@ SLOTS = 16
 
 
 @cuda.jit(device=True, inline="always")
-def _block_total(sums, total, partials):
+def _block_total(sums, total, partials, offset):
     """Add the threads' ``total`` over the block in a fixed order; thread 0 writes it to
-    ``partials[blockIdx.x]``."""
+    ``partials[offset + blockIdx.x]``."""
     t = cuda.threadIdx.x
     sums[t] = total
     cuda.syncthreads()
@@ -45,18 +45,18 @@ def _block_total(sums, total, partials):
         cuda.syncthreads()
         half //= 2
     if t == 0:
-        partials[cuda.blockIdx.x] = sums[0]
+        partials[offset + cuda.blockIdx.x] = sums[0]
 
 
 def _span_sums_kernel(load):
     @cuda.jit
-    def kernel(x, partials):
+    def kernel(x, partials, offset):
         sums = cuda.shared.array(NORM_THREADS, np.float64)
         total = 0.0  # float64 whatever the grads' dtype: these are the float64 kernels
         for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
             value = np.float64(load(x[i]))
             total += value * value
-        _block_total(sums, total, partials)
+        _block_total(sums, total, partials, offset)
     return kernel
 
 
@@ -64,7 +64,7 @@ def _table_sums_kernel(load):
     tensor, lookup = _cuda_table.tensor, _cuda_table.lookup
 
     @cuda.jit
-    def kernel(grad_table, starts, like, partials):
+    def kernel(grad_table, starts, like, partials, offset):
         sums = cuda.shared.array(NORM_THREADS, np.float64)
         total = 0.0
         n = starts[starts.size - 1]
@@ -78,7 +78,7 @@ def _table_sums_kernel(load):
                 lo, hi = starts[t], starts[t + 1]
             value = np.float64(load(tensor(grad_table, t, like, hi - lo)[i - lo]))
             total += value * value
-        _block_total(sums, total, partials)
+        _block_total(sums, total, partials, offset)
     return kernel
 
 
@@ -90,7 +90,7 @@ def _combine(partials, count, max_norm, results, slot, scale32, scale64):
     total = 0.0
     for k in range(cuda.threadIdx.x, count, cuda.blockDim.x):
         total += partials[k]
-    _block_total(sums, total, partials[count:])  # block 0 only: the total at partials[count]
+    _block_total(sums, total, partials, count)  # one block: the total at partials[count]
     cuda.syncthreads()
     if cuda.threadIdx.x == 0:
         norm = math.sqrt(partials[count])
@@ -124,14 +124,14 @@ def sum_squares(flat_array, codec="native"):
     count = _span_sums(flat_array, codec, partials, 0) if flat_array.size else 0
     results = cuda.device_array(1, np.float64)
     scales = cuda.device_array(1, np.float32), cuda.device_array(1, np.float64)
-    _cuda_launch.configure(_combine, 1, norm_config(max(count, 1))[1])(
+    _cuda_launch.launcher(_combine, 1, norm_config(max(count, 1))[1])(
         partials, count, -1.0, results, 0, *scales)
     return float(_cuda_launch.read_back(partials[count:count + 1])[0])  # the sum, not its root
 
 
 def _span_sums(x, codec, partials, offset):
     blocks, threads = norm_config(x.size)
-    _cuda_launch.configure(_SPAN_SUMS[codec], blocks, threads)(x, partials[offset:])
+    _cuda_launch.launcher(_SPAN_SUMS[codec], blocks, threads)(x, partials, offset)
     return blocks
 
 
@@ -162,9 +162,9 @@ class GradNorm:
                 table = bucket.table[1]
                 if table.size:
                     blocks, threads = norm_config(table.size)
-                    _cuda_launch.configure(_TABLE_SUMS[codec], blocks, threads)(
+                    _cuda_launch.launcher(_TABLE_SUMS[codec], blocks, threads)(
                         table.grads_table(seen[2], bucket.table[0]), table.starts, table.like,
-                        self.partials[count:])
+                        self.partials, count)
                     count += blocks
             else:
                 for grad in grads:
@@ -176,11 +176,11 @@ class GradNorm:
         if earlier is not None:
             float(earlier)  # still unread and referenced: read it before its slot is reused
         context = self.context
-        _cuda_launch.configure(_combine, 1, norm_config(max(count, 1))[1])(
+        _cuda_launch.launcher(_combine, 1, norm_config(max(count, 1))[1])(
             self.partials, count, -1.0 if max_norm is None else float(max_norm), self.results,
             slot, context.scale(np.float32), context.scale(np.float64))
         context.scaled = max_norm is not None
-        norm = DeviceNorm(self.results[slot:slot + 1], context.stream)
+        norm = DeviceNorm(self.results, slot, context.stream)
         self.readers[slot] = weakref.ref(norm)
         return norm
 
@@ -190,15 +190,15 @@ class DeviceNorm:
     comparisons, arithmetic, formatting), copying the value back -- one host sync -- the first
     time it is needed."""
 
-    __slots__ = ("_device", "_stream", "_value", "__weakref__")
+    __slots__ = ("_results", "_slot", "_stream", "_value", "__weakref__")
 
-    def __init__(self, device_value, stream):
-        self._device, self._stream, self._value = device_value, stream, None
+    def __init__(self, results, slot, stream):
+        self._results, self._slot, self._stream, self._value = results, slot, stream, None
 
     def __float__(self):
-        if self._value is None:
-            self._value = float(_cuda_launch.read_back(self._device, self._stream)[0])
-            self._device = None
+        if self._value is None:  # (the whole small buffer: a slice costs more than it saves)
+            self._value = float(_cuda_launch.read_back(self._results, self._stream)[self._slot])
+            self._results = None
         return self._value
 
     def __repr__(self):
