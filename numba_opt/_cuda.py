@@ -131,16 +131,15 @@ class Launcher:
         self._table_kernel = None  # made on the first bind_table
 
     def __call__(self, param, grad, states, scalars):
-        self.bind(param.size, fixed_types=False)(bits(param), bits(grad), *map(bits, states),
-                                                 scalars)
+        self.bind(param.size)(bits(param), bits(grad), *map(bits, states), scalars)
 
-    def bind(self, size, fixed_types=True):
+    def bind(self, size):
         """The launch for arrays of this size: ``launch(param, grad, *states, scalars)``.  A
         bucket's call site passes arrays of one dtype and dimension each time (validated), so
-        after its first launch it skips numba's argument typing (``_cuda_launch.Bound``)."""
+        from its second launch on it skips numba's argument typing (``_cuda_launch.Bound``)."""
         if not size:
             return _nothing
-        launch = _cuda_launch.Bound(self.kernel, *_launch_config(size), fixed_types=fixed_types)
+        launch = _cuda_launch.Bound(self.kernel, *_launch_config(size), fixed_types=True)
 
         def call(*args):
             scalars = args[-1]
@@ -315,7 +314,7 @@ def span(arrays):
             return None
         end += array.size * array.dtype.itemsize
     size = (end - start) // arrays[0].dtype.itemsize
-    joined = cuda.as_cuda_array(_Span(start, size, typestr, arrays))
+    joined = cuda.as_cuda_array(_Span(start, size, typestr, arrays), sync=False)
     # the interface of bfloat16 memory says only "<V2": give the view its dtype back
     return joined if joined.dtype == arrays[0].dtype else joined.view(arrays[0].dtype)
 

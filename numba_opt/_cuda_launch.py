@@ -46,8 +46,8 @@ class Bound:
     """A kernel launched over a fixed grid, configured again only when the stream changes.
     With ``fixed_types`` (each argument has the same dtype and dimension at every call: a
     bucket's call site; numba's arrays of any layout or writeability share one data model) a
-    GPU launches the compiled kernel directly after the first call, skipping numba's typing of
-    every argument (the scalars namedtuple has up to ~30 fields)."""
+    GPU launches the compiled kernel directly from the second call on, skipping numba's typing
+    of every argument (the scalars namedtuple has up to ~30 fields)."""
 
     def __init__(self, kernel, blocks, threads, fixed_types=False):
         self.kernel, self.blocks, self.threads = kernel, blocks, threads
@@ -63,14 +63,19 @@ class Bound:
         if launch is None or stream is not configured or _SIMULATED:
             launch, compiled = configure(self.kernel, self.blocks, self.threads), None
             self._state = (stream, launch, None)
+        if compiled is _SECOND_CALL:  # a call site used again: find its compiled kernel once
+            compiled = self.kernel.compile(tuple(self.kernel.typeof_pyval(a) for a in args))
+            self._state = (stream, launch, compiled)
         if compiled is not None:
             compiled.launch(args, launch.griddim, launch.blockdim, launch.stream,
                             launch.sharedmem)
             return
         launch(*args)
         if self.fixed_types:
-            compiled = self.kernel.compile(tuple(self.kernel.typeof_pyval(a) for a in args))
-            self._state = (stream, launch, compiled)
+            self._state = (stream, launch, _SECOND_CALL)
+
+
+_SECOND_CALL = object()
 
 
 _LAUNCHERS = {}

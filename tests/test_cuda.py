@@ -186,9 +186,9 @@ PTX_SCRIPT = textwrap.dedent("""
                          ("bfloat16", _codecs.BITS)):
         grads = typeof(np.zeros(1, dtype))
         check(f"norm span {codec} {np.dtype(dtype).name}", _cuda_norm._SPAN_SUMS[codec],
-              (grads, f64))
+              (grads, f64, typeof(1)))
         check(f"norm table {codec} {np.dtype(dtype).name}", _cuda_norm._TABLE_SUMS[codec],
-              (int64, int64, grads, f64))
+              (int64, int64, grads, f64, typeof(1)))
     check("norm combine", _cuda_norm._combine,
           (f64, typeof(1), typeof(1.0), f64, typeof(1), typeof(np.zeros(1, np.float32)), f64))
     print(json.dumps(out))

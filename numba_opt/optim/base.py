@@ -111,9 +111,8 @@ class Optimizer(StateMixin):
         # the GPU's launch state: the stream and the device clip scale (see _cuda_launch)
         self._launches = (self._backend.LaunchContext(stream)
                           if hasattr(self._backend, "LaunchContext") else None)
-        if stream is not None and self._launches is None:
-            raise TypeError(f"stream= orders the CUDA kernels, but the optimizer runs on "
-                            f"{self.device}")
+        if self._launches is None:
+            self._launching(stream)  # refuses a stream on the CPU
         self._params = params_flat
         self._group_indices = group_indices
         self._adopt_buckets([bucket for gi, indices in enumerate(group_indices)
@@ -228,13 +227,18 @@ class Optimizer(StateMixin):
 
         ``stream`` (CUDA): the stream this step's kernels run on, instead of the optimizer's
         (see ``Optimizer(stream=...)`` and README's CUDA section)."""
-        if stream is not None and self._launches is None:
-            raise TypeError(f"stream= orders the CUDA kernels, but the optimizer runs on "
-                            f"{self.device}")
-        with self._lock, (contextlib.nullcontext() if self._launches is None
-                          else self._launches.active(stream, self._params[0])):
+        with self._lock, self._launching(stream):
             return self._step(grads, max_grad_norm, clip_value, skip_if_nonfinite,
                               error_if_nonfinite)
+
+    def _launching(self, stream):
+        """The context a step's launches run in: on the GPU, its stream (see _cuda_launch)."""
+        if self._launches is not None:
+            return self._launches.active(stream, self._params[0])
+        if stream is not None:
+            raise TypeError(f"stream= orders the CUDA kernels, but the optimizer runs on "
+                            f"{self.device}")
+        return contextlib.nullcontext()
 
     def _step(self, grads, max_grad_norm, clip_value, skip_if_nonfinite, error_if_nonfinite):
         clipping = None if (max_grad_norm is None and clip_value is None
