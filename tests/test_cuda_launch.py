@@ -277,3 +277,67 @@ def test_the_gpu_bench_counts_launches_and_syncs(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["gpu_roof.py"])
     records = gpu_roof.main()
     assert [(r["launches"], r["host_syncs"]) for r in records] == [(1, 0), (3, 0)] * 2
+
+
+def test_grad_tables_upload_from_two_pinned_buffers_waiting_only_for_a_queued_one(monkeypatch):
+    """The hardware upload path, with stand-ins for the pinned buffers, the device table and
+    the events: the host rewrites a staging buffer only once its last copy is done."""
+    from numba_opt import _cuda_table
+    waits, copies = [], []
+
+    class Event:
+        done = False
+
+        def query(self):
+            return self.done
+
+        def synchronize(self):
+            waits.append(self)
+            self.done = True
+
+        def record(self, stream=0):
+            self.done = False
+
+    class DeviceTable:
+        def copy_to_device(self, ary, stream=0):
+            copies.append(list(ary))
+    monkeypatch.setattr(_cuda_table.cuda, "event", lambda timing=False: Event())
+    table = object.__new__(_cuda_table.DeviceTable)
+    table.count, table._grads, table._turn, table.uploads = 2, DeviceTable(), 0, 0
+    table._staging = [np.zeros(2, np.int64) for _ in range(2)]
+    table._uploaded, table._grad_addresses = [None, None], None
+    table._upload([1, 2])
+    table._upload([3, 4])  # the other buffer: nothing to wait for
+    assert waits == []
+    table._upload([5, 6])  # the first buffer again, its copy still queued: wait for it
+    assert len(waits) == 1
+    table._uploaded[1].done = True  # the second buffer's copy has run
+    table._upload([7, 8])
+    assert len(waits) == 1
+    assert copies == [[1, 2], [3, 4], [5, 6], [7, 8]] and table.uploads == 4
+
+
+def test_a_step_on_a_new_stream_waits_for_the_last_one_without_a_host_sync(monkeypatch):
+    """The hardware path of a stream change, with a stand-in event: the new stream waits for
+    the work queued on the old one (the tables and buffers it may still read)."""
+    from numba_opt import _cuda_launch
+    log = []
+
+    class Event:
+        def record(self, stream=0):
+            log.append(("record", stream))
+
+        def wait(self, stream=0):
+            log.append(("wait", stream))
+
+        def synchronize(self):
+            log.append(("host sync",))
+    monkeypatch.setattr(_cuda_launch, "_SIMULATED", False)
+    monkeypatch.setattr(_cuda_launch.cuda, "event", lambda timing=False: Event())
+    context = _cuda_launch.LaunchContext()
+    a, b = cuda.stream(), cuda.stream()
+    for stream in (a, a, b):
+        with context.active(stream, None):
+            assert _cuda_launch.current_stream() is stream
+    assert log == [("record", 0), ("wait", a), ("record", a), ("wait", b)]
+    assert _cuda_launch.current_stream() == 0  # outside a step: the default stream
