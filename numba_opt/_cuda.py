@@ -263,7 +263,8 @@ def _scale(out, factor):
 def scale(buffer, factor):
     """Multiply a 1-D device buffer by ``factor`` in place (cast to its dtype)."""
     if buffer.size:
-        _cuda_launch.launcher(_scale, *_launch_config(buffer.size))(buffer, np.dtype(buffer.dtype).type(factor))
+        _cuda_launch.launcher(_scale, *_launch_config(buffer.size))(
+            buffer, np.dtype(buffer.dtype).type(factor))
 
 
 def _as_numba(array):
