@@ -23,22 +23,26 @@ _SIMULATED = bool(config.ENABLE_CUDASIM)
 _active = threading.local()  # .context: the LaunchContext of the step running in this thread
 
 
-def _performance_warning():
+def _performance_warnings():
+    """numba-cuda's NumbaPerformanceWarning (the one its launches raise) and numba's own, which
+    older numba-cuda versions raised."""
+    from numba.core.errors import NumbaPerformanceWarning as numba_warning
     try:
-        from numba.cuda.core.errors import NumbaPerformanceWarning
-    except ImportError:  # older numba-cuda
-        from numba.core.errors import NumbaPerformanceWarning
-    return NumbaPerformanceWarning
+        from numba.cuda.core.errors import NumbaPerformanceWarning as cuda_warning
+    except ImportError:
+        return numba_warning, (numba_warning,)
+    return cuda_warning, (cuda_warning, numba_warning)
 
 
-NumbaPerformanceWarning = _performance_warning()
+NumbaPerformanceWarning, _PERFORMANCE_WARNINGS = _performance_warnings()
 
 
 def configure(kernel, blocks, threads):
     """``kernel[blocks, threads, stream]`` on the active stream, without numba's low-occupancy
     warning (a small bucket is a small grid on purpose)."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NumbaPerformanceWarning)
+        for category in _PERFORMANCE_WARNINGS:
+            warnings.simplefilter("ignore", category)
         return kernel[blocks, threads, current_stream()]
 
 
@@ -142,8 +146,8 @@ def as_stream(stream):
         handle = getattr(stream, attribute, None)
         if isinstance(handle, (int, np.integer)) and not isinstance(handle, bool):
             return _external(int(handle))
-    if hasattr(stream, "handle") or isinstance(stream, (cuda.stream, _SimulatedStream)) or \
-            type(stream).__module__.startswith("numba"):
+    # numba's streams (the simulator's have no handle)
+    if hasattr(stream, "handle") or type(stream).__module__.split(".")[0] == "numba":
         return stream
     raise TypeError("stream must be a numba, torch or CuPy CUDA stream or a stream handle "
                     f"(int), got {type(stream).__name__}")
