@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-gpu bench bench-quick cold-start mutation mutation-report clean
+.PHONY: demo test test-gpu bench-gpu bench bench-quick cold-start mutation mutation-report clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ test: $(STAMP)
 # ... and unchanged on a real NVIDIA GPU.
 test-gpu: $(STAMP)
 	NUMBA_ENABLE_CUDASIM=0 $(PY) -m pytest -q
+
+# On a GPU: each CUDA step's launches and host syncs, and its time against the HBM roof
+# (bench/results/gpu/); under NUMBA_ENABLE_CUDASIM=1 a smoke test of the same code
+bench-gpu: $(STAMP)
+	NUMBA_ENABLE_CUDASIM=0 $(PY) bench/gpu_roof.py
 
 # pyperf suite: every peer of a case in one run; tables and plot under bench/results/
 bench: $(STAMP)

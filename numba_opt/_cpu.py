@@ -553,10 +553,11 @@ def table_states(states, dtype):
     return tuple(states) + tuple(np.empty(0, dtype) for _ in range(4 - len(states)))
 
 
-def table_layout(sizes):
+def table_layout(sizes, arrays=None):
     """(starts, first) of a multi-tensor loop over arrays of these sizes, in order: where each
     array starts in the bucket's elements (and where the last ends), and the array each chunk of
-    TABLE_CHUNK elements starts in, then the last array."""
+    TABLE_CHUNK elements starts in, then the last array.  (``arrays``: for the CUDA backend's
+    twin, which builds device tables of them.)"""
     starts = np.zeros(len(sizes) + 1, np.int64)
     np.cumsum(sizes, out=starts[1:])
     chunk_starts = np.arange(0, starts[-1], TABLE_CHUNK, dtype=np.int64)

@@ -7,14 +7,18 @@ host and passed in the array dtype (as the ``_math`` namedtuple, flags as 0.0 / 
 kernels contain no float64 instructions (a test compiles the PTX to check).
 
 Params and grads may be numba device arrays or any ``__cuda_array_interface__`` object (CuPy
-arrays, torch CUDA tensors): they are viewed in place, never copied.  Kernels run on the default
-stream.  Under the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) the same kernels run in Python.
+arrays, torch CUDA tensors): they are viewed in place, never copied, wrapped without a host
+sync.  Kernels run on the step's stream and read the clip scale from device memory
+(``_cuda_launch``); a bucket of separate arrays is one launch over a device table
+(``_cuda_table``); the grad norm stays on the device (``_cuda_norm``).  Under the CUDA
+simulator (``NUMBA_ENABLE_CUDASIM=1``) the same kernels run in Python.
 """
 import numpy as np
 from numba import config, cuda
 
-from . import _codecs, _interface, _math, _quant
+from . import _codecs, _cuda_launch, _cuda_norm, _cuda_table, _interface, _math, _quant
 from ._codecs import NATIVE, bits  # noqa: F401 (bits: part of the backend interface)
+from ._cuda_launch import LaunchContext  # noqa: F401 (part of the backend interface)
 
 THREADS_PER_BLOCK = 256
 # Grid-stride loops cover any size with at most this many blocks (tests lower both numbers so
@@ -42,44 +46,67 @@ def _applier(name, storage):
 
 
 # One grid-stride kernel template per number of buffers (the states, then the master copy).
-def _kernel0(apply_at):
+# Every update kernel reads the clip scale from device memory (``scale``: one element of the
+# compute dtype, 1 unless the step clips by the global norm, see _cuda_norm) and multiplies the
+# scalars' grad_scale by it, so a clipped step needs no host round trip.
+def _kernel0(apply_at, rescaled):
     @cuda.jit
-    def kernel(param, grad, h):
+    def kernel(param, grad, scale, h):
+        h = rescaled(h, scale[0])
         for i in range(cuda.grid(1), param.size, cuda.gridsize(1)):
             apply_at(i, param, grad, h)
     return kernel
 
 
-def _kernel1(apply_at):
+def _kernel1(apply_at, rescaled):
     @cuda.jit
-    def kernel(param, grad, s0, h):
+    def kernel(param, grad, s0, scale, h):
+        h = rescaled(h, scale[0])
         for i in range(cuda.grid(1), param.size, cuda.gridsize(1)):
             apply_at(i, param, grad, s0, h)
     return kernel
 
 
-def _kernel2(apply_at):
+def _kernel2(apply_at, rescaled):
     @cuda.jit
-    def kernel(param, grad, s0, s1, h):
+    def kernel(param, grad, s0, s1, scale, h):
+        h = rescaled(h, scale[0])
         for i in range(cuda.grid(1), param.size, cuda.gridsize(1)):
             apply_at(i, param, grad, s0, s1, h)
     return kernel
 
 
-def _kernel3(apply_at):
+def _kernel3(apply_at, rescaled):
     @cuda.jit
-    def kernel(param, grad, s0, s1, s2, h):
+    def kernel(param, grad, s0, s1, s2, scale, h):
+        h = rescaled(h, scale[0])
         for i in range(cuda.grid(1), param.size, cuda.gridsize(1)):
             apply_at(i, param, grad, s0, s1, s2, h)
     return kernel
 
 
-def _kernel4(apply_at):
+def _kernel4(apply_at, rescaled):
     @cuda.jit
-    def kernel(param, grad, s0, s1, s2, s3, h):
+    def kernel(param, grad, s0, s1, s2, s3, scale, h):
+        h = rescaled(h, scale[0])
         for i in range(cuda.grid(1), param.size, cuda.gridsize(1)):
             apply_at(i, param, grad, s0, s1, s2, s3, h)
     return kernel
+
+
+def _rescaler(family):
+    """``rescaled(h, s)``: the scalars of ``family`` with grad_scale multiplied by ``s`` (in
+    the scalars' dtype: exact for the 1 of an unclipped step)."""
+    scalars = _math.SCALARS[family]
+    assert scalars._fields[0] == "grad_scale"
+    rest = "".join(f", h.{name}" for name in scalars._fields[1:])
+    scope = {"Scalars": scalars}
+    exec(f"def rescaled_{family}(h, s):\n    return Scalars(h.grad_scale * s{rest})\n", scope)
+    function = scope[f"rescaled_{family}"]
+    return function if _SIMULATED else _math._rule(function)
+
+
+_RESCALERS = {family: _rescaler(family) for family in _math.SCALARS}
 
 
 _TEMPLATES = (_kernel0, _kernel1, _kernel2, _kernel3, _kernel4)
@@ -93,25 +120,76 @@ def _launch_config(size):
 class Launcher:
     """Called like a CPU kernel: ``launcher(param, grad, states, scalars)`` on flat device
     arrays, ``scalars`` from ``scalars_argument``; one kernel variant on one
-    ``_codecs.Storage``.  The bound launches take the arrays as ``bits`` views."""
+    ``_codecs.Storage``.  The bound launches take the arrays as ``bits`` views: ``bind`` one
+    span, ``bind_table`` a bucket of separate arrays (``_cuda_table``), one launch either way."""
 
     def __init__(self, name, storage=NATIVE):
         self.__name__, self.storage = name, storage
-        n_states, _ = _math.KERNELS[name]
-        self.kernel = _TEMPLATES[n_states + storage.master](_applier(name, storage))
+        n_states, family = _math.KERNELS[name]
+        self._apply_at, self._rescaled = _applier(name, storage), _RESCALERS[family]
+        self.kernel = _TEMPLATES[n_states + storage.master](self._apply_at, self._rescaled)
+        self._table_kernel = None  # made on the first bind_table
 
     def __call__(self, param, grad, states, scalars):
         self.bind(param.size)(bits(param), bits(grad), *map(bits, states), scalars)
 
     def bind(self, size):
-        """The launch for arrays of this size: ``launch(param, grad, *states, scalars)``."""
+        """The launch for arrays of this size: ``launch(param, grad, *states, scalars)``.  A
+        bucket's call site passes arrays of one dtype and dimension each time (validated), so
+        from its second launch on it skips numba's argument typing (``_cuda_launch.Bound``)."""
         if not size:
             return _nothing
-        return self.kernel[_launch_config(size)]
+        launch = _cuda_launch.Bound(self.kernel, *_launch_config(size), fixed_types=True)
+
+        def call(*args):
+            scalars = args[-1]
+            launch(*args[:-1], _scale_of(scalars), scalars)
+        return call
+
+    def bind_table(self, size):
+        """The launch over a bucket's separate arrays, ``size`` elements in all:
+        ``launch(None, grads, members, table, s0, s1, s2, s3, scalars)`` with ``grads`` every
+        grad of the optimizer (flat), ``members`` the bucket's indices into them, ``table`` its
+        ``DeviceTable`` and four state buffers (``table_states``)."""
+        if not size:
+            return _nothing
+        if self._table_kernel is None:
+            n_buffers = _math.KERNELS[self.__name__][0] + self.storage.master
+            with4 = _math.bound(_cuda_table.WITH[n_buffers], f"{self.__name__}_with4",
+                                apply_at=self._apply_at)
+            self._table_kernel = _cuda_table.update_kernel(
+                with4 if _SIMULATED else _math._rule(with4), self._rescaled)
+        # every argument is the bucket's own: the types never change, launch the compiled kernel
+        launch = _cuda_launch.Bound(self._table_kernel, *_launch_config(size), fixed_types=True)
+
+        def call(_, grads, members, table, s0, s1, s2, s3, scalars):
+            launch(table.params, table.grads_table(grads, members), table.starts, table.like,
+                   s0, s1, s2, s3, _scale_of(scalars), scalars)
+        return call
 
 
 def _nothing(*args):
     pass
+
+
+def _scale_of(scalars):
+    """The device clip scale the kernels taking ``scalars`` read (the running step's)."""
+    return _cuda_launch.active_context().scale(type(scalars[0]))
+
+
+# ------------------------------------------------------------------ multi-tensor tables
+# optim.base steps a bucket of separate device arrays in one launch over a _cuda_table table.
+MULTI_TENSOR = True
+
+
+def table_layout(sizes, arrays):
+    """What ``bind_table``'s launches take after the bucket's member indices: its table."""
+    return (_cuda_table.DeviceTable(arrays),)
+
+
+def table_states(states, dtype):
+    """A kernel's buffers as the table kernel takes them: four, the missing ones empty."""
+    return tuple(states) + tuple(_empty(dtype) for _ in range(4 - len(states)))
 
 
 LAUNCHERS = tuple(Launcher(name) for name in _math.KERNELS)  # on float32 and float64 arrays
@@ -143,17 +221,6 @@ def update_scalars(scalars, indices, values):
     return type(scalars)._make(fields)
 
 
-def _sum_squares_kernel(load):
-    @cuda.jit
-    def kernel(x, out):
-        total = 0.0  # float64 whatever the array's dtype; the one f64 kernel, on purpose
-        for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
-            value = np.float64(load(x[i]))
-            total += value * value
-        cuda.atomic.add(out, 0, total)
-    return kernel
-
-
 def _widen_kernel(load):
     @cuda.jit
     def kernel(out, source):
@@ -163,18 +230,14 @@ def _widen_kernel(load):
 
 
 # per codec of the grads (the codecs take scalars: the simulator calls them compiled)
-_SUM_SQUARES = {codec: _sum_squares_kernel(load) for codec, (load, _) in _codecs.CODECS.items()}
 _WIDEN = {codec: _widen_kernel(load) for codec, (load, _) in _codecs.CODECS.items()
           if codec != "native"}
 
 
 def sum_squares(flat_array, codec="native"):
     """The sum of squares of a 1-D device array (as ``bits`` gives it, stored by ``codec``), in
-    float64: one read pass (and a sync)."""
-    out = cuda.to_device(np.zeros(1))
-    if flat_array.size:
-        _SUM_SQUARES[codec][_launch_config(flat_array.size)](flat_array, out)
-    return float(out.copy_to_host()[0])
+    float64: one read pass and a host sync (a step's norm is ``_cuda_norm.GradNorm``'s)."""
+    return _cuda_norm.sum_squares(flat_array, codec)
 
 
 def widen(out, source, codec):
@@ -182,7 +245,7 @@ def widen(out, source, codec):
     as ``codec`` says) into the float32 device array ``out``: exact, a master copy's first
     value."""
     if out.size:
-        _WIDEN[codec][_launch_config(out.size)](out, source)
+        _cuda_launch.launcher(_WIDEN[codec], *_launch_config(out.size))(out, source)
 
 
 @cuda.jit
@@ -200,7 +263,8 @@ def _scale(out, factor):
 def scale(buffer, factor):
     """Multiply a 1-D device buffer by ``factor`` in place (cast to its dtype)."""
     if buffer.size:
-        _scale[_launch_config(buffer.size)](buffer, np.dtype(buffer.dtype).type(factor))
+        _cuda_launch.launcher(_scale, *_launch_config(buffer.size))(
+            buffer, np.dtype(buffer.dtype).type(factor))
 
 
 def _as_numba(array):
@@ -210,7 +274,9 @@ def _as_numba(array):
     if getattr(array, "__cuda_memory__", False) or hasattr(array, "__cuda_ndarray__"):
         return array
     dtype = _interface.dtype_of(array)
-    view = _simulated_view(array) if _SIMULATED else cuda.as_cuda_array(array)
+    # sync=False: numba would wait on the host for a version-3 interface's stream; the step is
+    # ordered on its stream instead (_cuda_launch)
+    view = _simulated_view(array) if _SIMULATED else cuda.as_cuda_array(array, sync=False)
     return view if view.dtype == dtype else view.view(dtype)
 
 
@@ -359,7 +425,7 @@ def fill(buffer, value):
         codec = _codecs.codec_of(buffer.dtype)
         value = _codecs.encode(codec, value) if codec != "native" else \
             np.dtype(buffer.dtype).type(value)
-        _fill[_launch_config(buffer.size)](bits(buffer), value)
+        _cuda_launch.launcher(_fill, *_launch_config(buffer.size))(bits(buffer), value)
 
 
 # ----------------------------------------------------------- blockwise 8-bit state (_quant)
@@ -385,11 +451,13 @@ def _encode(codes, i, value, absmax):
     codes[i] = quantize(value, absmax)  # noqa: F821
 
 
-def _blockwise_kernel(apply_arranged, decode0, encode0, decode1, encode1, decode2, encode2):
+def _blockwise_kernel(apply_arranged, rescaled, decode0, encode0, decode1, encode1, decode2,
+                      encode2):
     block = _quant.BLOCK
 
     @cuda.jit
-    def kernel(param, grad, c0, a0, c1, a1, c2, a2, master, h):
+    def kernel(param, grad, c0, a0, c1, a1, c2, a2, master, scale, h):
+        h = rescaled(h, scale[0])
         s0 = cuda.shared.array(block, np.float32)
         s1 = cuda.shared.array(block, np.float32)
         s2 = cuda.shared.array(block, np.float32)
@@ -453,22 +521,25 @@ class BlockwiseLauncher:
                               _device(_encode, f"{name}_encode{k}", quantize=quantize)]
             else:
                 functions += [_device(_no_decode, "no_decode"), _device(_no_encode, "no_encode")]
-        self.kernel = _blockwise_kernel(_math.arranged(name, storage, wrap, codecs), *functions)
+        self.kernel = _blockwise_kernel(_math.arranged(name, storage, wrap, codecs),
+                                        _RESCALERS[_math.KERNELS[name][1]], *functions)
 
     def bind(self, size):
         if not size:
             return _nothing
         blocks = min(_quant.blocks(size), MAX_BLOCKS)
-        launch = self.kernel[blocks, min(THREADS_PER_BLOCK, _quant.BLOCK)]
+        launch = _cuda_launch.Bound(self.kernel, blocks, min(THREADS_PER_BLOCK, _quant.BLOCK))
         pad = (_empty(_quant.CODE), _empty(_quant.SCALE)) * (3 - self.n_states)
         if self.storage.master:
             def call(param, grad, *buffers):
-                launch(param, grad, *buffers[:-2], *pad, buffers[-2], buffers[-1])
+                h = buffers[-1]
+                launch(param, grad, *buffers[:-2], *pad, buffers[-2], _scale_of(h), h)
         else:
             no_master = _empty(np.float32)
 
             def call(param, grad, *buffers):
-                launch(param, grad, *buffers[:-1], *pad, no_master, buffers[-1])
+                h = buffers[-1]
+                launch(param, grad, *buffers[:-1], *pad, no_master, _scale_of(h), h)
         return call
 
 

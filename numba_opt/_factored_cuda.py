@@ -13,7 +13,7 @@ Launches follow ``_cuda.THREADS_PER_BLOCK`` (a power of two up to ``_MAX_THREADS
 import numpy as np
 from numba import cuda, float32, float64
 
-from . import _cuda, _math
+from . import _cuda, _cuda_launch, _math
 from ._cuda import sum_squares  # noqa: F401 (part of this module's interface)
 
 _MAX_THREADS = 1024  # the shared array of the block reductions holds one value per thread
@@ -141,9 +141,14 @@ def _launch(size):
     return max(1, min((size + threads - 1) // threads, _cuda.MAX_BLOCKS)), threads
 
 
+def _on_stream(kernel, size):
+    """``kernel`` over ``size`` threads, configured on the step's stream (_cuda_launch)."""
+    return _cuda_launch.configure(kernel, *_launch(size))
+
+
 def _combined(partials, blocks):
-    """The host's float64 sum of the per-block partial sums."""
-    return float(np.sum(partials[:blocks].copy_to_host(), dtype=np.float64))
+    """The host's float64 sum of the per-block partial sums (a sync on the step's stream)."""
+    return float(np.sum(_cuda_launch.read_back(partials[:blocks]), dtype=np.float64))
 
 
 # ------------------------------------------------------------- the interface (as _factored)
@@ -155,10 +160,10 @@ def scalars(values, dtype):
 def factored_moments(grad, row_var, col_var, dims, h):
     batches, rows, cols = dims
     cast = np.dtype(row_var.dtype).type
-    _row_moments[_launch(batches * rows)](grad, row_var, batches, rows, cols, cast(cols), h)
-    _col_moments[_launch(batches * cols)](grad, col_var, batches, rows, cols, cast(rows), h)
+    _on_stream(_row_moments, batches * rows)(grad, row_var, batches, rows, cols, cast(cols), h)
+    _on_stream(_col_moments, batches * cols)(grad, col_var, batches, rows, cols, cast(rows), h)
     row_mean = _buffer(row_var.dtype, batches)
-    _row_means[_launch(batches)](row_var, row_mean, batches, rows, cast(rows), h)
+    _on_stream(_row_means, batches)(row_var, row_mean, batches, rows, cast(rows), h)
     return row_mean
 
 
@@ -166,22 +171,22 @@ def factored_update_sq(grad, row_var, col_var, row_mean, dims, h):
     _, rows, cols = dims
     blocks, threads = _launch(grad.size)
     partials = _buffer(grad.dtype, blocks)
-    _REDUCTIONS[np.dtype(grad.dtype)][0][blocks, threads](grad, row_var, col_var, row_mean, rows,
+    _cuda_launch.configure(_REDUCTIONS[np.dtype(grad.dtype)][0], blocks, threads)(grad, row_var, col_var, row_mean, rows,
                                                           cols, partials, h)
     return _combined(partials, blocks)
 
 
 def factored_apply(param, grad, row_var, col_var, row_mean, dims, h):
     _, rows, cols = dims
-    _factored_apply[_launch(param.size)](param, grad, row_var, col_var, row_mean, rows, cols, h)
+    _on_stream(_factored_apply, param.size)(param, grad, row_var, col_var, row_mean, rows, cols, h)
 
 
 def vector_update_sq(grad, variance, h):
     blocks, threads = _launch(grad.size)
     partials = _buffer(grad.dtype, blocks)
-    _REDUCTIONS[np.dtype(grad.dtype)][1][blocks, threads](grad, variance, partials, h)
+    _cuda_launch.configure(_REDUCTIONS[np.dtype(grad.dtype)][1], blocks, threads)(grad, variance, partials, h)
     return _combined(partials, blocks)
 
 
 def vector_apply(param, grad, variance, h):
-    _vector_apply[_launch(param.size)](param, grad, variance, h)
+    _on_stream(_vector_apply, param.size)(param, grad, variance, h)

@@ -16,7 +16,7 @@ import math
 import numpy as np
 from numba import cuda, float32, float64, njit
 
-from . import _codecs, _cuda, _math
+from . import _codecs, _cuda, _cuda_launch, _math
 from ._newton_schulz import compute_dtype
 
 TILE = 16               # the matrix-product tile (tests lower it: tiny matrices, several tiles)
@@ -186,7 +186,7 @@ def _matmul(a, b, c, out, alpha, beta, transpose_b, rounding):
     kernel = _made(("matmul", dtype, rounding, transpose_b, c is not None, tile),
                    lambda: _matmul_kernel(dtype, rounding, transpose_b, c is not None, tile))
     grid = ((out.shape[1] + tile - 1) // tile, (out.shape[0] + tile - 1) // tile)
-    kernel[grid, (tile, tile)](a, b, out if c is None else c, out, alpha, beta)
+    _cuda_launch.configure(kernel, grid, (tile, tile))(a, b, out if c is None else c, out, alpha, beta)
 
 
 def _blocks(size):
@@ -224,16 +224,18 @@ def muon_update(param, grad, momentum_buffer, h, coefficients, steps, eps, ns_dt
     threads, size = THREADS_PER_BLOCK, rows * cols
     blocks = max(1, min(_cuda.MAX_BLOCKS, (size + threads - 1) // threads))
 
-    _made(("momentum", rounding), lambda: _momentum_kernel(rounding))[blocks, threads](
+    _cuda_launch.configure(_made(("momentum", rounding), lambda: _momentum_kernel(rounding)),
+                           blocks, threads)(
         _cuda.flat(grad), _cuda.flat(momentum_buffer), x, h, rows, cols, tall, fortran)
     flat_x = x.reshape(size)
     partials_kernel, finish_kernel = _made(("norm", dtype, rounding, threads),
                                            lambda: _norm_kernels(dtype, rounding, threads))
-    partials_kernel[NORM_BLOCKS, threads](flat_x, partials)
+    _cuda_launch.configure(partials_kernel, NORM_BLOCKS, threads)(flat_x, partials)
     if rounding:  # torch clamps a bfloat16 norm: at eps as a bfloat16
         eps = np.float32(eps).astype(_codecs.BFLOAT16)
-    finish_kernel[1, 1](partials, cast(eps), norm)
-    _made(("divide", rounding), lambda: _divide_kernel(rounding))[blocks, threads](flat_x, norm)
+    _cuda_launch.configure(finish_kernel, 1, 1)(partials, cast(eps), norm)
+    _cuda_launch.configure(_made(("divide", rounding), lambda: _divide_kernel(rounding)),
+                           blocks, threads)(flat_x, norm)
     a, b, c = (cast(v) for v in coefficients)
     one, zero = cast(1.0), cast(0.0)
     for _ in range(steps):
@@ -242,6 +244,6 @@ def muon_update(param, grad, momentum_buffer, h, coefficients, steps, eps, ns_dt
         _matmul(polynomial, x, x, spare, one, a, False, rounding)            # a X + (...) X
         x, spare = spare, x
     param_type = np.dtype(param.dtype).type
-    _made(("apply",), _apply_kernel)[blocks, threads](
+    _cuda_launch.configure(_made(("apply",), _apply_kernel), blocks, threads)(
         _cuda.flat(param), x, param_type(param_scale), param_type(adjusted_lr), rows, cols,
         tall, fortran)

@@ -140,37 +140,80 @@ def test_functional_steps_refuse_device_arrays_that_share_memory():
     assert np.all(pool.copy_to_host() > 0)
 
 PTX_SCRIPT = textwrap.dedent("""
-    import json, numpy as np
+    import json, os, re, shutil, subprocess, tempfile
+    import numpy as np
     from numba import cuda, typeof
-    from numba_opt import _cuda, _math
-    counts = {}
+    from numba_opt import _codecs, _cuda, _cuda_norm, _math
+
+    def ptxas(ptx):
+        # NVVM writes the newest PTX ISA it knows; the local ptxas may be older
+        if shutil.which("ptxas") is None:
+            return None
+        ptx = re.sub(r"^[.]version [0-9.]+", ".version 9.0", ptx, flags=re.M)
+        with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as source:
+            source.write(ptx)
+        try:
+            run = subprocess.run(["ptxas", "-v", "-arch=sm_90", source.name, "-o", os.devnull],
+                                 capture_output=True, text=True)
+        finally:
+            os.unlink(source.name)
+        if run.returncode:
+            return "ptxas failed: " + run.stderr[-500:]
+        return [int(n) for n in re.findall(r"([0-9]+) bytes spill (?:stores|loads)", run.stderr)]
+
+    out = {}
+    def check(label, kernel, signature):
+        ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=(9, 0))
+        out[label] = {"f64": sum(".f64" in line for line in ptx.splitlines()),
+                      "spills": ptxas(ptx)}
+
+    int64 = typeof(np.zeros(1, np.int64))
     for launcher in _cuda.LAUNCHERS:
         name = launcher.__name__
         n_states, family = _math.KERNELS[name]
         fields = _math.SCALARS[family]._fields
+        launcher.bind_table(1)  # makes the table kernel
         for dtype in (np.float32, np.float64):
             array = typeof(np.zeros(1, dtype))
-            h = _cuda.scalars_argument(_math.SCALARS[family]._make([0.0] * len(fields)), dtype)
-            signature = (array,) * (2 + n_states) + (typeof(h),)
-            ptx, _ = cuda.compile_ptx(launcher.kernel.py_func, signature, cc=(9, 0))
-            counts[f"{name} {dtype.__name__}"] = sum(".f64" in line for line in ptx.splitlines())
-    print(json.dumps(counts))
+            h = typeof(_cuda.scalars_argument(_math.SCALARS[family]._make([0.0] * len(fields)),
+                                              dtype))
+            check(f"{name} span {dtype.__name__}", launcher.kernel,
+                  (array,) * (2 + n_states) + (array, h))
+            check(f"{name} table {dtype.__name__}", launcher._table_kernel,
+                  (int64, int64, int64, array) + (array,) * 4 + (array, h))
+    f64 = typeof(np.zeros(1, np.float64))
+    for codec, dtype in (("native", np.float32), ("native", np.float64),
+                         ("bfloat16", _codecs.BITS)):
+        grads = typeof(np.zeros(1, dtype))
+        check(f"norm span {codec} {np.dtype(dtype).name}", _cuda_norm._SPAN_SUMS[codec],
+              (grads, f64, typeof(1)))
+        check(f"norm table {codec} {np.dtype(dtype).name}", _cuda_norm._TABLE_SUMS[codec],
+              (int64, int64, grads, f64, typeof(1)))
+    check("norm combine", _cuda_norm._combine,
+          (f64, typeof(1), typeof(1.0), f64, typeof(1), typeof(np.zeros(1, np.float32)), f64))
+    print(json.dumps(out))
 """)
 
 
-def test_float32_kernels_compile_to_ptx_without_float64():
-    """Compile every kernel to real PTX (NVVM, no GPU needed) outside the simulator."""
+def test_kernels_compile_to_ptx_without_float64_in_float32_kernels_or_spills():
+    """Compile every update kernel (over one span and over a device table of arrays) and the
+    grad-norm kernels to real PTX (NVVM, no GPU needed) outside the simulator; where ptxas is
+    installed, assemble them for sm_90 and check that nothing spills."""
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     run = subprocess.run([sys.executable, "-c", PTX_SCRIPT], env=env, capture_output=True,
-                         text=True, timeout=600)
+                         text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
-    counts = json.loads(run.stdout.strip().splitlines()[-1])
-    assert len(counts) == 2 * len(_math.KERNELS)
-    for kernel, f64_lines in counts.items():
-        if kernel.endswith("float32"):
-            assert f64_lines == 0, f"{kernel}: {f64_lines} float64 PTX lines"
+    results = json.loads(run.stdout.strip().splitlines()[-1])
+    assert len(results) == 4 * len(_math.KERNELS) + 7
+    for kernel, result in results.items():
+        if kernel.startswith("norm"):  # the reductions accumulate in float64, on purpose
+            assert result["f64"] > 0, kernel
+        elif kernel.endswith("float32"):
+            assert result["f64"] == 0, f"{kernel}: {result['f64']} float64 PTX lines"
         else:
-            assert f64_lines > 0, f"{kernel}: the float64 kernel shows no f64, check the check"
+            assert result["f64"] > 0, f"{kernel}: the float64 kernel shows no f64, check the check"
+        spills = result["spills"]
+        assert spills is None or spills == [0, 0], f"{kernel}: {spills}"
 
 
 @needs_cuda

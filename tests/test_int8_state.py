@@ -539,7 +539,7 @@ for name, (n_states, family) in _math.KERNELS.items():
         kind = typeof(np.zeros(1, np.float32 if param == "native" else np.uint16))
         signature = ((kind, kind) + (typeof(np.zeros(1, np.uint8)),
                      typeof(np.zeros(1, np.float32))) * 3
-                     + (typeof(np.zeros(1, np.float32)), typeof(h)))
+                     + (typeof(np.zeros(1, np.float32)),) * 2 + (typeof(h),))  # master, scale
         ptx, _ = cuda.compile_ptx(launcher.kernel.py_func, signature, cc=(9, 0))
         counts[f"{name} {param}"] = sum(".f64" in line for line in ptx.splitlines())
 print(json.dumps(counts))

@@ -64,7 +64,8 @@ class _Bucket:
         # a multi-tensor table over the bucket's arrays, where the backend has such loops
         self.table = None if self.quantized or not getattr(backend, "MULTI_TENSOR", False) else (
             np.array(indices, dtype=np.int64),
-            *backend.table_layout([stop - start for start, stop in self.bounds]))
+            *backend.table_layout([stop - start for start, stop in self.bounds],
+                                  self.flat_params))
         self.reset()
 
     def reset(self):

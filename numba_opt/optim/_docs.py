@@ -27,6 +27,9 @@ SHARED = {
                            "weights, bfloat16 state) stochastically instead of to nearest, so "
                            "updates under half an ulp survive in expectation",
     "rounding_seed": "seed of the stochastic rounding (kept in the state_dict; default 0)",
+    "stream": "CUDA: the stream every step's kernels run on (a numba, torch or CuPy stream, or "
+              "a cudaStream_t int); default: the arrays' current stream (torch's or CuPy's), "
+              "else the default stream",
     "momentum": "momentum factor (0: none)",
     "amsgrad": "use the running maximum of the second moment (AMSGrad)",
 }

@@ -23,7 +23,10 @@ class Intake:
     def __init__(self, params, labels, buckets, backend, device):
         self.params, self.labels, self.buckets = params, labels, buckets
         self.backend, self.device = backend, device
-        self.multi_tensor = getattr(backend, "MULTI_TENSOR", False)
+        # the host path below reads NumPy grads' addresses; the CUDA tables take the flat grads
+        self.multi_tensor = getattr(backend, "MULTI_TENSOR", False) and device == "cpu"
+        self.device_tables = getattr(backend, "MULTI_TENSOR", False) and device != "cpu"
+        self.param_addresses = None
         if self.multi_tensor:
             # stand-ins for absent or unusual grads in the address pass (made now, while the
             # params are writeable: one compiled signature)
@@ -44,8 +47,9 @@ class Intake:
         self._param_spans = self._param_starts = None  # the general path's aliasing check
 
     def adopt(self, grads):
-        """(grads as a tuple, per bucket (flat grads, presence, grad span), grad addresses or
-        None): everything ``Optimizer.step`` needs, after every check passed."""
+        """(grads as a tuple, per bucket (flat grads, presence, grad span), grad addresses, or
+        on the GPU every flat grad, or None): everything ``Optimizer.step`` needs, after every
+        check passed."""
         if self.multi_tensor:
             flats, addresses, absent = self._host_flats(grads)
         else:
@@ -53,7 +57,8 @@ class Intake:
             self._check_each(grads)
             self._reject_grads_in_params(grads)
             flat = self.backend.flat
-            flats, addresses = [None if g is None else bits(flat(g)) for g in grads], None
+            flats = [None if g is None else bits(flat(g)) for g in grads]
+            addresses = flats if self.device_tables else None
             absent = [k for k, g in enumerate(grads) if g is None]
         per_bucket = []
         for bucket in self.buckets:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from .. import functional as F
 from .._typing import Device, Params, Real
 from .base import Optimizer
@@ -15,10 +17,12 @@ class Adadelta(Optimizer):
     def __init__(self, params: Params, lr: Real = 1.0, rho: Real = 0.9, eps: Real = 1e-6,
                  weight_decay: Real = 0.0, maximize: bool = False, device: Device = "auto", *,
                  state_dtype: str | None = None, master_weights: bool = False,
-                 stochastic_rounding: bool = False, rounding_seed: int | None = None) -> None:
+                 stochastic_rounding: bool = False, rounding_seed: int | None = None,
+                 stream: Any = None) -> None:
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
                                       maximize=maximize), device,
-                         state_dtype, master_weights, stochastic_rounding, rounding_seed)
+                         state_dtype, master_weights, stochastic_rounding, rounding_seed,
+                         stream)
 
     def _layout(self, hyper):
         return F.adadelta_layout()

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import Any
 
 from .. import dispatch, functional as F
 from .._interface import shape_of
@@ -66,7 +67,8 @@ class Adafactor(Optimizer):
                  eps: tuple[Real | None, Real] = (None, 1e-3), d: Real = 1.0,
                  weight_decay: Real = 0.0, *, maximize: bool = False, device: Device = "auto",
                  state_dtype: str | None = None, master_weights: bool = False,
-                 stochastic_rounding: bool = False, rounding_seed: int | None = None) -> None:
+                 stochastic_rounding: bool = False, rounding_seed: int | None = None,
+                 stream: Any = None) -> None:
         refused = [f"{name}={value!r}" for name, value, default in (
             ("state_dtype", state_dtype, None), ("master_weights", master_weights, False),
             ("stochastic_rounding", stochastic_rounding, False),
@@ -76,7 +78,8 @@ class Adafactor(Optimizer):
                              "factored in the param's dtype, and it updates float32 and "
                              "float64 params only")
         super().__init__(params, dict(lr=lr, beta2_decay=beta2_decay, eps=eps, d=d,
-                                      weight_decay=weight_decay, maximize=maximize), device)
+                                      weight_decay=weight_decay, maximize=maximize), device,
+                         stream=stream)
 
     # --------------------------------------------------------------- buckets and their state
     def _group_buckets(self, gi, indices, params, labels):

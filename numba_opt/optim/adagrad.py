@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from .. import functional as F
 from .._typing import Device, Params, Real
 from .base import Optimizer
@@ -18,11 +20,13 @@ class Adagrad(Optimizer):
                  weight_decay: Real = 0.0, initial_accumulator_value: Real = 0.0, eps: Real = 1e-10,
                  maximize: bool = False, device: Device = "auto", *, state_dtype: str | None = None,
                  master_weights: bool = False,
-                 stochastic_rounding: bool = False, rounding_seed: int | None = None) -> None:
+                 stochastic_rounding: bool = False, rounding_seed: int | None = None,
+                 stream: Any = None) -> None:
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value,
                                       eps=eps, maximize=maximize), device,
-                         state_dtype, master_weights, stochastic_rounding, rounding_seed)
+                         state_dtype, master_weights, stochastic_rounding, rounding_seed,
+                         stream)
 
     def _layout(self, hyper):
         return F.adagrad_layout()

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from .. import functional as F
 from .._typing import Betas, Device, Params, Real
 from .base import Optimizer
@@ -22,11 +24,13 @@ class Adam(Optimizer):
                  maximize: bool = False, decoupled_weight_decay: bool = False,
                  device: Device = "auto", *, state_dtype: str | None = None,
                  master_weights: bool = False,
-                 stochastic_rounding: bool = False, rounding_seed: int | None = None) -> None:
+                 stochastic_rounding: bool = False, rounding_seed: int | None = None,
+                 stream: Any = None) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       amsgrad=amsgrad, maximize=maximize,
                                       decoupled_weight_decay=decoupled_weight_decay), device,
-                         state_dtype, master_weights, stochastic_rounding, rounding_seed)
+                         state_dtype, master_weights, stochastic_rounding, rounding_seed,
+                         stream)
 
     def _layout(self, hyper):
         return F.adam_layout(hyper["amsgrad"])
@@ -46,9 +50,11 @@ class AdamW(Adam):
                  eps: Real = 1e-8, weight_decay: Real = 1e-2, amsgrad: bool = False,
                  maximize: bool = False, device: Device = "auto", *, state_dtype: str | None = None,
                  master_weights: bool = False,
-                 stochastic_rounding: bool = False, rounding_seed: int | None = None) -> None:
+                 stochastic_rounding: bool = False, rounding_seed: int | None = None,
+                 stream: Any = None) -> None:
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=True,
                          device=device, state_dtype=state_dtype,
                          master_weights=master_weights,
-                         stochastic_rounding=stochastic_rounding, rounding_seed=rounding_seed)
+                         stochastic_rounding=stochastic_rounding, rounding_seed=rounding_seed,
+                         stream=stream)

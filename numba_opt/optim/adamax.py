@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from .. import functional as F
 from .._typing import Betas, Device, Params, Real
 from .base import Optimizer
@@ -19,10 +21,12 @@ class Adamax(Optimizer):
                  eps: Real = 1e-8, weight_decay: Real = 0.0, maximize: bool = False,
                  device: Device = "auto", *, state_dtype: str | None = None,
                  master_weights: bool = False,
-                 stochastic_rounding: bool = False, rounding_seed: int | None = None) -> None:
+                 stochastic_rounding: bool = False, rounding_seed: int | None = None,
+                 stream: Any = None) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       maximize=maximize), device,
-                         state_dtype, master_weights, stochastic_rounding, rounding_seed)
+                         state_dtype, master_weights, stochastic_rounding, rounding_seed,
+                         stream)
 
     def _layout(self, hyper):
         return F.adamax_layout()

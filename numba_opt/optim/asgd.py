@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from .. import functional as F
 from .._typing import Device, Params, Real
@@ -32,10 +33,12 @@ class ASGD(Optimizer):
                  t0: Real = 1e6, weight_decay: Real = 0.0, maximize: bool = False,
                  device: Device = "auto", *, state_dtype: str | None = None,
                  master_weights: bool = False, stochastic_rounding: bool = False,
-                 rounding_seed: int | None = None) -> None:
+                 rounding_seed: int | None = None,
+                 stream: Any = None) -> None:
         super().__init__(params, dict(lr=lr, lambd=lambd, alpha=alpha, t0=t0,
                                       weight_decay=weight_decay, maximize=maximize), device,
-                         state_dtype, master_weights, stochastic_rounding, rounding_seed)
+                         state_dtype, master_weights, stochastic_rounding, rounding_seed,
+                         stream)
 
     def _layout(self, hyper):
         return F.asgd_layout()

@@ -20,7 +20,8 @@ How a step runs (the fast path is what makes small steps cheap and big models on
 - The params of a group that share a dtype form a *bucket*.  Each state (exp_avg, ...) of a
   bucket is one flat buffer; each param's state is a view into it.
 - If the bucket's params lie back to back in one buffer (``FlatParams``) and so do the grads,
-  the whole bucket is ONE kernel call.  Otherwise one call per param (same scalars).
+  the whole bucket is ONE kernel call.  Otherwise one multi-tensor call over a table of the
+  arrays (CPU and GPU; int8 state, and buckets once their params diverged: one per param).
 - Grads that are the very objects of the previous step are not validated again, and a group's
   hyper-parameters are validated (and the scalars recomputed) only when an entry changes.
 - A ``None`` grad skips its param, whose step count then differs from the others': that bucket
@@ -28,6 +29,7 @@ How a step runs (the fast path is what makes small steps cheap and big models on
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
 import threading
@@ -72,7 +74,8 @@ class Optimizer(StateMixin):
 
     def __init__(self, params: Params, defaults: Mapping[str, Any], device: Device = "auto",
                  state_dtype: str | None = None, master_weights: bool = False,
-                 stochastic_rounding: bool = False, rounding_seed: int | None = None) -> None:
+                 stochastic_rounding: bool = False, rounding_seed: int | None = None,
+                 stream: Any = None) -> None:
         self.defaults = dict(defaults)
         self._state_dtype = _codecs.state_dtype_option(state_dtype)
         self._master_weights = check.flag("master_weights", master_weights)
@@ -108,6 +111,11 @@ class Optimizer(StateMixin):
 
         self.device = dispatch.resolve_device(device, zip(self._labels, params_flat))
         self._backend = dispatch.backend(self.device)
+        # the GPU's launch state: the stream and the device clip scale (see _cuda_launch)
+        self._launches = (self._backend.LaunchContext(stream)
+                          if hasattr(self._backend, "LaunchContext") else None)
+        if self._launches is None:
+            self._launching(stream)  # refuses a stream on the CPU
         self._params = params_flat
         self._group_indices = group_indices
         self._adopt_buckets([bucket for gi, indices in enumerate(group_indices)
@@ -199,7 +207,7 @@ class Optimizer(StateMixin):
     # ------------------------------------------------------------------------------- stepping
     def step(self, grads: Grads, *, max_grad_norm: Real | None = None,
              clip_value: Real | None = None, skip_if_nonfinite: bool = False,
-             error_if_nonfinite: bool = False) -> float | None:
+             error_if_nonfinite: bool = False, stream: Any = None) -> float | None:
         """Update every param in place from ``grads`` (same structure and order as the params:
         a sequence, or a dict with the same names).  A ``None`` grad skips its param, as in
         torch.  Everything is validated before anything is modified.
@@ -216,10 +224,24 @@ class Optimizer(StateMixin):
         [-clip_value, clip_value].  Both are folded into the update kernel: the grads are read,
         never rewritten (global-norm clipping adds one read pass to compute the norm).
         Returns the global grad norm before clipping when it was computed (with
-        ``max_grad_norm`` or a non-finite option), else None."""
-        with self._lock:
+        ``max_grad_norm`` or a non-finite option), else None.  On the GPU it is a
+        ``DeviceNorm``: the norm stays on the device until read (``float(norm)``), and the clip
+        scale never leaves it, so a clipped step does not wait for the GPU.
+
+        ``stream`` (CUDA): the stream this step's kernels run on, instead of the optimizer's
+        (see ``Optimizer(stream=...)`` and README's CUDA section)."""
+        with self._lock, self._launching(stream):
             return self._step(grads, max_grad_norm, clip_value, skip_if_nonfinite,
                               error_if_nonfinite)
+
+    def _launching(self, stream):
+        """The context a step's launches run in: on the GPU, its stream (see _cuda_launch)."""
+        if self._launches is not None:
+            return self._launches.active(stream, self._params[0])
+        if stream is not None:
+            raise TypeError(f"stream= orders the CUDA kernels, but the optimizer runs on "
+                            f"{self.device}")
+        return contextlib.nullcontext()
 
     def _step(self, grads, max_grad_norm, clip_value, skip_if_nonfinite, error_if_nonfinite):
         clipping = None if (max_grad_norm is None and clip_value is None
@@ -239,8 +261,9 @@ class Optimizer(StateMixin):
         norm = None
         if clipping is not None and (max_grad_norm is not None or skip_if_nonfinite
                                      or error_if_nonfinite):
-            norm = self._grad_norm(seen)
-            if not math.isfinite(norm):
+            norm = self._grad_norm(seen, max_grad_norm)
+            # (only the non-finite options read the norm: on the GPU, a host sync)
+            if (skip_if_nonfinite or error_if_nonfinite) and not math.isfinite(norm):
                 if error_if_nonfinite:
                     raise ValueError(f"{self._first_nonfinite(grads)} has non-finite values "
                                      f"(global grad norm {norm}); nothing was changed")
@@ -250,8 +273,14 @@ class Optimizer(StateMixin):
         # --- everything is valid: what remains could fail only allocating new state buffers,
         # which happens for every bucket before any kernel runs (a step is all or nothing)
         self._seen_grads = seen
+        grad_scale = 1.0  # the GPU's kernels read the clip scale from the device
+        if self._launches is None or not self.elementwise:
+            # (Adafactor's and Muon's own kernels take it as a number: on the GPU, a sync)
+            grad_scale = _clip_scale(max_grad_norm, None if norm is None else float(norm))
+        elif norm is None:
+            self._launches.unscale()
         self._grad_fields = _NO_CLIPPING if clipping is None else (
-            _clip_scale(max_grad_norm, norm), math.inf if clip_value is None else clip_value)
+            grad_scale, math.inf if clip_value is None else clip_value)
         for gi in stale:
             self._refresh_group(gi)
         self._step_buckets(seen)
@@ -288,8 +317,11 @@ class Optimizer(StateMixin):
                 stale.append(gi)             # is stale: the check then names it
         return stale
 
-    def _grad_norm(self, seen):
-        """The global L2 norm of all grads (float64 accumulation, one read pass)."""
+    def _grad_norm(self, seen, max_grad_norm):
+        """The global L2 norm of all grads (float64 accumulation, one read pass); on the GPU a
+        DeviceNorm, with the clip scale for ``max_grad_norm`` left on the device."""
+        if self._launches is not None:
+            return self._launches.grad_norm(self._buckets, seen, max_grad_norm)
         total = 0.0
         for bucket, (bucket_grads, presence, grad_span) in zip(self._buckets, seen[1]):
             codec = bucket.storage.param

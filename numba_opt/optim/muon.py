@@ -62,7 +62,8 @@ class Muon(Optimizer):
                  eps: Real = F.MUON_EPS, ns_steps: int = F.MUON_NS_STEPS,
                  adjust_lr_fn: str | None = None, device: Device = "auto", *,
                  ns_dtype: str | None = "bfloat16", state_dtype: str | None = None,
-                 master_weights: bool = False, stochastic_rounding: bool = False) -> None:
+                 master_weights: bool = False, stochastic_rounding: bool = False,
+                 stream: Any = None) -> None:
         for name, value, default in (("state_dtype", state_dtype, None),
                                      ("master_weights", master_weights, False),
                                      ("stochastic_rounding", stochastic_rounding, False)):
@@ -73,7 +74,7 @@ class Muon(Optimizer):
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum,
                                       nesterov=nesterov, ns_coefficients=ns_coefficients,
                                       eps=eps, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn),
-                         device)
+                         device, stream=stream)
         for param, label in zip(self._params, self._labels):
             F.check_matrix(param, label)
 

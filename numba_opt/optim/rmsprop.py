@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from .. import _validation as check, functional as F
 from .._typing import Device, Params, Real
 from .base import Optimizer
@@ -28,12 +30,14 @@ class RMSprop(Optimizer):
                  maximize: bool = False, eps_inside_sqrt: bool = False,
                  initial_square_avg: Real = 0.0, device: Device = "auto", *,
                  state_dtype: str | None = None, master_weights: bool = False,
-                 stochastic_rounding: bool = False, rounding_seed: int | None = None) -> None:
+                 stochastic_rounding: bool = False, rounding_seed: int | None = None,
+                 stream: Any = None) -> None:
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                                       momentum=momentum, centered=centered, maximize=maximize,
                                       eps_inside_sqrt=eps_inside_sqrt,
                                       initial_square_avg=initial_square_avg), device,
-                         state_dtype, master_weights, stochastic_rounding, rounding_seed)
+                         state_dtype, master_weights, stochastic_rounding, rounding_seed,
+                         stream)
 
     def _layout(self, hyper):
         return F.rmsprop_layout(hyper["centered"], hyper["momentum"])

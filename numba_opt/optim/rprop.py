@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from .. import functional as F
 from .._typing import Betas, Device, Params, Real
 from .base import Optimizer
@@ -29,10 +31,11 @@ class Rprop(Optimizer):
                  step_sizes: Betas = (1e-6, 50), maximize: bool = False,
                  device: Device = "auto", *, state_dtype: str | None = None,
                  master_weights: bool = False, stochastic_rounding: bool = False,
-                 rounding_seed: int | None = None) -> None:
+                 rounding_seed: int | None = None,
+                 stream: Any = None) -> None:
         super().__init__(params, dict(lr=lr, etas=etas, step_sizes=step_sizes,
                                       maximize=maximize), device, state_dtype, master_weights,
-                         stochastic_rounding, rounding_seed)
+                         stochastic_rounding, rounding_seed, stream)
 
     def _layout(self, hyper):
         return F.rprop_layout()

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from .. import functional as F
 from .._typing import Device, Params, Real
 from .base import Optimizer
@@ -20,11 +22,13 @@ class SGD(Optimizer):
                  weight_decay: Real = 0.0, nesterov: bool = False, maximize: bool = False,
                  device: Device = "auto", *, state_dtype: str | None = None,
                  master_weights: bool = False,
-                 stochastic_rounding: bool = False, rounding_seed: int | None = None) -> None:
+                 stochastic_rounding: bool = False, rounding_seed: int | None = None,
+                 stream: Any = None) -> None:
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=nesterov,
                                       maximize=maximize), device,
-                         state_dtype, master_weights, stochastic_rounding, rounding_seed)
+                         state_dtype, master_weights, stochastic_rounding, rounding_seed,
+                         stream)
 
     def _check(self, hyper):
         F.check_sgd(**hyper)
