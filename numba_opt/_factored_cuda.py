@@ -14,6 +14,7 @@ import numpy as np
 from numba import cuda, float32, float64
 
 from . import _cuda, _cuda_launch, _math
+from ._cuda_norm import _block_total
 from ._cuda import sum_squares  # noqa: F401 (part of this module's interface)
 
 _MAX_THREADS = 1024  # the shared array of the block reductions holds one value per thread
@@ -82,19 +83,7 @@ def _reductions(dtype):
             u = _math.adafactor_factored_update(_prepared(grad[k], h), row_var[r],
                                                 col_var[b * cols + k - r * cols], row_mean[b], h)
             total += u * u
-        # the block's sum in shared memory, halving (written out in each kernel: a CUDA
-        # device function would need a GPU to compile the PTX check against)
-        t = cuda.threadIdx.x
-        shared[t] = total
-        cuda.syncthreads()
-        half = cuda.blockDim.x // 2
-        while half > 0:
-            if t < half:
-                shared[t] += shared[t + half]
-            cuda.syncthreads()
-            half //= 2
-        if t == 0:
-            partials[cuda.blockIdx.x] = shared[0]
+        _block_total(shared, total, partials, 0)  # the block's sum, in a fixed order
 
     @cuda.jit
     def vector_update_sq(grad, variance, partials, h):
@@ -106,19 +95,7 @@ def _reductions(dtype):
             variance[k] = v
             u = _math.adafactor_vector_update(g, v, h)
             total += u * u
-        # the block's sum in shared memory, halving (written out in each kernel: a CUDA
-        # device function would need a GPU to compile the PTX check against)
-        t = cuda.threadIdx.x
-        shared[t] = total
-        cuda.syncthreads()
-        half = cuda.blockDim.x // 2
-        while half > 0:
-            if t < half:
-                shared[t] += shared[t + half]
-            cuda.syncthreads()
-            half //= 2
-        if t == 0:
-            partials[cuda.blockIdx.x] = shared[0]
+        _block_total(shared, total, partials, 0)  # the block's sum, in a fixed order
 
     return factored_update_sq, vector_update_sq
 

@@ -17,6 +17,7 @@ import numpy as np
 from numba import cuda, float32, float64, njit
 
 from . import _codecs, _cuda, _cuda_launch, _math
+from ._cuda_norm import _block_total
 from ._newton_schulz import compute_dtype
 
 TILE = 16               # the matrix-product tile (tests lower it: tiny matrices, several tiles)
@@ -108,20 +109,10 @@ def _norm_kernels(dtype, rounding, threads):
     @cuda.jit
     def partials_kernel(x, partials):
         shared = cuda.shared.array(threads, nb_type)
-        tid = cuda.threadIdx.x
         total = nb_type(0)
         for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
             total += x[i] * x[i]
-        shared[tid] = total
-        cuda.syncthreads()
-        stride = threads // 2
-        while stride > 0:
-            if tid < stride:
-                shared[tid] += shared[tid + stride]
-            cuda.syncthreads()
-            stride //= 2
-        if tid == 0:
-            partials[cuda.blockIdx.x] = shared[0]
+        _block_total(shared, total, partials, 0)  # the block's sum, in a fixed order
 
     @cuda.jit
     def finish_kernel(partials, eps, norm):
