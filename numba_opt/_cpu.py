@@ -147,27 +147,7 @@ def _table_loop(param_addresses, grad_addresses, members, starts, first, s0, s1,
                 apply_with4(i, param, grad, a, b, d, e, h)  # noqa: F821
 
 
-def _with0(i, param, grad, a, b, d, e, h):
-    apply_at(i, param, grad, h)  # noqa: F821
-
-
-def _with1(i, param, grad, a, b, d, e, h):
-    apply_at(i, param, grad, a, h)  # noqa: F821
-
-
-def _with2(i, param, grad, a, b, d, e, h):
-    apply_at(i, param, grad, a, b, h)  # noqa: F821
-
-
-def _with3(i, param, grad, a, b, d, e, h):
-    apply_at(i, param, grad, a, b, d, h)  # noqa: F821
-
-
-def _with4(i, param, grad, a, b, d, e, h):
-    apply_at(i, param, grad, a, b, d, e, h)  # noqa: F821
-
-
-_WITH = (_with0, _with1, _with2, _with3, _with4)
+_WITH = _math.WITH_FOUR  # an applier of 0-4 buffers, called with four
 
 
 def _same_like(scalars):

@@ -68,29 +68,7 @@ if not _SIMULATED:  # the simulator runs kernels as Python, which call Python fu
     lookup = _math._rule(lookup)
 
 
-# Each update applier takes as many buffers as it has; the table kernel always passes four
-# (missing ones are empty stand-ins, never read).
-def _with0(i, param, grad, a, b, d, e, h):
-    apply_at(i, param, grad, h)  # noqa: F821 (bound per kernel)
-
-
-def _with1(i, param, grad, a, b, d, e, h):
-    apply_at(i, param, grad, a, h)  # noqa: F821
-
-
-def _with2(i, param, grad, a, b, d, e, h):
-    apply_at(i, param, grad, a, b, h)  # noqa: F821
-
-
-def _with3(i, param, grad, a, b, d, e, h):
-    apply_at(i, param, grad, a, b, d, h)  # noqa: F821
-
-
-def _with4(i, param, grad, a, b, d, e, h):
-    apply_at(i, param, grad, a, b, d, e, h)  # noqa: F821
-
-
-WITH = (_with0, _with1, _with2, _with3, _with4)
+WITH = _math.WITH_FOUR  # an applier of 0-4 buffers, called with four
 
 
 def update_kernel(apply_with4, rescaled):

@@ -417,6 +417,32 @@ def bound(function, name, **names):
     return clone
 
 
+# The multi-tensor loops (CPU and GPU) always pass four state buffers (the missing ones empty
+# stand-ins, never read); these adapt an applier of 0-4 buffers to that call (``apply_at``
+# bound per kernel by ``bound``).
+def _with0(i, param, grad, a, b, d, e, h):
+    apply_at(i, param, grad, h)  # noqa: F821
+
+
+def _with1(i, param, grad, a, b, d, e, h):
+    apply_at(i, param, grad, a, h)  # noqa: F821
+
+
+def _with2(i, param, grad, a, b, d, e, h):
+    apply_at(i, param, grad, a, b, h)  # noqa: F821
+
+
+def _with3(i, param, grad, a, b, d, e, h):
+    apply_at(i, param, grad, a, b, d, h)  # noqa: F821
+
+
+def _with4(i, param, grad, a, b, d, e, h):
+    apply_at(i, param, grad, a, b, d, e, h)  # noqa: F821
+
+
+WITH_FOUR = (_with0, _with1, _with2, _with3, _with4)
+
+
 # How a kernel's stores call their codec (``store`` bound by ``applier``): nearest-even codecs
 # take the value alone, stochastic ones the step's salt too.
 def _store_nearest(value, h):

@@ -15,6 +15,7 @@ import numba_opt as nopt
 from numba_opt import _math
 from cases import (CASES, TOLERANCE, case_id, count_kernel_calls, make_grads, make_params,
                    optimizer)
+import ptx
 from reference import RULES
 
 cuda = pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
@@ -310,18 +311,10 @@ def test_fused_clipping_on_the_gpu_matches_the_cpu(flat):
 
 
 ISA_SCRIPT = textwrap.dedent("""
-    import json, sys, numpy as np
-    from numba import cuda, typeof
-    from numba_opt import _cuda, _math
-    out, found = sys.argv[1], {}
+    out, found = OUT, {}
     for name in ("sgd_momentum", "adam_amsgrad", "rmsprop_centered_momentum"):
-        n_states, family = _math.KERNELS[name]
-        fields = _math.SCALARS[family]._fields
-        h = _cuda.scalars_argument(_math.SCALARS[family]._make([0.0] * len(fields)), np.float32)
-        signature = (typeof(np.zeros(1, np.float32)),) * (2 + n_states) + (typeof(h),)
         for cc in ((8, 0), (9, 0)):
-            ptx, _ = cuda.compile_ptx(_cuda.kernel(name, _cuda.NATIVE).kernel.py_func,
-                                      signature, cc=cc)
+            ptx = update_ptx(name, cc=cc)
             path = f"{out}/{name}_sm{cc[0]}{cc[1]}.ptx"
             open(path, "w").write(ptx)
             found[path] = next(l.split()[1] for l in ptx.splitlines()
@@ -342,11 +335,7 @@ def test_kernels_need_no_ptx_isa_past_cuda_12(tmp_path):
     ptxas = shutil.which("ptxas")
     if ptxas is None:
         pytest.skip("no ptxas (CUDA toolkit) on this machine")
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-    run = subprocess.run([sys.executable, "-c", ISA_SCRIPT, str(tmp_path)], env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    versions = json.loads(run.stdout.strip().splitlines()[-1])
+    versions = ptx.run(f"OUT = {str(tmp_path)!r}\n" + ISA_SCRIPT)
     assert len(versions) == 6
     for path, version in versions.items():
         assert tuple(map(int, version.split("."))) >= (8, 0), f"{path}: .version {version}"

@@ -24,6 +24,7 @@ import numba_opt.functional as F
 from numba_opt import _codecs, _cpu
 from cases import (CASES, case_id, count_kernel_calls, grads_in, make_grads, make_params,
                    model_in, optimizer)
+import ptx
 from reference import is_buffer, stored_step
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
@@ -842,10 +843,6 @@ def test_a_flat_bfloat16_model_on_the_gpu_steps_in_one_launch_and_resumes_on_the
 
 
 PTX_SCRIPT = """
-import json, numpy as np
-from numba import cuda, typeof
-from numba_opt import _codecs, _cuda, _math
-S = _codecs.Storage
 every = list(_math.KERNELS)
 chosen = [(S("bfloat16", "bfloat16", False), every), (S("float16", "float16", False), every),
           (S("bfloat16", "native", True), ["sgd", "sgd_momentum", "adam", "adam_amsgrad"]),
@@ -854,16 +851,7 @@ chosen = [(S("bfloat16", "bfloat16", False), every), (S("float16", "float16", Fa
 found = {}
 for storage, names in chosen:
     for name in names:
-        n_states, family = _math.KERNELS[name]
-        fields = _math.SCALARS[family]._fields
-        h = _cuda.scalars_argument(_math.SCALARS[family]._make([0.0] * len(fields)), np.float32)
-        def array(codec):
-            return typeof(np.zeros(1, np.uint16 if codec != "native" else np.float32))
-        signature = ((array(storage.param),) * 2 + (array(storage.state),) * n_states
-                     + (array("native"),) * storage.master + (typeof(h),))
-        ptx, _ = cuda.compile_ptx(_cuda.kernel(name, storage).kernel.py_func, signature,
-                                  cc=(9, 0))
-        lines = ptx.splitlines()
+        lines = update_ptx(name, storage).splitlines()
         found[name + " " + _codecs.tag(storage)] = [
             sum(".f64" in l for l in lines),
             sum("ld.global.u16" in l or "ld.global.b16" in l for l in lines),
@@ -876,15 +864,7 @@ def test_low_precision_kernels_compile_to_ptx_in_float32_with_16_bit_memory_acce
     """Every applier on bfloat16 and float16 storage, and the master wrappers, compile for a
     GPU (NVVM, no GPU needed): no float64 instruction, and the bfloat16 / float16 arrays are
     read and written 16 bits at a time."""
-    import os
-    import subprocess
-    import sys
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-    run = subprocess.run([sys.executable, "-c", PTX_SCRIPT], env=env, capture_output=True,
-                         text=True, timeout=900)
-    assert run.returncode == 0, run.stderr[-3000:]
-    import json
-    found = json.loads(run.stdout.strip().splitlines()[-1])
+    found = ptx.run(PTX_SCRIPT)
     assert len(found) == 2 * 16 + 4 + 2
     for kernel, (f64_lines, loads, stores) in found.items():
         assert f64_lines == 0, f"{kernel}: {f64_lines} float64 PTX lines"

@@ -18,6 +18,7 @@ from numba import config as numba_config, njit
 
 import numba_opt as nopt
 from numba_opt import _codecs, _cpu
+import ptx
 from cases import CASES, case_id, grads_in, make_grads, make_params, model_in, optimizer
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
@@ -501,25 +502,14 @@ def test_cuda_kernels_round_like_the_cpu_kernels(case, config):
 
 
 PTX_SCRIPT = """
-import json, numpy as np
-from numba import cuda, typeof
-from numba_opt import _codecs, _cuda, _math
-S = _codecs.Storage
 found = {}
 for storage in (S("bfloat16", "bfloat16", False, stochastic=True),
                 S("float16", "float16", False, stochastic=True),
                 S("native", "bfloat16", False, stochastic=True),
                 S("float16", "bfloat16", True, stochastic=True)):
-    for name, (n_states, family) in _math.KERNELS.items():
-        fields = _math.SCALARS[family]._fields
-        h = _cuda.scalars_argument(_math.SCALARS[family]._make([0.0] * len(fields)), np.float32)
-        def array(codec):
-            return typeof(np.zeros(1, np.uint16 if codec != "native" else np.float32))
-        signature = ((array(storage.param),) * 2 + (array(storage.state),) * n_states
-                     + (array("native"),) * storage.master + (typeof(h),))
-        ptx, _ = cuda.compile_ptx(_cuda.kernel(name, storage).kernel.py_func, signature,
-                                  cc=(9, 0))
-        found[name + " " + _codecs.tag(storage)] = sum(".f64" in l for l in ptx.splitlines())
+    for name in _math.KERNELS:
+        found[name + " " + _codecs.tag(storage)] = sum(
+            ".f64" in l for l in update_ptx(name, storage).splitlines())
 print(json.dumps(found))
 """
 
@@ -527,15 +517,7 @@ print(json.dumps(found))
 def test_stochastic_kernels_compile_to_ptx_in_float32():
     """Every applier with stochastic stores compiles for a GPU (NVVM, no GPU needed) without a
     float64 instruction."""
-    import json
-    import os
-    import subprocess
-    import sys
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-    run = subprocess.run([sys.executable, "-c", PTX_SCRIPT], env=env, capture_output=True,
-                         text=True, timeout=900)
-    assert run.returncode == 0, run.stderr[-3000:]
-    found = json.loads(run.stdout.strip().splitlines()[-1])
+    found = ptx.run(PTX_SCRIPT)
     from numba_opt import _math
     assert len(found) == 4 * len(_math.KERNELS)  # every variant, in four storages
     assert all(lines == 0 for lines in found.values()), found
