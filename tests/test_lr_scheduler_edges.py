@@ -468,3 +468,30 @@ def test_a_chain_refuses_something_that_is_not_a_scheduler():
     opt = make_optimizer("SGD")
     with pytest.raises(TypeError, match=r"^schedulers\[1\] must be a scheduler"):
         S.ChainedScheduler([S.StepLR(opt, step_size=2), object()])
+
+
+@pytest.mark.parametrize("pct_start", [-0.1, 1.5])
+def test_one_cycle_refuses_pct_start_outside_zero_one(pct_start):
+    for three_phase in (False, True):
+        with pytest.raises(ValueError, match=r"^pct_start must be in \[0\.0, 1\.0\]"):
+            S.OneCycleLR(make_optimizer("SGD"), max_lr=0.5, total_steps=6, pct_start=pct_start,
+                         three_phase=three_phase)
+
+
+def test_a_three_phase_state_ending_early_names_its_last_phase():
+    three = BOUNDARY["onecycle-3phase"][0](make_optimizer("SGD"))  # phases end 1.7, 4.4, 8
+    saved = three.state_dict()
+    early = phases(saved, lambda p: p[2].__setitem__(0, 7.0))
+    with pytest.raises(ValueError, match=r"ends at step 7\.0, but total_steps is 9: it must "
+                                         r"end at 8$"):
+        three.load_state_dict({**saved, "phases": early})
+
+
+def test_a_sequential_state_with_a_negative_last_epoch_is_refused():
+    opt = make_optimizer("SGD")
+    seq = S.SequentialLR(opt, [S.StepLR(opt, step_size=2), S.ExponentialLR(opt, gamma=0.9)],
+                         milestones=[3])
+    before = seq.state_dict()
+    with pytest.raises(ValueError, match=r"last_epoch"):
+        seq.load_state_dict({**before, "last_epoch": -1})
+    assert seq.state_dict() == before
