@@ -298,6 +298,7 @@ ODD_META = [
     ("checkpoint format true", lambda m: m.update(checkpoint_format=True),
      "checkpoint format True"),
     ("meta a list", lambda m: "[1, 2]", "no checkpoint_format"),
+    ("meta without its format", lambda m: m.pop("checkpoint_format"), "no checkpoint_format"),
     ("meta not UTF-8", lambda m: b"\xff\xfe{}", "'meta' entry is corrupt"),
     ("meta a huge int", lambda m: "9" * 5000, "'meta' entry is corrupt"),
 ]
