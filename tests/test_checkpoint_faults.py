@@ -300,6 +300,7 @@ ODD_META = [
     ("meta a list", lambda m: "[1, 2]", "no checkpoint_format"),
     ("meta without its format", lambda m: m.pop("checkpoint_format"), "no checkpoint_format"),
     ("meta not UTF-8", lambda m: b"\xff\xfe{}", "'meta' entry is corrupt"),
+    ("meta empty", lambda m: b"", "'meta' entry is corrupt"),
     ("meta a huge int", lambda m: "9" * 5000, "'meta' entry is corrupt"),
 ]
 
