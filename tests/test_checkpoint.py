@@ -180,6 +180,20 @@ def test_a_bad_file_raises_and_changes_nothing(damage, error, message, tmp_path)
     assert_same(before, opt, params)
 
 
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_hyper_parameters_come_back_as_they_were_saved(case, tmp_path):
+    """Types included: a pair (betas, etas, step_sizes) is a tuple again, not JSON's list."""
+    name, kwargs = case
+    opt = optimizer(name, make_params(np.float32, shapes=[(3,)]), **kwargs)
+    nopt.save(opt, tmp_path / "c.npz")
+    twin = optimizer(name, make_params(np.float32, shapes=[(3,)]), lr=0.5)
+    nopt.load(twin, tmp_path / "c.npz")
+    for saved, loaded in zip(opt.param_groups, twin.param_groups):
+        for key, value in saved.items():
+            if key != "params":
+                assert loaded[key] == value and type(loaded[key]) is type(value), key
+
+
 def test_bfloat16_params_round_trip_through_their_encoding(tmp_path):
     """np.save cannot describe bfloat16: the file holds its bits and the meta says so; loading
     gives the same bfloat16 values back (no step needed, so no kernel is compiled)."""
