@@ -200,6 +200,15 @@ def test_an_object_array_is_refused_never_unpickled(saved):
     refused(opt, params, path, "has dtype object, not numbers")
 
 
+@pytest.mark.parametrize("descr", ["<U1", "|S4", "<M8[s]", "|V4"])
+def test_a_member_of_text_dates_or_raw_bytes_is_refused_as_not_numbers(saved, descr):
+    opt, params, path, _ = saved
+    entries = members(path)
+    entries["params/1.npy"] = npy_header((5,), descr) + bytes(4 * 5 * (2 if "M8" in descr else 1))
+    write(path, entries)
+    refused(opt, params, path, r"has dtype \S+, not numbers")
+
+
 @pytest.mark.parametrize("declared", [(2 ** 27,), None], ids=["giant shape", "right shape"])
 def test_a_zip_bomb_is_refused_before_it_is_inflated(saved, declared):
     """1 GiB of deflated zeros in a 1 MB file: its header (a giant shape, or the param's own
