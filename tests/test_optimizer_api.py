@@ -99,14 +99,19 @@ def test_none_grad_skips_its_param_and_its_step_counter():
     assert opt.state[0]["step"] == 3 and opt.step_count == 3
 
 
+@pytest.mark.parametrize("flat", [False, True], ids=["list", "FlatParams"])
 @pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_the_params_beside_a_none_grad_step_like_the_reference(case):
+def test_the_params_beside_a_none_grad_step_like_the_reference(case, flat):
     """A None grad sends its bucket through the per-param path; the other params there must get
-    the same update as ever (grad scale and clip value included, and maximize's sign)."""
+    the same update as ever (grad scale and clip value included, and maximize's sign), in
+    separate arrays or in one FlatParams span."""
     name, kwargs = case
     params = make_params(np.float64)
     start = [p.copy() for p in params]
+    if flat:
+        params = nopt.FlatParams(params)
     opt = optimizer(name, params, **kwargs)
+    params = params.params if flat else params
     steps = []
     for step in range(1, 4):
         grads = make_grads(params, step)
