@@ -566,6 +566,8 @@ def _grad_addresses(grads, count, indices, out, nbytes, span_starts, span_ends, 
         k = indices[j]
         start = grads[j].ctypes.data
         out[k] = start
+        if nbytes[k] == 0:  # an empty grad owns no bytes, wherever its data pointer lies
+            continue
         # the params that start before this grad ends, back while they end after it starts
         p = np.searchsorted(span_starts, start + nbytes[k]) - 1
         while p >= 0 and span_ends[p] > start:

@@ -462,7 +462,8 @@ def _groups(groups, path):
                                         and all(map(_is_scalar, value))):
                 raise ValueError(f"{path}: param_groups[{gi}][{_short(key)}] is not a number, "
                                  "bool or list of them")
-        result.append({k: tuple(v) if k == "betas" and isinstance(v, list) else v
+        # JSON turned the pairs (betas, Rprop's etas and step_sizes) into lists: tuples again
+        result.append({k: tuple(v) if k != "params" and isinstance(v, list) else v
                        for k, v in group.items()})
     return result
 

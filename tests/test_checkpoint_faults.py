@@ -200,6 +200,29 @@ def test_an_object_array_is_refused_never_unpickled(saved):
     refused(opt, params, path, "has dtype object, not numbers")
 
 
+def test_members_with_npy_format_2_headers_load(saved):
+    """np.save writes format 2.0 when a header outgrows 1.0's 64 KiB; both are read."""
+    opt, params, path, in_file = saved
+    entries = members(path)
+    for name in [n for n in entries if n.startswith("params/")]:
+        array = np.load(io.BytesIO(entries[name]))
+        buf = io.BytesIO()
+        np.lib.format.write_array(buf, array, version=(2, 0), allow_pickle=False)
+        entries[name] = buf.getvalue()
+    write(path, entries)
+    nopt.load(opt, path)
+    assert_state(opt, params, in_file)
+
+
+@pytest.mark.parametrize("descr", ["<U1", "|S4", "<M8[s]", "|V4"])
+def test_a_member_of_text_dates_or_raw_bytes_is_refused_as_not_numbers(saved, descr):
+    opt, params, path, _ = saved
+    entries = members(path)
+    entries["params/1.npy"] = npy_header((5,), descr) + bytes(4 * 5 * (2 if "M8" in descr else 1))
+    write(path, entries)
+    refused(opt, params, path, r"has dtype \S+, not numbers")
+
+
 @pytest.mark.parametrize("declared", [(2 ** 27,), None], ids=["giant shape", "right shape"])
 def test_a_zip_bomb_is_refused_before_it_is_inflated(saved, declared):
     """1 GiB of deflated zeros in a 1 MB file: its header (a giant shape, or the param's own
@@ -298,7 +321,13 @@ ODD_META = [
     ("checkpoint format true", lambda m: m.update(checkpoint_format=True),
      "checkpoint format True"),
     ("meta a list", lambda m: "[1, 2]", "no checkpoint_format"),
+    ("meta without its format", lambda m: m.pop("checkpoint_format"), "no checkpoint_format"),
     ("meta not UTF-8", lambda m: b"\xff\xfe{}", "'meta' entry is corrupt"),
+    ("meta empty", lambda m: b"", "'meta' entry is corrupt"),
+    ("encoding of an absent entry", lambda m: m.update(encodings={"params/9": "bfloat16"}),
+     "encodings .* do not name entries of the file"),
+    ("unknown encoding", lambda m: m.update(encodings={"params/1": "float8"}),
+     "encodings .* do not name entries of the file"),
     ("meta a huge int", lambda m: "9" * 5000, "'meta' entry is corrupt"),
 ]
 

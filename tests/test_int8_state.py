@@ -361,6 +361,34 @@ def test_damaged_int8_state_is_refused_before_anything_changes(damage, error):
     assert_unchanged(opt, params, before)
 
 
+def test_an_int8_state_dict_loads_into_an_optimizer_that_never_stepped():
+    """Codes and scales load as they are (no kernel runs: the mutation runs' NUMBA_DISABLE_JIT
+    can take this one), into one bucket of two quantized params, each with its own scales, and
+    a small param with float32 state."""
+    rng = np.random.default_rng(3)
+    shapes = [(4101,), (5000,), (7, 5)]
+    state = {}
+    for i, shape in enumerate(shapes):
+        entry = {"step": 4}
+        for name, signed in (("exp_avg", True), ("exp_avg_sq", False)):
+            values = rng.standard_normal(shape).astype(F32)
+            values = values if signed else values * values
+            if i < 2:
+                entry[name], entry[name + ABSMAX] = _quant.quantize_array(values, signed)
+            else:
+                entry[name] = values
+        state[i] = entry
+    opt = nopt.Adam(params_for(shapes=shapes), state_dtype="int8")
+    saved = {**opt.state_dict(), "state": state, "step_count": 4}
+    opt.load_state_dict(saved)
+    back = opt.state_dict()["state"]
+    assert back.keys() == state.keys()
+    for i in state:
+        assert back[i].keys() == state[i].keys(), i
+        for key, value in state[i].items():
+            np.testing.assert_array_equal(back[i][key], value, err_msg=f"{i} {key}")
+
+
 def test_a_float32_state_dict_does_not_load_into_int8_state():
     params = params_for()
     plain = nopt.Adam(params)

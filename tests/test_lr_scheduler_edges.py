@@ -313,3 +313,185 @@ def test_a_sequential_state_with_wrong_milestones_is_refused(milestones):
     with pytest.raises((ValueError, TypeError)):
         seq.load_state_dict({**before, "milestones": milestones})
     assert seq.state_dict() == before
+
+
+# --- the lr_scheduler survivors of the first mutation run (tests/MUTATION.md)
+
+def test_error_messages_give_the_right_numbers_and_names():
+    """The numbers and words in an error are part of it: a user reads them to fix the call."""
+    sched, saved = one_cycle_state()
+    early = phases(saved, lambda p: p[-1].__setitem__(0, 4.0))
+    with pytest.raises(ValueError, match=r"ends at step 4\.0, but total_steps is 6: it must "
+                                         r"end at 5$"):
+        sched.load_state_dict({**saved, "phases": early})
+    with pytest.raises(ValueError, match=r"has 4 phases; a OneCycleLR has 2 or 3$"):
+        sched.load_state_dict({**saved, "phases": saved["phases"] * 2})
+    empty = phases(saved, lambda p: p[0].__setitem__(0, 0))
+    with pytest.raises(ValueError, match=r"gives phase 0 of the schedule no length \(it starts "
+                                         r"and ends at step 0\)"):
+        sched.load_state_dict({**saved, "phases": empty})
+    with pytest.raises(ValueError, match=r"use_beta1'\] is True, but SGD cycles momentum$"):
+        sched.load_state_dict({**saved, "use_beta1": True})
+    adam = BOUNDARY["onecycle-beta1-zero"][0](make_optimizer("Adam"))
+    with pytest.raises(ValueError, match=r"use_beta1'\] is False, but Adam cycles beta1$"):
+        adam.load_state_dict({**adam.state_dict(), "use_beta1": False})
+    with pytest.raises(ValueError, match=r"past total_steps \(6\)$"):
+        sched.load_state_dict({**saved, "last_epoch": 7})
+
+    opt = make_optimizer("SGD")
+    two = [S.StepLR(opt, step_size=2), S.ExponentialLR(opt, gamma=0.9)]
+    with pytest.raises(ValueError, match=r"^milestones has 2 entries; 2 schedulers need 1$"):
+        S.SequentialLR(opt, two, milestones=[2, 4])
+    seq = S.SequentialLR(opt, two, milestones=[3])
+    with pytest.raises(ValueError, match=r"has 0 milestones; this SequentialLR's schedulers "
+                                         r"need 1$"):
+        seq.load_state_dict({**seq.state_dict(), "milestones": []})
+
+
+@pytest.mark.parametrize("factor", ["div_factor", "final_div_factor"])
+def test_one_cycle_refuses_a_zero_div_factor(factor):
+    # not a ZeroDivisionError from max_lr / 0: the parameter is named
+    for bad in (0, 0.0, -1.0):
+        with pytest.raises(ValueError, match=rf"^{factor} must be > 0, got"):
+            S.OneCycleLR(make_optimizer("SGD"), max_lr=0.3, total_steps=6, **{factor: bad})
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of")
+@pytest.mark.parametrize("kwargs", [
+    dict(div_factor=1.0), dict(final_div_factor=1.0), dict(div_factor=1, final_div_factor=1),
+    dict(div_factor=0.5, final_div_factor=0.25),
+], ids=repr)
+def test_one_cycle_div_factors_of_one_or_less_follow_torch(kwargs):
+    ours, theirs = both(momentum=0.9)
+    mine = S.OneCycleLR(ours, max_lr=0.5, total_steps=8, **kwargs)
+    torchs = torch.optim.lr_scheduler.OneCycleLR(theirs, max_lr=0.5, total_steps=8, **kwargs)
+    for _ in range(8):
+        assert mine.get_last_lr() == pytest.approx(torchs.get_last_lr(), rel=1e-12)
+        mine.step()
+        torchs.step()
+
+
+class Halving(S.LRScheduler):
+    """A user's scheduler built on LRScheduler itself, leaving last_epoch to its default."""
+
+    def __init__(self, optimizer):
+        super().__init__(optimizer)
+
+    def get_lr(self):
+        return [base * 0.5 ** self.last_epoch for base in self.base_lrs]
+
+
+def test_a_user_subclass_of_lr_scheduler_starts_at_epoch_zero():
+    opt = make_optimizer("SGD")
+    sched = Halving(opt)
+    assert sched.last_epoch == 0 and sched.get_last_lr() == [0.1, 0.05]
+    sched.step()
+    assert sched.last_epoch == 1 and sched.get_last_lr() == [0.05, 0.025]
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of")
+def test_one_cycle_without_momentum_cycling_follows_torch_and_leaves_momentum():
+    ours, theirs = both(momentum=0.9)
+    kwargs = dict(max_lr=0.5, total_steps=6, cycle_momentum=False)
+    mine = S.OneCycleLR(ours, **kwargs)
+    torchs = torch.optim.lr_scheduler.OneCycleLR(theirs, **kwargs)
+    for _ in range(6):
+        mine.step()
+        torchs.step()
+        assert mine.get_last_lr() == pytest.approx(torchs.get_last_lr(), rel=1e-12)
+        assert [g["momentum"] for g in ours.param_groups] == [0.9, 0.9]
+    saved = mine.state_dict()
+    assert saved["cycle_momentum"] is False and "use_beta1" not in saved
+    twin = S.OneCycleLR(make_optimizer("SGD"), **kwargs)
+    twin.load_state_dict(saved)
+    assert twin.state_dict() == saved
+    # an optimizer with neither momentum nor betas can be driven without cycling
+    plain = nopt.Adagrad([np.zeros(2)], lr=0.1)
+    S.OneCycleLR(plain, **kwargs).step()
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of")
+def test_three_phase_one_cycle_takes_pct_start_one_as_torch():
+    ours, theirs = both(momentum=0.9)
+    kwargs = dict(max_lr=0.5, total_steps=7, three_phase=True, pct_start=1.0)
+    mine = S.OneCycleLR(ours, **kwargs)
+    torchs = torch.optim.lr_scheduler.OneCycleLR(theirs, **kwargs)
+    for _ in range(7):
+        mine.step()
+        torchs.step()
+        assert mine.get_last_lr() == pytest.approx(torchs.get_last_lr(), rel=1e-12)
+
+
+def test_two_phase_one_cycle_refuses_pct_start_one():
+    # its second phase would have no length (torch divides by zero at the last step)
+    with pytest.raises(ValueError, match=r"gives phase 1 of the schedule no length"):
+        S.OneCycleLR(make_optimizer("SGD"), max_lr=0.5, total_steps=6, pct_start=1.0)
+
+
+def test_a_saved_one_cycle_state_with_an_empty_later_phase_is_refused():
+    sched, saved = one_cycle_state()
+    for edit in (lambda p: p[0].__setitem__(0, 5.0),  # phase 1 from 5 to 5
+                 lambda p: p[0].__setitem__(0, p[1][0])):
+        with pytest.raises(ValueError, match=r"gives phase 1 of the schedule no length"):
+            sched.load_state_dict({**saved, "phases": phases(saved, edit)})
+    three = BOUNDARY["onecycle-3phase"][0](make_optimizer("SGD"))
+    saved = three.state_dict()
+    middle = phases(saved, lambda p: p[1].__setitem__(0, p[0][0]))
+    with pytest.raises(ValueError, match=r"gives phase 1 of the schedule no length"):
+        three.load_state_dict({**saved, "phases": middle})
+
+
+@pytest.mark.parametrize("milestones", [[5, 3], [3, 3]], ids=repr)
+def test_a_sequential_state_with_two_unordered_milestones_is_refused(milestones):
+    opt = make_optimizer("SGD")
+    seq = S.SequentialLR(opt, [S.StepLR(opt, step_size=2), S.ExponentialLR(opt, gamma=0.9),
+                               S.ConstantLR(opt, factor=0.5)], milestones=[3, 5])
+    before = seq.state_dict()
+    with pytest.raises(ValueError, match=r"must be strictly increasing"):
+        seq.load_state_dict({**before, "milestones": milestones})
+    assert seq.state_dict() == before
+
+
+def test_a_sequential_state_saved_before_its_first_step_loads():
+    def make():
+        opt = make_optimizer("SGD")
+        return S.SequentialLR(opt, [S.StepLR(opt, step_size=2),
+                                    S.ExponentialLR(opt, gamma=0.9)], milestones=[3])
+    saved = make().state_dict()
+    assert saved["last_epoch"] == 0
+    twin = make()
+    twin.load_state_dict(saved)
+    assert twin.state_dict() == saved
+
+
+def test_a_chain_refuses_something_that_is_not_a_scheduler():
+    opt = make_optimizer("SGD")
+    with pytest.raises(TypeError, match=r"^schedulers\[1\] must be a scheduler"):
+        S.ChainedScheduler([S.StepLR(opt, step_size=2), object()])
+
+
+@pytest.mark.parametrize("pct_start", [-0.1, 1.5])
+def test_one_cycle_refuses_pct_start_outside_zero_one(pct_start):
+    for three_phase in (False, True):
+        with pytest.raises(ValueError, match=r"^pct_start must be in \[0\.0, 1\.0\]"):
+            S.OneCycleLR(make_optimizer("SGD"), max_lr=0.5, total_steps=6, pct_start=pct_start,
+                         three_phase=three_phase)
+
+
+def test_a_three_phase_state_ending_early_names_its_last_phase():
+    three = BOUNDARY["onecycle-3phase"][0](make_optimizer("SGD"))  # phases end 1.7, 4.4, 8
+    saved = three.state_dict()
+    early = phases(saved, lambda p: p[2].__setitem__(0, 7.0))
+    with pytest.raises(ValueError, match=r"ends at step 7\.0, but total_steps is 9: it must "
+                                         r"end at 8$"):
+        three.load_state_dict({**saved, "phases": early})
+
+
+def test_a_sequential_state_with_a_negative_last_epoch_is_refused():
+    opt = make_optimizer("SGD")
+    seq = S.SequentialLR(opt, [S.StepLR(opt, step_size=2), S.ExponentialLR(opt, gamma=0.9)],
+                         milestones=[3])
+    before = seq.state_dict()
+    with pytest.raises(ValueError, match=r"last_epoch"):
+        seq.load_state_dict({**before, "last_epoch": -1})
+    assert seq.state_dict() == before

@@ -99,6 +99,32 @@ def test_none_grad_skips_its_param_and_its_step_counter():
     assert opt.state[0]["step"] == 3 and opt.step_count == 3
 
 
+@pytest.mark.parametrize("flat", [False, True], ids=["list", "FlatParams"])
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_the_params_beside_a_none_grad_step_like_the_reference(case, flat):
+    """A None grad sends its bucket through the per-param path; the other params there must get
+    the same update as ever (grad scale and clip value included, and maximize's sign), in
+    separate arrays or in one FlatParams span."""
+    name, kwargs = case
+    params = make_params(np.float64)
+    start = [p.copy() for p in params]
+    if flat:
+        params = nopt.FlatParams(params)
+    opt = optimizer(name, params, **kwargs)
+    params = params.params if flat else params
+    steps = []
+    for step in range(1, 4):
+        grads = make_grads(params, step)
+        grads[step % len(grads)] = None
+        opt.step(grads, clip_value=0.5 if step == 3 else None)
+        if step == 3:
+            grads = [None if g is None else np.clip(g, -0.5, 0.5) for g in grads]
+        steps.append(grads)
+    expected = run_reference(name, start, steps, [kwargs] * len(params))
+    for i, (p, ref) in enumerate(zip(params, expected)):
+        np.testing.assert_allclose(p, ref, **TOLERANCE[np.float64], err_msg=f"param {i}")
+
+
 def test_nadam_keeps_a_mu_product_per_param_through_skips_edits_and_resume():
     """NAdam's running product of the momentum schedule is per-param host state: a param whose
     grad is None does not advance it, an edited beta1 changes only later factors, and a

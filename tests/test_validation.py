@@ -156,6 +156,17 @@ def test_step_rejects_and_modifies_nothing(make_grads, edit, error, message):
         assert opt.step_count == count
 
 
+def test_an_empty_view_inside_another_param_shares_no_memory():
+    """An empty param or grad owns no bytes, wherever its data pointer lies (np.shares_memory
+    agrees): it is accepted at construction, in an added group and as a grad, and steps."""
+    buffer = np.zeros(10, np.float32)
+    opt = nopt.SGD([buffer, buffer[3:][:0]], lr=0.5)  # its data pointer is 12 bytes in
+    opt.add_param_group({"params": [buffer[5:][:0]]})
+    opt.step([np.ones(10, np.float32), np.ones(0, np.float32), np.ones(0, np.float32)])
+    opt.step([np.ones(10, np.float32), None, buffer[7:][:0]])  # an empty view as a grad too
+    np.testing.assert_array_equal(buffer, np.full(10, -1.0, np.float32))
+
+
 def test_grads_sharing_memory_with_params_are_refused():
     """Reading a param the kernel is updating gives order-dependent results: a grad may be
     its own param (the same memory exactly), never another param or a shifted view."""

@@ -141,6 +141,8 @@ class Intake:
                 self._reject_one(k, *check.data_span(grad))
 
     def _reject_one(self, k, start, end):
+        if start == end:  # an empty grad owns no bytes, wherever its data pointer lies
+            return
         if self._param_spans is None:
             # (start, end, index) of every non-empty param by start; params never overlap, so
             # their ends increase too

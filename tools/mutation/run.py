@@ -40,6 +40,24 @@ def sample(session, keep, seed=17):
                                              worker_outcome=WorkerOutcome.SKIPPED))
 
 
+def keep_survivors_of(session, earlier):
+    """Keep only the pending mutants that survived in the ``earlier`` session database (the same
+    module, operator and occurrence) and mark the rest skipped: after writing tests for the
+    survivors, re-run just those.  The source must not have changed above a survivor's line."""
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
+    with use_db(str(earlier), WorkDB.Mode.open) as db:
+        wanted = {(str(m.module_path), m.operator_name, m.occurrence)
+                  for item, result in db.completed_work_items
+                  if result.test_outcome == TestOutcome.SURVIVED for m in item.mutations}
+    with use_db(str(session), WorkDB.Mode.open) as db:
+        for item in list(db.pending_work_items):
+            m = item.mutations[0]
+            if (str(m.module_path), m.operator_name, m.occurrence) not in wanted:
+                db.set_result(item.job_id, WorkResult(output="Not an earlier survivor",
+                                                      worker_outcome=WorkerOutcome.SKIPPED))
+
+
 def report(name):
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import TestOutcome
@@ -74,6 +92,9 @@ def main():
     parser.add_argument("--fresh", action="store_true", help="discard earlier results and re-run")
     parser.add_argument("--sample", type=int, metavar="N",
                         help="with a fresh session: test only N mutants drawn at random")
+    parser.add_argument("--survivors-of", type=Path, metavar="DB",
+                        help="with a fresh session: test only the mutants that survived in DB "
+                             "(an earlier session's .sqlite, copied elsewhere first)")
     parser.add_argument("sessions", nargs="*")
     args = parser.parse_args()
     names = args.sessions or sorted(p.stem for p in HERE.glob("*.toml") if p.stem != "operators")
@@ -117,6 +138,8 @@ def exec_session(args, config, session, bin_dir, env):
         run(bin_dir / "cr-filter-operators", session, HERE / "operators.toml")
         if args.sample:
             sample(session, args.sample)
+        if args.survivors_of:
+            keep_survivors_of(session, args.survivors_of)
         # the unmutated code must pass the session's tests, or every mutant is "killed"
         run(bin_dir / "cosmic-ray", "baseline", config, env=env)
     start = time.perf_counter()
