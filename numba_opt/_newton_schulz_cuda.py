@@ -12,6 +12,7 @@ host: the norm stays on the device.
 Imported only for CUDA arrays; under ``NUMBA_ENABLE_CUDASIM=1`` the kernels run in Python.
 """
 import math
+import threading
 
 import numpy as np
 from numba import cuda, float32, float64, njit
@@ -184,11 +185,14 @@ def _blocks(size):
     return max(1, min(NORM_BLOCKS, (size + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK))
 
 
-_WORKSPACES = {}  # (wide shape, dtype) -> the device buffers of the iteration, kept for reuse
+# (wide shape, dtype, thread, stream) -> the device buffers of the iteration, kept for reuse.
+# Kernels on one stream from one thread run in order, so they may share buffers; two threads
+# or two streams (two optimizers, or a stream switched between steps) must not.
+_WORKSPACES = {}
 
 
 def _workspace(rows, cols, dtype):
-    key = (rows, cols, dtype)
+    key = (rows, cols, dtype, threading.get_ident(), id(_cuda_launch.current_stream()))
     if key not in _WORKSPACES:
         _WORKSPACES[key] = (cuda.device_array((rows, cols), dtype),
                             cuda.device_array((rows, cols), dtype),

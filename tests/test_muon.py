@@ -545,3 +545,22 @@ def test_a_matrix_past_the_serial_threshold_runs_the_parallel_loops():
         opt.step([grad])
         reference_muon(ref, grad, state, lr=0.02)
     np.testing.assert_allclose(mine, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_cuda_workspaces_are_shared_only_by_one_thread_on_one_stream(monkeypatch):
+    """The iteration's device buffers are reused from step to step, but two threads (or two
+    streams) stepping at once each get their own: their kernels would overwrite each other's."""
+    import threading
+    from numba_opt import _cuda_launch, _newton_schulz_cuda as ns
+    monkeypatch.setattr(ns, "_WORKSPACES", {})
+    mine = ns._workspace(3, 4, np.dtype(np.float32))
+    assert ns._workspace(3, 4, np.dtype(np.float32)) is mine
+    other = []
+    worker = threading.Thread(target=lambda: other.append(
+        ns._workspace(3, 4, np.dtype(np.float32))))
+    worker.start()
+    worker.join()
+    assert other[0] is not mine
+    another_stream = object()
+    monkeypatch.setattr(_cuda_launch, "current_stream", lambda: another_stream)
+    assert ns._workspace(3, 4, np.dtype(np.float32)) is not mine
