@@ -30,6 +30,16 @@ def update_ptx(name, storage=_cuda.NATIVE, cc=(9, 0)):
 '''
 
 
+def assert_float32_kernels_hold_no_float64(counts):
+    """``counts``: kernel label ending in its dtype -> its PTX lines with ``.f64``.  The float64
+    kernels must show some (else the count is not looking at the right thing)."""
+    for kernel, f64_lines in counts.items():
+        if kernel.endswith("float32"):
+            assert f64_lines == 0, f"{kernel}: {f64_lines} float64 PTX lines"
+        else:
+            assert f64_lines > 0, f"{kernel}: the float64 kernel shows no f64, check the check"
+
+
 def run(script, timeout=900):
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     done = subprocess.run([sys.executable, "-c", PRELUDE + script], env=env,

@@ -2,10 +2,6 @@
 hyper-parameter combinations, common_optimizers.optim_inputs_func_adafactor), its groups, None
 grads, state and state_dict, validation, the functional step, and the CUDA kernels (simulator
 or GPU).  Not in cases.CASES: those suites assume state shaped like the params."""
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -13,6 +9,7 @@ import pytest
 
 import numba_opt as nopt
 import numba_opt.functional as F
+import ptx
 from reference import adafactor as reference
 
 torch = pytest.importorskip("torch")
@@ -352,17 +349,9 @@ PTX_SCRIPT = textwrap.dedent("""
 
 def test_float32_kernels_compile_to_ptx_without_float64():
     pytest.importorskip("numba.cuda")
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-    run = subprocess.run([sys.executable, "-c", PTX_SCRIPT], env=env, capture_output=True,
-                         text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    counts = json.loads(run.stdout.strip().splitlines()[-1])
+    counts = ptx.run(PTX_SCRIPT)
     assert len(counts) == 14
-    for kernel, f64_lines in counts.items():
-        if kernel.endswith("float32"):
-            assert f64_lines == 0, f"{kernel}: {f64_lines} float64 PTX lines"
-        else:
-            assert f64_lines > 0, f"{kernel}: the float64 kernel shows no f64, check the check"
+    ptx.assert_float32_kernels_hold_no_float64(counts)
 
 
 def test_an_lr_scheduler_drives_it_as_torch_s_drives_torch():

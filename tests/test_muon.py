@@ -8,8 +8,6 @@ torch comparison in the param's own dtype patches torch's bfloat16 cast away.
 """
 import contextlib
 import importlib.util
-import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -20,6 +18,7 @@ import torch
 
 import numba_opt as nopt
 import numba_opt.functional as F
+import ptx
 from reference import muon as reference_muon
 
 SHAPES = [(6, 4), (4, 6), (5, 5), (12, 7)]  # tall, wide, square, and a transposed odd one
@@ -464,17 +463,9 @@ PTX_SCRIPT = textwrap.dedent("""
 def test_cuda_kernels_compile_to_ptx_and_float32_ones_hold_no_float64():
     """The real (not simulated) kernels, compiled by NVVM with no GPU: typing errors the
     simulator cannot see show here."""
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-    run = subprocess.run([sys.executable, "-c", PTX_SCRIPT], env=env, capture_output=True,
-                         text=True, timeout=900)
-    assert run.returncode == 0, run.stderr[-3000:]
-    counts = json.loads(run.stdout.strip().splitlines()[-1])
+    counts = ptx.run(PTX_SCRIPT)
     assert len(counts) == 16
-    for kernel, f64_lines in counts.items():
-        if kernel.endswith("float32"):
-            assert f64_lines == 0, f"{kernel}: {f64_lines} float64 PTX lines"
-        else:
-            assert f64_lines > 0, f"{kernel}: the float64 kernel shows no f64, check the check"
+    ptx.assert_float32_kernels_hold_no_float64(counts)
 
 
 # ------------------------------------------------------------------------------ distributed
