@@ -1208,10 +1208,15 @@ class ReduceLROnPlateau(_StateDict):
     def step(self, metric):
         value = check.real("metric", metric)
         better = self._better(value)
-        bad = 0 if better or self.cooldown_counter > 0 else self.num_bad_epochs + 1
+        # the counters after this epoch, worked out before anything changes
+        bad = 0 if better else self.num_bad_epochs + 1
+        cooldown = self.cooldown_counter
+        if cooldown > 0:
+            cooldown, bad = cooldown - 1, 0
+        reduce = bad > self.patience
         groups = len(self.optimizer.param_groups)
-        if bad > self.patience and groups != len(self.min_lrs):
-            # groups added since it was made: torch's rule, refused before anything changes
+        if reduce and groups != len(self.min_lrs):
+            # groups added since it was made (add_param_group): torch's rule
             if self.default_min_lr is None:
                 raise ValueError(f"ReduceLROnPlateau was made with a min_lr list for "
                                  f"{len(self.min_lrs)} param groups and the optimizer now has "
@@ -1220,18 +1225,14 @@ class ReduceLROnPlateau(_StateDict):
             self.min_lrs = [self.default_min_lr] * groups
         self.last_epoch += 1
         if better:
-            self.best, self.num_bad_epochs = value, 0
-        else:
-            self.num_bad_epochs += 1
-        if self.cooldown_counter > 0:
-            self.cooldown_counter -= 1
-            self.num_bad_epochs = 0
-        if self.num_bad_epochs > self.patience:
+            self.best = value
+        if reduce:
             for group, min_lr in zip(self.optimizer.param_groups, self.min_lrs):
                 new = max(group["lr"] * self.factor, min_lr)
                 if group["lr"] - new > self.eps:
                     group["lr"] = new
-            self.cooldown_counter, self.num_bad_epochs = self.cooldown, 0
+            cooldown, bad = self.cooldown, 0
+        self.cooldown_counter, self.num_bad_epochs = cooldown, bad
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def get_last_lr(self):
