@@ -11,7 +11,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import training_loop as tl  # noqa: E402
@@ -27,14 +26,10 @@ def main():
     trained = tl.CONTENDERS[args.contender](model)
     fwd_bwd, step = [], []
     for k in range(tl.BURN_IN + args.iterations):
-        start = time.perf_counter()
-        grads = trained.compute()
-        middle = time.perf_counter()
-        trained.step(grads)
-        end = time.perf_counter()
+        model_seconds, step_seconds = tl.timed_iteration(trained)
         if k >= tl.BURN_IN:
-            fwd_bwd.append(middle - start)
-            step.append(end - middle)
+            fwd_bwd.append(model_seconds)
+            step.append(step_seconds)
     print(f"{args.contender} | {args.model} | fwd+bwd {statistics.median(fwd_bwd) * 1e3:.3f} ms"
           f" | step {statistics.median(step) * 1e3:.3f} ms")
 

@@ -10,10 +10,10 @@ iteration are compared with float32 state's.  ``--busy`` starts one CPU-bound ba
 (as the suite's busy load) for the run.
 """
 import argparse
+import contextlib
 import os
 import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import training_loop as tl  # noqa: E402
@@ -31,24 +31,16 @@ def main():
     trained = {name: tl.CONTENDERS[name](model()) for name in CONTENDERS}
     times = {name: ([], []) for name in CONTENDERS}  # (step, whole iteration) seconds
     load = tl.BusyLoad()
-    if args.busy:
-        load.__enter__()
     others = tl.OtherLoad(load)
-    others.start()
-    try:
+    with load if args.busy else contextlib.nullcontext():
+        others.start()
         for k in range(tl.BURN_IN + args.iterations):
             for name, contender in trained.items():
-                start = time.perf_counter()
-                grads = contender.compute()
-                middle = time.perf_counter()
-                contender.step(grads)
-                end = time.perf_counter()
+                model_seconds, step_seconds = tl.timed_iteration(contender)
                 if k >= tl.BURN_IN:
-                    times[name][0].append(end - middle)
-                    times[name][1].append(end - start)
-    finally:
+                    times[name][0].append(step_seconds)
+                    times[name][1].append(model_seconds + step_seconds)
         other_cores = others.stop()
-        load.stop()
     base_step, base_iteration = (statistics.median(t) for t in times[CONTENDERS[0]])
     print(f"{args.model}, {'busy' if args.busy else 'idle'}, medians of {args.iterations} "
           f"interleaved iterations (other processes kept {other_cores or 0:.1f} cores busy):")
