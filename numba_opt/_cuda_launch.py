@@ -9,7 +9,8 @@ sync (``sync=False``): ordering on the stream is the rule, not waiting on the ho
 
 Every kernel configuration is made by ``configure``: it silences numba's
 ``NumbaPerformanceWarning`` (grids under 128 blocks, known and harmless for small buckets: the
-update is one grid-stride launch whatever the size) there and only there.  Host syncs of a step
+update is one grid-stride launch whatever the size) there and only there, one thread at a
+time (the warnings filters are process-wide).  Host syncs of a step
 go through ``read_back``.  Tests spy on both.
 """
 import contextlib
@@ -37,13 +38,21 @@ def _performance_warnings():
 NumbaPerformanceWarning, _PERFORMANCE_WARNINGS = _performance_warnings()
 
 
+# ``warnings.catch_warnings`` swaps the process-wide filter list in and out: two threads inside
+# it at once can restore each other's list and leave the "ignore" behind for good.  Our own
+# configurations take turns; they are rare (once per kernel, grid and stream), so the lock costs
+# nothing per step.
+_CONFIGURE_LOCK = threading.Lock()
+
+
 def configure(kernel, blocks, threads):
     """``kernel[blocks, threads, stream]`` on the active stream, without numba's low-occupancy
     warning (a small bucket is a small grid on purpose)."""
-    with warnings.catch_warnings():
+    stream = current_stream()
+    with _CONFIGURE_LOCK, warnings.catch_warnings():
         for category in _PERFORMANCE_WARNINGS:
             warnings.simplefilter("ignore", category)
-        return kernel[blocks, threads, current_stream()]
+        return kernel[blocks, threads, stream]
 
 
 class Bound:

@@ -271,6 +271,36 @@ def test_low_occupancy_warnings_are_silenced_around_our_launches_only(monkeypatc
             cuda.jit(lambda x: None)[1, 1]
 
 
+def test_configurations_in_many_threads_leave_the_warning_filters_as_they_were(monkeypatch):
+    """catch_warnings swaps the process-wide filter list: two threads inside it at once can
+    restore each other's copy and leave numba's warning ignored for good.  Slow configurations
+    in eight threads at once, then the filters must be the ones before."""
+    import threading
+    import time
+    from numba.cuda.simulator import kernel
+    from numba_opt import _cuda_launch
+    getitem = kernel.FakeCUDAKernel.__getitem__
+
+    def slow_configure(self, configuration):
+        time.sleep(0.01)  # a window for another thread to enter and leave
+        return getitem(self, configuration)
+    monkeypatch.setattr(kernel.FakeCUDAKernel, "__getitem__", slow_configure)
+    noop = cuda.jit(lambda x: None)
+    before = list(warnings.filters)
+    start = threading.Barrier(8)
+
+    def configure_often():
+        start.wait()
+        for _ in range(5):
+            _cuda_launch.configure(noop, 1, 1)
+    threads = [threading.Thread(target=configure_often) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert warnings.filters == before
+
+
 def test_the_gpu_bench_counts_launches_and_syncs(monkeypatch):
     """bench/gpu_roof.py's smoke run under the simulator: the counts it will report on a GPU."""
     import sys
