@@ -178,8 +178,10 @@ def _scale_of(scalars):
 
 
 # ------------------------------------------------------------------ multi-tensor tables
-# optim.base steps a bucket of separate device arrays in one launch over a _cuda_table table.
+# optim.base steps a bucket of separate device arrays in one launch over a _cuda_table table,
+# int8 state included (BlockwiseLauncher.bind_table).
 MULTI_TENSOR = True
+QUANTIZED_TABLE = True
 
 
 def table_layout(sizes, arrays):
@@ -435,6 +437,11 @@ def fill(buffer, value):
 # atomic max on the magnitudes' bits, then encode.  The same rules as the CPU loop, so the same
 # codes.  ``decode<k>`` / ``encode<k>`` are bound per kernel to state k's signed or unsigned
 # rules, or to the ``_no_*`` stand-ins past the kernel's states.
+#
+# One kernel serves one param and a bucket of separate params (one launch per bucket, over a
+# ``_cuda_table.DeviceTable``); only how a block finds its elements differs (``_locate_*``).  A
+# param's blocks are its own, so absmax block b of the bucket is block b of the flat scales and
+# the codes and master copy of its elements start where its param's state starts.
 def _no_decode(codes, absmax, i, b):
     return 0.0
 
@@ -451,25 +458,49 @@ def _encode(codes, i, value, absmax):
     codes[i] = quantize(value, absmax)  # noqa: F821
 
 
-def _blockwise_kernel(apply_arranged, rescaled, decode0, encode0, decode1, encode1, decode2,
-                      encode2):
+def _blocks_of_one(param, block_starts):
+    return (param.size + _quant.BLOCK - 1) // _quant.BLOCK
+
+
+def _locate_in_one(b, param, grad, starts, block_starts, like):
+    """Block b of one param: its param and grad from the block's first element, the offset of
+    that element in the state buffers, and the block's length."""
+    lo = b * _quant.BLOCK
+    return param[lo:], grad[lo:], lo, min(_quant.BLOCK, param.size - lo)
+
+
+def _blocks_of_table(param_table, block_starts):
+    return block_starts[block_starts.size - 1]
+
+
+def _locate_in_table(b, param_table, grad_table, starts, block_starts, like):
+    """Block b of a bucket: its param t's, from the param's ``b - block_starts[t]``-th block."""
+    t = _cuda_table.lookup(block_starts, b)
+    lo = (b - block_starts[t]) * _quant.BLOCK
+    size = starts[t + 1] - starts[t]
+    return (_cuda_table.tensor(param_table, t, like, size)[lo:],
+            _cuda_table.tensor(grad_table, t, like, size)[lo:],
+            starts[t] + lo, min(_quant.BLOCK, size - lo))
+
+
+def _blockwise_kernel(apply_arranged, rescaled, count_blocks, locate, decode0, encode0, decode1,
+                      encode1, decode2, encode2):
     block = _quant.BLOCK
 
     @cuda.jit
-    def kernel(param, grad, c0, a0, c1, a1, c2, a2, master, scale, h):
+    def kernel(param, grad, starts, block_starts, like, c0, a0, c1, a1, c2, a2, master, scale,
+               h):
         h = rescaled(h, scale[0])
         s0 = cuda.shared.array(block, np.float32)
         s1 = cuda.shared.array(block, np.float32)
         s2 = cuda.shared.array(block, np.float32)
         peaks = cuda.shared.array(3, np.uint32)
         t, threads = cuda.threadIdx.x, cuda.blockDim.x
-        n = param.size
-        for b in range(cuda.blockIdx.x, (n + block - 1) // block, cuda.gridDim.x):
-            lo = b * block
-            k = min(block, n - lo)
+        for b in range(cuda.blockIdx.x, count_blocks(param, block_starts), cuda.gridDim.x):
+            p, g, lo, k = locate(b, param, grad, starts, block_starts, like)
             if t < 3:
                 peaks[t] = 0
-            p, g, mst = param[lo:], grad[lo:], master[lo:]
+            mst = master[lo:]
             for j in range(t, k, threads):
                 s0[j] = decode0(c0, a0, lo + j, b)
                 s1[j] = decode1(c1, a1, lo + j, b)
@@ -504,9 +535,13 @@ def _blockwise_kernel(apply_arranged, rescaled, decode0, encode0, decode1, encod
     return kernel
 
 
+_NO_TABLE = None  # what a one-param launch passes for the table arguments (made on first use)
+
+
 class BlockwiseLauncher:
     """The launch of one variant on int8 state, called like the CPU's ``BlockwiseKernel``
-    calls: ``call(param, grad, codes0, absmax0, ..., [master], scalars)``, one param each."""
+    calls: ``call(param, grad, codes0, absmax0, ..., [master], scalars)``, one param each;
+    ``bind_table`` a bucket of separate params in one launch, as ``Launcher.bind_table``."""
 
     def __init__(self, name, storage):
         self.__name__, self.storage = name, storage
@@ -521,25 +556,52 @@ class BlockwiseLauncher:
                               _device(_encode, f"{name}_encode{k}", quantize=quantize)]
             else:
                 functions += [_device(_no_decode, "no_decode"), _device(_no_encode, "no_encode")]
-        self.kernel = _blockwise_kernel(_math.arranged(name, storage, wrap, codecs),
-                                        _RESCALERS[_math.KERNELS[name][1]], *functions)
+        arranged = _math.arranged(name, storage, wrap, codecs)
+        rescaled = _RESCALERS[_math.KERNELS[name][1]]
+        self.kernel = _blockwise_kernel(arranged, rescaled, _device(_blocks_of_one, "blocks_1"),
+                                        _device(_locate_in_one, "locate_1"), *functions)
+        self._table_kernel = None  # made on the first bind_table
+        self._make_table_kernel = lambda: _blockwise_kernel(
+            arranged, rescaled, _device(_blocks_of_table, "blocks_table"),
+            _device(_locate_in_table, "locate_table"), *functions)
+
+    def _buffers(self, buffers):
+        """The kernel's twelve array arguments after the table ones from a call's ``codes0,
+        absmax0, ..., [master], scalars``: the states past the variant's as empty pairs."""
+        h = buffers[-1]
+        if self.storage.master:
+            states, master = buffers[:-2], buffers[-2]
+        else:
+            states, master = buffers[:-1], _empty(np.float32)
+        pad = (_empty(_quant.CODE), _empty(_quant.SCALE)) * (3 - self.n_states)
+        return (*states, *pad, master, _scale_of(h), h)
 
     def bind(self, size):
         if not size:
             return _nothing
+        global _NO_TABLE
+        if _NO_TABLE is None:
+            _NO_TABLE = (_empty(np.int64), _empty(np.int64), _empty(np.float32))
         blocks = min(_quant.blocks(size), MAX_BLOCKS)
         launch = _cuda_launch.Bound(self.kernel, blocks, min(THREADS_PER_BLOCK, _quant.BLOCK))
-        pad = (_empty(_quant.CODE), _empty(_quant.SCALE)) * (3 - self.n_states)
-        if self.storage.master:
-            def call(param, grad, *buffers):
-                h = buffers[-1]
-                launch(param, grad, *buffers[:-2], *pad, buffers[-2], _scale_of(h), h)
-        else:
-            no_master = _empty(np.float32)
 
-            def call(param, grad, *buffers):
-                h = buffers[-1]
-                launch(param, grad, *buffers[:-1], *pad, no_master, _scale_of(h), h)
+        def call(param, grad, *buffers):
+            launch(param, grad, *_NO_TABLE, *self._buffers(buffers))
+        return call
+
+    def bind_table(self, size):
+        """``launch(None, grads, members, table, codes0, absmax0, ..., [master], scalars)``
+        over the bucket's whole state buffers: one launch for its params."""
+        if not size:
+            return _nothing
+        if self._table_kernel is None:
+            self._table_kernel = self._make_table_kernel()
+        launch = _cuda_launch.Bound(self._table_kernel, min(_quant.blocks(size), MAX_BLOCKS),
+                                    min(THREADS_PER_BLOCK, _quant.BLOCK), fixed_types=True)
+
+        def call(_, grads, members, table, *buffers):
+            launch(table.params, table.grads_table(grads, members), table.starts,
+                   table.block_starts(), table.like, *self._buffers(buffers))
         return call
 
 

@@ -15,7 +15,7 @@ The simulator cannot read memory by address: there a table is a tuple of the arr
 import numpy as np
 from numba import config, cuda
 
-from . import _cuda_launch, _math
+from . import _cuda_launch, _math, _quant
 
 _SIMULATED = bool(config.ENABLE_CUDASIM)
 
@@ -111,6 +111,7 @@ class DeviceTable:
         self.count = len(sizes)
         self.starts = cuda.to_device(starts)
         self.like = cuda.device_array(0, flat_params[0].dtype)  # the kernels' param dtype
+        self._sizes, self._block_starts = sizes, None
         if _SIMULATED:
             self.params = tuple(_host_view(a) for a in flat_params)
         else:
@@ -122,6 +123,15 @@ class DeviceTable:
             self._turn = 0
         self._grad_addresses = self._last_grads = self._grads_now = None
         self.uploads = 0  # grad tables uploaded (tests)
+
+    def block_starts(self):
+        """Where each array starts in the bucket's int8 absmax blocks (n + 1 entries, made on
+        first use): an array's blocks are its own, the last one possibly short."""
+        if self._block_starts is None:
+            starts = np.zeros(self.count + 1, np.int64)
+            np.cumsum([_quant.blocks(size) for size in self._sizes], out=starts[1:])
+            self._block_starts = cuda.to_device(starts)
+        return self._block_starts
 
     def grads_table(self, all_grads, members):
         """The table of the grads ``all_grads[members]`` (1-D, as the kernels take them),

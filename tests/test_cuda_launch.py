@@ -87,6 +87,39 @@ def test_a_bucket_of_separate_arrays_steps_in_one_launch_without_host_syncs(spy)
         np.testing.assert_allclose(d.copy_to_host(), h, **TOLERANCE[h.dtype.type])
 
 
+def test_a_bucket_of_int8_state_steps_in_one_launch_without_host_syncs(spy, monkeypatch):
+    """Quantized params (lowered MIN_SIZE: three of them, blocks straddling no param) step in
+    one blockwise launch over the bucket's table, clipped or not, like the CPU's per-param
+    loop; a step leaving a grad out goes param by param."""
+    from numba_opt import _quant
+    monkeypatch.setattr(_quant, "MIN_SIZE", 8)
+    shapes = [(3, 7), (5,), (9,), (4, 4)]  # the (5,) param keeps float32 state
+    host = make_params(np.float32, shapes=shapes)
+    gpu = nopt.AdamW(to_device(host), lr=0.01, state_dtype="int8")
+    cpu = nopt.AdamW(host, lr=0.01, state_dtype="int8")
+    for step in range(1, 5):
+        grads = make_grads(host, step)
+        spy["clear"]()
+        if step < 4:
+            gpu.step(to_device(grads), max_grad_norm=1.0 if step == 3 else None)
+            cpu.step(grads, max_grad_norm=1.0 if step == 3 else None)
+        else:
+            grads[2] = None
+            gpu.step([None if g is None else cuda.to_device(g) for g in grads])
+            cpu.step(grads)
+        kernels = [name for name in spy["launches"] if name.startswith("kernel")]
+        if step == 2:  # the int8 bucket and the float32 one
+            assert len(spy["launches"]) == 2 and spy["syncs"] == [], spy["launches"]
+        if step == 4:  # two quantized params with grads, one by one
+            assert len(kernels) == 3, spy["launches"]
+    assert spy["syncs"] == []
+    for i, (d, h) in enumerate(zip(gpu._params, host)):
+        assert d.copy_to_host().tobytes() == h.tobytes(), f"param {i}"
+        for key, value in cpu.state[i].items():
+            if isinstance(value, np.ndarray):
+                assert gpu.state[i][key].copy_to_host().tobytes() == value.tobytes(), key
+
+
 def test_the_grad_table_is_uploaded_only_when_the_grads_change():
     host = make_params(np.float32, shapes=SHAPES)
     gpu = nopt.SGD(to_device(host), lr=0.1)

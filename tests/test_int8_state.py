@@ -22,6 +22,7 @@ import numba_opt as nopt
 from numba_opt import _cpu, _quant
 from numba_opt.optim.base import ABSMAX
 from cases import CASES, case_id, make_grads, optimizer
+import ptx
 from reference import RULES, is_buffer
 
 F32 = np.float32
@@ -516,15 +517,17 @@ def test_cuda_int8_state_equals_the_cpu_bit_for_bit(case, master, monkeypatch):
     """The GPU kernel (a thread block per absmax block, shared scratch, an atomic max) and the
     CPU loop share the rules: same params, codes and scales.  Under the simulator the launches
     are tiny (4 threads, 2 blocks, so threads and blocks stride) and MIN_SIZE is lowered so a
-    600-element param (two blocks and a partial third) is quantized."""
+    600-element param (two blocks and a partial third) is quantized.  The quantized params
+    share a bucket, stepped in one launch over a table; the last step leaves one grad out, so
+    the params then step one launch each."""
     from numba_opt import _cuda
     if SIMULATED:
         monkeypatch.setattr(_cuda, "THREADS_PER_BLOCK", 4)
         monkeypatch.setattr(_cuda, "MAX_BLOCKS", 2)
         monkeypatch.setattr(_quant, "MIN_SIZE", 300)
-        shapes = [(600,), (5,)]
+        shapes = [(600,), (5,), (300,), (2, 257)]
     else:
-        shapes = [(4101,), (130, 160), (5,)]
+        shapes = [(4101,), (130, 160), (5,), (300, 7)]
     name, kwargs = case
     dtype = F32
     if master:
@@ -535,10 +538,12 @@ def test_cuda_int8_state_equals_the_cpu_bit_for_bit(case, master, monkeypatch):
     cpu = optimizer(name, host, state_dtype="int8", **kwargs)
     gpu = optimizer(name, device, state_dtype="int8", **kwargs)
     assert gpu.device == "cuda"
-    for step in range(3):
+    for step in range(4):
         grads = [g.astype(dtype) for g in make_grads([p.astype(F32) for p in host], step)]
+        if step == 3:
+            grads[2] = None
         cpu.step(grads)
-        gpu.step([cuda.to_device(g) for g in grads])
+        gpu.step([None if g is None else cuda.to_device(g) for g in grads])
     for i, (d, h) in enumerate(zip(device, host)):
         assert d.copy_to_host().tobytes() == h.tobytes(), f"param {i}"
         for key, value in cpu.state[i].items():
@@ -552,38 +557,33 @@ def test_cuda_int8_state_equals_the_cpu_bit_for_bit(case, master, monkeypatch):
 
 
 PTX_SCRIPT = """
-import json, numpy as np
-from numba import cuda, typeof
-from numba_opt import _codecs, _cuda, _math, _quant
+from numba_opt import _quant
 counts = {}
+int64, codes, scales = (typeof(np.zeros(1, t)) for t in (np.int64, np.uint8, np.float32))
 for name, (n_states, family) in _math.KERNELS.items():
     if not n_states:
         continue
     for param, master in (("native", False), ("bfloat16", True)):
-        storage = _codecs.Storage(param, "int8", master, (True, False, False)[:n_states])
+        storage = S(param, "int8", master, (True, False, False)[:n_states])
         launcher = _cuda.BlockwiseLauncher(name, storage)
         h = _cuda.scalars_argument(_math.SCALARS[family]._make(
             [0.0] * len(_math.SCALARS[family]._fields)), np.float32)
         kind = typeof(np.zeros(1, np.float32 if param == "native" else np.uint16))
-        signature = ((kind, kind) + (typeof(np.zeros(1, np.uint8)),
-                     typeof(np.zeros(1, np.float32))) * 3
-                     + (typeof(np.zeros(1, np.float32)),) * 2 + (typeof(h),))  # master, scale
-        ptx, _ = cuda.compile_ptx(launcher.kernel.py_func, signature, cc=(9, 0))
-        counts[f"{name} {param}"] = sum(".f64" in line for line in ptx.splitlines())
+        buffers = (codes, scales) * 3 + (scales,) * 2 + (typeof(h),)  # master, scale, scalars
+        one = (kind, kind, int64, int64, scales) + buffers  # starts, block starts, like: unused
+        table = (int64, int64, int64, int64, kind) + buffers  # param and grad addresses
+        launcher.bind_table(1)  # makes the table kernel
+        for label, kernel, signature in (("one", launcher.kernel, one),
+                                         ("table", launcher._table_kernel, table)):
+            text = cuda.compile_ptx(kernel.py_func, signature, cc=(9, 0))[0]
+            counts[f"{name} {param} {label}"] = sum(".f64" in line for line in text.splitlines())
 print(json.dumps(counts))
 """
 
 
 def test_cuda_int8_kernels_compile_to_ptx_without_float64():
-    """Every blockwise kernel compiled to real PTX (NVVM, no GPU needed): float32 only."""
-    import json
-    import os
-    import subprocess
-    import sys
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-    run = subprocess.run([sys.executable, "-c", PTX_SCRIPT], env=env, capture_output=True,
-                         text=True, timeout=900)
-    assert run.returncode == 0, run.stderr[-3000:]
-    counts = json.loads(run.stdout.strip().splitlines()[-1])
-    assert len(counts) == 2 * sum(1 for n, _ in nopt._math.KERNELS.values() if n)
+    """Every blockwise kernel, for one param and for a bucket's table, compiled to real PTX
+    (NVVM, no GPU needed): float32 only."""
+    counts = ptx.run(PTX_SCRIPT)
+    assert len(counts) == 4 * sum(1 for n, _ in nopt._math.KERNELS.values() if n)
     assert all(lines == 0 for lines in counts.values()), counts

@@ -53,7 +53,8 @@ class _Bucket:
         # the dtype the rules compute in, which the scalars take
         self.storage, self.state_dtype = storage, state_dtype
         self.compute_dtype = _codecs.compute_dtype(self.dtype)
-        # int8 state: a call per param, each param's blocks (and scales) its own
+        # int8 state: each param's blocks (and scales) its own; one call per param, or one over
+        # a table where the backend has a blockwise table kernel (CUDA)
         self.quantized = storage.state == _codecs.INT8
         block_ends = list(itertools.accumulate(_quant.blocks(stop - start)
                                                for start, stop in self.bounds))
@@ -62,7 +63,9 @@ class _Bucket:
         span = None if self.quantized else backend.span(params)  # None unless back to back
         self.param_span = None if span is None else bits(span)
         # a multi-tensor table over the bucket's arrays, where the backend has such loops
-        self.table = None if self.quantized or not getattr(backend, "MULTI_TENSOR", False) else (
+        tabled = getattr(backend, "MULTI_TENSOR", False) and (
+            not self.quantized or getattr(backend, "QUANTIZED_TABLE", False))
+        self.table = None if not tabled else (
             np.array(indices, dtype=np.int64),
             *backend.table_layout([stop - start for start, stop in self.bounds],
                                   self.flat_params))
@@ -98,7 +101,9 @@ class _Bucket:
         self.span_states = tuple(bits(self.buffers[n]) for n in names)
         if self.table is not None:
             self.table_call = kernel.bind_table(self.size)
-            self.table_states = self.backend.table_states(self.span_states, self.compute_dtype)
+            blockwise = any(name.endswith(ABSMAX) for name in names)  # codes and their scales
+            self.table_states = self.span_states if blockwise else self.backend.table_states(
+                self.span_states, self.compute_dtype)
         self.param_calls = [(kernel.bind(p.size), tuple(bits(self.views[n][j]) for n in names))
                             for j, p in enumerate(self.flat_params)]
         self.layout, self.names = layout, names
