@@ -252,3 +252,27 @@ def test_a_gpu_checkpoint_loads_on_the_cpu_and_back(tmp_path, monkeypatch):
         back.step([cuda.to_device(g) for g in grads])
     for a, b in zip(device, again):
         np.testing.assert_array_equal(a.copy_to_host(), b.copy_to_host())
+
+
+def test_a_sharded_optimizer_is_asked_to_check_and_read_on_every_rank_and_write_on_one(tmp_path):
+    """What save and load ask of a sharded optimizer's ``_checkpoint_collective`` (the hook of
+    numba_opt.distributed): the directory check and the read on every rank (each takes its
+    shard), the write and the dead-temp cleanup on the writing rank only."""
+    asked = []
+
+    class Sharded(nopt.Adam):
+        def _checkpoint_collective(self, action, every_rank):
+            asked.append(every_rank)
+            return action()
+
+    params = make_params(np.float32, shapes=[(7, 5), (5,)])
+    opt = Sharded(params)
+    opt.step(make_grads(params, 1))
+    nopt.save(opt, tmp_path / "c.npz")
+    assert asked == [True, False]  # the directory check, then the write
+    asked.clear()
+    twin = Sharded([np.zeros_like(p) for p in params])
+    nopt.load(twin, tmp_path / "c.npz")
+    assert asked == [False, True]  # the temp cleanup, then the read
+    for loaded, saved in zip(twin._params, params):
+        np.testing.assert_array_equal(loaded, saved)
