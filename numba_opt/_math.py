@@ -682,30 +682,19 @@ def arranged(name, storage, wrap=None, codecs=None):
 # they produce is a whole matrix, not a new param value.
 MuonScalars = namedtuple(
     "MuonScalars",
-    # buffer_small / nesterov_small: 1 where the weight of that lerp (1 - momentum, momentum)
-    # has magnitude under 1/2 (see lerp)
-    _GRAD_FIELDS + "momentum one_minus_momentum buffer_small nesterov_small nesterov")
-
-
-@_rule
-def lerp(start, end, weight, one_minus_weight, small):
-    """torch.lerp: start + weight*(end - start) for |weight| < 1/2 (``small``), else
-    end - (end - start)*(1 - weight), the form exact at the nearer end."""
-    if small:
-        return start + weight * (end - start)
-    return end - (end - start) * one_minus_weight
+    # one: 1 in the param's dtype, for torch.lerp's 1 - weight (see torch_lerp)
+    _GRAD_FIELDS + "momentum one_minus_momentum one nesterov")
 
 
 @_rule
 def muon_momentum(grad, momentum_buffer, h):
     """Muon's momentum (torch.optim.Muon): an average, B <- lerp(B, g, 1 - mu), and the matrix
-    to orthogonalize, lerp(g, B, mu) with Nesterov, else B.  Returns (buffer, update)."""
+    to orthogonalize, lerp(g, B, mu) with Nesterov, else B.  Returns (buffer, update).  torch
+    takes 1 - weight in the param's dtype (1 - (1 - mu) is not always mu), as torch_lerp does."""
     grad = prepared_grad(grad, h)
-    momentum_buffer = lerp(momentum_buffer, grad, h.one_minus_momentum, h.momentum,
-                           h.buffer_small)
+    momentum_buffer = torch_lerp(momentum_buffer, grad, h.one_minus_momentum, h.one)
     if h.nesterov:
-        return momentum_buffer, lerp(grad, momentum_buffer, h.momentum, h.one_minus_momentum,
-                                     h.nesterov_small)
+        return momentum_buffer, torch_lerp(grad, momentum_buffer, h.momentum, h.one)
     return momentum_buffer, momentum_buffer
 
 

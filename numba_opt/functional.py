@@ -700,8 +700,7 @@ MUON_NS_MAX_STEPS = 100  # torch refuses this many and more ("for computational 
 def muon_scalars(*, momentum, nesterov):
     """Muon's momentum scalars (``_math.MuonScalars``); clipping off, as ``_pack`` makes it."""
     return _pack(_math.MuonScalars, False, momentum=momentum, one_minus_momentum=1.0 - momentum,
-                 buffer_small=abs(1.0 - momentum) < 0.5, nesterov_small=abs(momentum) < 0.5,
-                 nesterov=nesterov)
+                 one=1.0, nesterov=nesterov)
 
 
 def muon_adjusted_lr(lr, adjust_lr_fn, shape):

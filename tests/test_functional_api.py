@@ -34,3 +34,16 @@ def test_hyper_parameters_are_keyword_only(fn, cls):
     arrays = [name for name, p in params.items() if p.kind is not inspect.Parameter.KEYWORD_ONLY]
     with pytest.raises(TypeError):
         fn(*[np.zeros(3) for _ in arrays], 0.1)
+
+
+@pytest.mark.parametrize("fn, first, second", [(F.adam_step, "exp_avg", "exp_avg_sq"),
+                                               (F.rmsprop_step, "square_avg", None)])
+def test_a_state_of_a_dtype_no_option_offers_is_named_and_nothing_changes(fn, first, second):
+    """A float64 first state beside a float32 param (and a right second state) is the dtype
+    error of that state, before anything is written."""
+    param, grad = np.ones(4, np.float32), np.ones(4, np.float32)
+    states = [np.zeros(4)] + ([np.zeros(4, np.float32)] if second else [])
+    with pytest.raises(TypeError, match=f"^{first} has dtype float64 but param has dtype "
+                                        "float32; numba_opt does not convert dtypes silently$"):
+        fn(param, grad, *states, step=1) if fn is F.adam_step else fn(param, grad, *states)
+    assert np.all(param == 1) and all(np.all(s == 0) for s in states)

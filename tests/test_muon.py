@@ -310,6 +310,27 @@ def test_clipping_acts_on_the_grad_before_the_momentum():
                                rtol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("momentum", [0.9, 0.3, 0.5, 0.1])
+def test_the_momentum_buffer_rounds_as_torch_lerp_does(momentum, dtype):
+    """torch.lerp(start, end, w), in the param's dtype: start + w*(end - start) for w < 1/2,
+    else end - (end - start)*(1 - w), with 1 - w taken in that dtype (1 - (1 - mu) is not
+    always mu).  The forms round differently, so the buffer (B <- lerp(B, g, 1 - mu), with no
+    contraction into FMAs on the CPU) is compared bit for bit."""
+    def lerp(start, end, weight):
+        weight = dtype(weight)
+        if weight + weight < dtype(1):
+            return start + weight * (end - start)
+        return end - (end - start) * (dtype(1) - weight)
+    param = _param((6, 4), dtype)
+    opt = nopt.Muon([param], momentum=momentum, ns_dtype=None)
+    buffer = np.zeros_like(param)
+    for g in _grads((6, 4), dtype, 3):
+        opt.step([g])
+        buffer = lerp(buffer, g, 1.0 - momentum)
+        assert opt.state[0]["momentum_buffer"].tobytes() == buffer.tobytes()
+
+
 # ------------------------------------------------------------------------------- functional
 def test_functional_step_is_the_class_step():
     mine, theirs = _param((5, 3), np.float32), _param((5, 3), np.float32)
