@@ -276,3 +276,13 @@ def test_a_sharded_optimizer_is_asked_to_check_and_read_on_every_rank_and_write_
     assert asked == [False, True]  # the temp cleanup, then the read
     for loaded, saved in zip(twin._params, params):
         np.testing.assert_array_equal(loaded, saved)
+
+
+def test_params_is_keyword_only_and_path_may_be_named(tmp_path):
+    params = make_params(np.float32, shapes=[(3,)])
+    opt = nopt.SGD(params, lr=0.1)
+    for call in (nopt.save, nopt.load):
+        with pytest.raises(TypeError):
+            call(opt, tmp_path / "c.npz", False)
+    nopt.save(opt, path=tmp_path / "c.npz", params=False)
+    nopt.load(opt, path=tmp_path / "c.npz", params=False)

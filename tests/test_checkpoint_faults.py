@@ -183,6 +183,27 @@ def test_a_meta_member_declaring_a_giant_size_is_refused_unread(saved):
     refused(opt, params, path, "not JSON bytes")
 
 
+def test_a_meta_member_of_two_dims_is_refused(saved):
+    opt, params, path, _ = saved
+    entries = members(path)
+    text = np.load(io.BytesIO(entries["meta.npy"]))
+    entries["meta.npy"] = npy(np.stack([text, text]))  # uint8, but (2, n)
+    write(path, entries)
+    refused(opt, params, path, "its 'meta' entry is not JSON bytes")
+
+
+def test_damage_is_reported_with_the_entry_it_is_in(saved):
+    """A member whose .npy header is cut short names that entry; a file that is no zip at all
+    names the file alone."""
+    opt, params, path, _ = saved
+    entries = members(path)
+    entries["params/1.npy"] = entries["params/1.npy"][:8]
+    write(path, entries)
+    refused(opt, params, path, r"c\.npz \(entry 'params/1\.npy'\) is not a readable checkpoint")
+    path.write_bytes(b"not a zip file at all")
+    refused(opt, params, path, r"c\.npz is not a readable checkpoint")
+
+
 def test_a_member_larger_than_its_header_says_is_refused(saved):
     opt, params, path, _ = saved
     entries = members(path)
@@ -510,6 +531,29 @@ def test_save_and_load_remove_dead_writers_temps_only(saved, tmp_path):
         call(opt, path)
         assert not orphan.exists()
         assert sorted(os.listdir(tmp_path)) == sorted(kept + ["c.npz"])
+
+
+def test_temps_of_live_or_impossible_writers_are_kept_and_no_writer_is_signalled(saved,
+                                                                                   tmp_path):
+    """Whether a writer lives is asked with signal 0, which sends nothing: a sleeping child
+    whose temp is found must go on sleeping.  A pid past what the OS takes (10 digits) cannot
+    be asked: its temp is left alone."""
+    import signal
+    import subprocess
+    import sys
+    opt, _, path, _ = saved
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        kept = [tmp_path / f"c.npz.{child.pid}.k2j4_9ab.tmp", tmp_path / "c.npz.9999999999.x.tmp"]
+        for temp in kept:
+            temp.write_bytes(b"x")
+        nopt.save(opt, path)
+        nopt.load(opt, path)
+        assert all(temp.exists() for temp in kept)
+        assert child.poll() is None  # not hung up on, interrupted or killed
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
 
 
 CHILD = """
