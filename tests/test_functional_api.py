@@ -47,3 +47,54 @@ def test_a_state_of_a_dtype_no_option_offers_is_named_and_nothing_changes(fn, fi
                                         "float32; numba_opt does not convert dtypes silently$"):
         fn(param, grad, *states, step=1) if fn is F.adam_step else fn(param, grad, *states)
     assert np.all(param == 1) and all(np.all(s == 0) for s in states)
+
+
+def _refused(error, match, fn, *arrays, **kwargs):
+    """``fn(*arrays, **kwargs)`` raises ``error`` matching ``match`` and changes no array."""
+    before = [a.copy() for a in arrays]
+    with pytest.raises(error, match=match):
+        fn(*arrays, **kwargs)
+    for a, b in zip(arrays, before):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("etas", [(1.0, 1.2), (0.5, 1.0), (0.0, 1.2)])
+def test_rprop_etas_must_straddle_one_strictly(etas):
+    """torch's 0 < etaminus < 1 < etaplus: an eta of exactly 1 (or 0) is refused."""
+    arrays = (np.ones(3), np.ones(3), np.zeros(3), np.zeros(3))
+    _refused(ValueError, "etas must satisfy 0 < etaminus < 1 < etaplus", F.rprop_step, *arrays,
+             step=1, etas=etas)
+    with pytest.raises(ValueError, match="etas must satisfy"):
+        nopt.Rprop([np.ones(3)], etas=etas)
+
+
+@pytest.mark.parametrize("mu", [0.0, -0.5])
+def test_asgd_mu_must_be_in_zero_one(mu):
+    _refused(ValueError, r"mu must be in \(0, 1\]", F.asgd_step, np.ones(3), np.ones(3),
+             np.zeros(3), step=2, eta=0.01, mu=mu)
+
+
+def test_every_state_array_must_be_writeable():
+    """The second state read-only (the first is checked on its own path) is refused by name."""
+    exp_avg_sq = np.zeros(3)
+    exp_avg_sq.flags.writeable = False
+    _refused(ValueError, "exp_avg_sq", F.adam_step, np.ones(3), np.ones(3), np.zeros(3),
+             exp_avg_sq, step=1)
+
+
+def test_adafactor_checks_the_variance_of_a_vector():
+    """A 1-D param keeps a full second moment: it is required and shaped like the param,
+    whatever the factored arguments (None) say before it."""
+    _refused(ValueError, r"variance is required for a param of shape \(4,\)", F.adafactor_step,
+             np.ones(4), np.ones(4), step=1)
+    _refused(ValueError, "variance has shape", F.adafactor_step, np.ones(4), np.ones(4),
+             variance=np.zeros(3), step=1)
+
+
+def test_muon_takes_up_to_99_newton_schulz_steps():
+    """torch refuses 100 steps and more ("for computational efficiency"); 99 is allowed."""
+    param, grad, buffer = np.ones((3, 2)), np.full((3, 2), 0.5), np.zeros((3, 2))
+    _refused(ValueError, "ns_steps", F.muon_step, param, grad, buffer, ns_steps=100)
+    F.muon_step(param, grad, buffer, ns_steps=99, ns_dtype=None)
+    assert np.all(np.isfinite(param)) and not np.all(param == 1)
+    nopt.Muon([np.ones((3, 2))], ns_steps=99)
