@@ -163,8 +163,8 @@ class Launcher:
         launch = _cuda_launch.Bound(self._table_kernel, *_launch_config(size), fixed_types=True)
 
         def call(_, grads, members, table, s0, s1, s2, s3, scalars):
-            launch(table.params, table.grads_table(grads, members), table.starts, table.like,
-                   s0, s1, s2, s3, _scale_of(scalars), scalars)
+            launch(table.params, table.grads_table(grads, members), table.starts, table.offsets,
+                   table.like, s0, s1, s2, s3, _scale_of(scalars), scalars)
         return call
 
 
@@ -187,6 +187,14 @@ QUANTIZED_TABLE = True
 def table_layout(sizes, arrays):
     """What ``bind_table``'s launches take after the bucket's member indices: its table."""
     return (_cuda_table.DeviceTable(arrays),)
+
+
+SUBSET_TABLES = True  # ... and the params with grads together when some grads are None
+
+
+def subset_table(table, positions, arrays):
+    """The table of a bucket's ``arrays`` at ``positions`` of its ``table``."""
+    return _cuda_table.DeviceTable(arrays, subset_of=table, positions=list(positions))
 
 
 def table_states(states, dtype):
@@ -441,7 +449,9 @@ def fill(buffer, value):
 # One kernel serves one param and a bucket of separate params (one launch per bucket, over a
 # ``_cuda_table.DeviceTable``); only how a block finds its elements differs (``_locate_*``).  A
 # param's blocks are its own, so absmax block b of the bucket is block b of the flat scales and
-# the codes and master copy of its elements start where its param's state starts.
+# the codes and master copy of its elements start where its param's state starts.  A table of
+# some of a bucket's params (the others' grads None) says where their state lies in the
+# bucket's (``DeviceTable`` offsets).
 def _no_decode(codes, absmax, i, b):
     return 0.0
 
@@ -462,25 +472,28 @@ def _blocks_of_one(param, block_starts):
     return (param.size + _quant.BLOCK - 1) // _quant.BLOCK
 
 
-def _locate_in_one(b, param, grad, starts, block_starts, like):
+def _locate_in_one(b, param, grad, tables, like):
     """Block b of one param: its param and grad from the block's first element, the offset of
-    that element in the state buffers, and the block's length."""
+    that element in the state buffers, the block's length and the index of its scale."""
     lo = b * _quant.BLOCK
-    return param[lo:], grad[lo:], lo, min(_quant.BLOCK, param.size - lo)
+    return param[lo:], grad[lo:], lo, min(_quant.BLOCK, param.size - lo), b
 
 
 def _blocks_of_table(param_table, block_starts):
     return block_starts[block_starts.size - 1]
 
 
-def _locate_in_table(b, param_table, grad_table, starts, block_starts, like):
-    """Block b of a bucket: its param t's, from the param's ``b - block_starts[t]``-th block."""
+def _locate_in_table(b, param_table, grad_table, tables, like):
+    """Block b of a table: its array t's ``b - block_starts[t]``-th block.  ``tables``: the
+    table's starts, state offsets, block starts and block offsets (see DeviceTable)."""
+    starts, offsets, block_starts, block_offsets = tables
     t = _cuda_table.lookup(block_starts, b)
-    lo = (b - block_starts[t]) * _quant.BLOCK
+    own = b - block_starts[t]
+    lo = own * _quant.BLOCK
     size = starts[t + 1] - starts[t]
     return (_cuda_table.tensor(param_table, t, like, size)[lo:],
             _cuda_table.tensor(grad_table, t, like, size)[lo:],
-            starts[t] + lo, min(_quant.BLOCK, size - lo))
+            offsets[t] + lo, min(_quant.BLOCK, size - lo), block_offsets[t] + own)
 
 
 def _blockwise_kernel(apply_arranged, rescaled, count_blocks, locate, decode0, encode0, decode1,
@@ -488,23 +501,24 @@ def _blockwise_kernel(apply_arranged, rescaled, count_blocks, locate, decode0, e
     block = _quant.BLOCK
 
     @cuda.jit
-    def kernel(param, grad, starts, block_starts, like, c0, a0, c1, a1, c2, a2, master, scale,
-               h):
+    def kernel(param, grad, starts, offsets, block_starts, block_offsets, like, c0, a0, c1, a1,
+               c2, a2, master, scale, h):
         h = rescaled(h, scale[0])
+        tables = (starts, offsets, block_starts, block_offsets)
         s0 = cuda.shared.array(block, np.float32)
         s1 = cuda.shared.array(block, np.float32)
         s2 = cuda.shared.array(block, np.float32)
         peaks = cuda.shared.array(3, np.uint32)
         t, threads = cuda.threadIdx.x, cuda.blockDim.x
         for b in range(cuda.blockIdx.x, count_blocks(param, block_starts), cuda.gridDim.x):
-            p, g, lo, k = locate(b, param, grad, starts, block_starts, like)
+            p, g, lo, k, scale_at = locate(b, param, grad, tables, like)
             if t < 3:
                 peaks[t] = 0
             mst = master[lo:]
             for j in range(t, k, threads):
-                s0[j] = decode0(c0, a0, lo + j, b)
-                s1[j] = decode1(c1, a1, lo + j, b)
-                s2[j] = decode2(c2, a2, lo + j, b)
+                s0[j] = decode0(c0, a0, lo + j, scale_at)
+                s1[j] = decode1(c1, a1, lo + j, scale_at)
+                s2[j] = decode2(c2, a2, lo + j, scale_at)
             cuda.syncthreads()
             biggest0 = biggest1 = biggest2 = _quant.NO_MAGNITUDE
             for j in range(t, k, threads):
@@ -526,11 +540,11 @@ def _blockwise_kernel(apply_arranged, rescaled, count_blocks, locate, decode0, e
                 encode2(c2, lo + j, s2[j], scale2)
             if t == 0:
                 if a0.size:
-                    a0[b] = scale0
+                    a0[scale_at] = scale0
                 if a1.size:
-                    a1[b] = scale1
+                    a1[scale_at] = scale1
                 if a2.size:
-                    a2[b] = scale2
+                    a2[scale_at] = scale2
             cuda.syncthreads()  # the scratch and peaks are reused by the next block
     return kernel
 
@@ -581,7 +595,7 @@ class BlockwiseLauncher:
             return _nothing
         global _NO_TABLE
         if _NO_TABLE is None:
-            _NO_TABLE = (_empty(np.int64), _empty(np.int64), _empty(np.float32))
+            _NO_TABLE = (*(_empty(np.int64) for _ in range(4)), _empty(np.float32))
         blocks = min(_quant.blocks(size), MAX_BLOCKS)
         launch = _cuda_launch.Bound(self.kernel, blocks, min(THREADS_PER_BLOCK, _quant.BLOCK))
 
@@ -600,8 +614,9 @@ class BlockwiseLauncher:
                                     min(THREADS_PER_BLOCK, _quant.BLOCK), fixed_types=True)
 
         def call(_, grads, members, table, *buffers):
-            launch(table.params, table.grads_table(grads, members), table.starts,
-                   table.block_starts(), table.like, *self._buffers(buffers))
+            launch(table.params, table.grads_table(grads, members), table.starts, table.offsets,
+                   table.block_starts(), table.block_offsets(), table.like,
+                   *self._buffers(buffers))
         return call
 
 

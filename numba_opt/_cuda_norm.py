@@ -158,12 +158,12 @@ class GradNorm:
             if grad_span is not None:
                 count += _span_sums(grad_span, codec, self.partials, count) \
                     if grad_span.size else 0
-            elif presence == "all" and bucket.table is not None:
-                table = bucket.table[1]
+            elif (table := _table_of(bucket, grads, presence)) is not None:
+                members, table = table
                 if table.size:
                     blocks, threads = norm_config(table.size)
                     _cuda_launch.launcher(_TABLE_SUMS[codec], blocks, threads)(
-                        table.grads_table(seen[2], bucket.table[0]), table.starts, table.like,
+                        table.grads_table(seen[2], members), table.starts, table.like,
                         self.partials, count)
                     count += blocks
             else:
@@ -183,6 +183,18 @@ class GradNorm:
         norm = DeviceNorm(self.results, slot, context.stream)
         self.readers[slot] = weakref.ref(norm)
         return norm
+
+
+def _table_of(bucket, grads, presence):
+    """(members, table) over the bucket's grads that are not None, or None where there is no
+    such table (no bucket table; a single grad; too many None patterns, see Bucket.table_of)."""
+    if bucket.table is None:
+        return None
+    if presence == "all":
+        return bucket.table
+    positions = [j for j, grad in enumerate(grads) if grad is not None]
+    table = bucket.table_of(positions) if len(positions) > 1 else None
+    return None if table is None else ([bucket.indices[j] for j in positions], table)
 
 
 class DeviceNorm:

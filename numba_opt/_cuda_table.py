@@ -75,18 +75,19 @@ def update_kernel(apply_with4, rescaled):
     """The table kernel of one update variant: ``apply_with4`` its applier over four buffers,
     ``rescaled(h, s)`` its scalars with the grad scale multiplied by the device clip scale."""
     @cuda.jit
-    def kernel(param_table, grad_table, starts, like, s0, s1, s2, s3, scale, h):
+    def kernel(param_table, grad_table, starts, offsets, like, s0, s1, s2, s3, scale, h):
         h = rescaled(h, scale[0])
         n = starts[starts.size - 1]
         t = 0
         lo = hi = starts[0]  # the current array's elements [lo, hi): none yet
+        at = lo  # where the current array's state starts in the state buffers
         for i in range(cuda.grid(1), n, cuda.gridsize(1)):
             if i >= hi:
                 t = lookup(starts, i)
-                lo, hi = starts[t], starts[t + 1]
+                lo, hi, at = starts[t], starts[t + 1], offsets[t]
             size = hi - lo
             apply_with4(i - lo, tensor(param_table, t, like, size),
-                        tensor(grad_table, t, like, size), s0[lo:], s1[lo:], s2[lo:], s3[lo:], h)
+                        tensor(grad_table, t, like, size), s0[at:], s1[at:], s2[at:], s3[at:], h)
     return kernel
 
 
@@ -101,9 +102,13 @@ def _host_view(array):
 
 class DeviceTable:
     """The device tables of one bucket of separate arrays (``flat_params``, 1-D, as the
-    kernels take them), made once; ``grads_table`` gives the table of each step's grads."""
+    kernels take them), made once; ``grads_table`` gives the table of each step's grads.
 
-    def __init__(self, flat_params):
+    ``subset_of`` (the bucket's own table) and ``positions`` (the arrays' indices in it) make
+    the table of some of the bucket's arrays, stepped together while others wait (their grads
+    None): their state is where the bucket's table has it (``offsets``, ``block_offsets``)."""
+
+    def __init__(self, flat_params, subset_of=None, positions=None):
         sizes = [a.size for a in flat_params]
         starts = np.zeros(len(sizes) + 1, np.int64)
         np.cumsum(sizes, out=starts[1:])
@@ -112,6 +117,12 @@ class DeviceTable:
         self.starts = cuda.to_device(starts)
         self.like = cuda.device_array(0, flat_params[0].dtype)  # the kernels' param dtype
         self._sizes, self._block_starts = sizes, None
+        if subset_of is None:  # the state of array t starts where its elements do
+            self.offsets, self._block_offsets = self.starts, None
+        else:
+            self.offsets = cuda.to_device(subset_of.host_starts[positions])
+            self._block_offsets = cuda.to_device(subset_of.host_block_starts()[positions])
+        self.host_starts = starts
         if _SIMULATED:
             self.params = tuple(_host_view(a) for a in flat_params)
         else:
@@ -124,14 +135,22 @@ class DeviceTable:
         self._grad_addresses = self._last_grads = self._grads_now = None
         self.uploads = 0  # grad tables uploaded (tests)
 
+    def host_block_starts(self):
+        """Where each array starts in the table's int8 absmax blocks (n + 1 entries): an
+        array's blocks are its own, the last one possibly short."""
+        starts = np.zeros(self.count + 1, np.int64)
+        np.cumsum([_quant.blocks(size) for size in self._sizes], out=starts[1:])
+        return starts
+
     def block_starts(self):
-        """Where each array starts in the bucket's int8 absmax blocks (n + 1 entries, made on
-        first use): an array's blocks are its own, the last one possibly short."""
+        """``host_block_starts`` on the device (made on first use)."""
         if self._block_starts is None:
-            starts = np.zeros(self.count + 1, np.int64)
-            np.cumsum([_quant.blocks(size) for size in self._sizes], out=starts[1:])
-            self._block_starts = cuda.to_device(starts)
+            self._block_starts = cuda.to_device(self.host_block_starts())
         return self._block_starts
+
+    def block_offsets(self):
+        """Where each array's absmax blocks start in the bucket's scales."""
+        return self.block_starts() if self._block_offsets is None else self._block_offsets
 
     def grads_table(self, all_grads, members):
         """The table of the grads ``all_grads[members]`` (1-D, as the kernels take them),

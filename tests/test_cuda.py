@@ -181,7 +181,7 @@ PTX_SCRIPT = textwrap.dedent("""
             check(f"{name} span {dtype.__name__}", launcher.kernel,
                   (array,) * (2 + n_states) + (array, h))
             check(f"{name} table {dtype.__name__}", launcher._table_kernel,
-                  (int64, int64, int64, array) + (array,) * 4 + (array, h))
+                  (int64, int64, int64, int64, array) + (array,) * 4 + (array, h))
     f64 = typeof(np.zeros(1, np.float64))
     for codec, dtype in (("native", np.float32), ("native", np.float64),
                          ("bfloat16", _codecs.BITS)):

@@ -87,10 +87,64 @@ def test_a_bucket_of_separate_arrays_steps_in_one_launch_without_host_syncs(spy)
         np.testing.assert_allclose(d.copy_to_host(), h, **TOLERANCE[h.dtype.type])
 
 
+def test_when_some_grads_are_none_the_params_alike_step_in_one_launch(spy):
+    """A param left out twice falls two steps behind: from then on the others (same step
+    count) step in one launch over a table of them, it in its own; all as on the CPU."""
+    host = make_params(np.float32, shapes=SHAPES) + make_params(np.float32, shapes=[(4,)], seed=3)
+    gpu, cpu = nopt.Adam(to_device(host), lr=0.01), nopt.Adam(host, lr=0.01)
+    for step in range(1, 7):
+        grads = make_grads(host, step)
+        if step in (2, 3):
+            grads[1] = None
+        if step == 5:
+            grads[5] = None
+        spy["clear"]()
+        gpu.step([None if g is None else cuda.to_device(g) for g in grads],
+                 max_grad_norm=1.0 if step == 3 else None)
+        cpu.step(grads, max_grad_norm=1.0 if step == 3 else None)
+        launches = [name for name in spy["launches"] if name != "_fill"]  # (state, unscale)
+        # 2: the five with grads together; 3: their squares summed over the same table, the
+        # clip scale, the update; 4: four together, param 1 (two behind) alone; 6: params 0, 2,
+        # 3, 4 together, param 1 and param 5 (one behind) one each
+        assert len(launches) == {1: 1, 2: 1, 3: 3, 4: 2, 5: 2, 6: 3}[step], (step, launches)
+        assert spy["syncs"] == []
+    for i, (d, h) in enumerate(zip(gpu._params, host)):
+        np.testing.assert_allclose(d.copy_to_host(), h, **TOLERANCE[np.float32])
+        for key, value in cpu.state[i].items():
+            if isinstance(value, np.ndarray):
+                np.testing.assert_allclose(gpu.state[i][key].copy_to_host(), value,
+                                           **TOLERANCE[np.float32])
+            else:
+                assert gpu.state[i][key] == value, (i, key)
+    assert gpu.state_dict()["state"][1]["step"] == 4 and gpu.state_dict()["state"][5]["step"] == 5
+
+
+@pytest.mark.parametrize("tables", [8, 1])
+def test_past_its_tables_for_none_patterns_a_bucket_steps_param_by_param(spy, monkeypatch,
+                                                                          tables):
+    """Step 2 meets a second pattern (params 2 and 3 alike, param 0 a step behind): with room
+    for one table only, params 2 and 3 step one launch each; the result is the same."""
+    from numba_opt.optim import _buckets
+    monkeypatch.setattr(_buckets, "MAX_SUBSET_TABLES", tables)
+    host = make_params(np.float32, shapes=[(3,), (4,), (5,), (2, 3)])
+    gpu = nopt.SGD(to_device(host), lr=0.1, momentum=0.9)
+    cpu = nopt.SGD(host, lr=0.1, momentum=0.9)
+    for step, left_out in ((1, 0), (2, 1)):
+        grads = make_grads(host, step)
+        grads[left_out] = None
+        spy["clear"]()
+        gpu.step([None if g is None else cuda.to_device(g) for g in grads])
+        cpu.step(grads)
+    launches = [name for name in spy["launches"] if name != "_fill"]
+    assert len(launches) == (2 if tables == 8 else 3), launches  # param 0 alone, then 2 and 3
+    for d, h in zip(gpu._params, host):
+        np.testing.assert_allclose(d.copy_to_host(), h, **TOLERANCE[np.float32])
+
+
 def test_a_bucket_of_int8_state_steps_in_one_launch_without_host_syncs(spy, monkeypatch):
     """Quantized params (lowered MIN_SIZE: three of them, blocks straddling no param) step in
     one blockwise launch over the bucket's table, clipped or not, like the CPU's per-param
-    loop; a step leaving a grad out goes param by param."""
+    loop; a step leaving a grad out steps the others over a table of them."""
     from numba_opt import _quant
     monkeypatch.setattr(_quant, "MIN_SIZE", 8)
     shapes = [(3, 7), (5,), (9,), (4, 4)]  # the (5,) param keeps float32 state
@@ -110,8 +164,9 @@ def test_a_bucket_of_int8_state_steps_in_one_launch_without_host_syncs(spy, monk
         kernels = [name for name in spy["launches"] if name.startswith("kernel")]
         if step == 2:  # the int8 bucket and the float32 one
             assert len(spy["launches"]) == 2 and spy["syncs"] == [], spy["launches"]
-        if step == 4:  # two quantized params with grads, one by one
-            assert len(kernels) == 3, spy["launches"]
+        if step == 4:  # the two quantized params with grads over a table of them (their
+            # state and scales at their places in the bucket's), and the float32 bucket
+            assert len(kernels) == 2, spy["launches"]
     assert spy["syncs"] == []
     for i, (d, h) in enumerate(zip(gpu._params, host)):
         assert d.copy_to_host().tobytes() == h.tobytes(), f"param {i}"

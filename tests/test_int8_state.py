@@ -518,8 +518,9 @@ def test_cuda_int8_state_equals_the_cpu_bit_for_bit(case, master, monkeypatch):
     CPU loop share the rules: same params, codes and scales.  Under the simulator the launches
     are tiny (4 threads, 2 blocks, so threads and blocks stride) and MIN_SIZE is lowered so a
     600-element param (two blocks and a partial third) is quantized.  The quantized params
-    share a bucket, stepped in one launch over a table; the last step leaves one grad out, so
-    the params then step one launch each."""
+    share a bucket, stepped in one launch over a table; the fourth step leaves one grad out, so
+    the other two step over a table of them (their codes and scales inside the bucket's), and
+    in the fifth it (a step behind) steps alone."""
     from numba_opt import _cuda
     if SIMULATED:
         monkeypatch.setattr(_cuda, "THREADS_PER_BLOCK", 4)
@@ -538,7 +539,7 @@ def test_cuda_int8_state_equals_the_cpu_bit_for_bit(case, master, monkeypatch):
     cpu = optimizer(name, host, state_dtype="int8", **kwargs)
     gpu = optimizer(name, device, state_dtype="int8", **kwargs)
     assert gpu.device == "cuda"
-    for step in range(4):
+    for step in range(5):
         grads = [g.astype(dtype) for g in make_grads([p.astype(F32) for p in host], step)]
         if step == 3:
             grads[2] = None
@@ -570,8 +571,8 @@ for name, (n_states, family) in _math.KERNELS.items():
             [0.0] * len(_math.SCALARS[family]._fields)), np.float32)
         kind = typeof(np.zeros(1, np.float32 if param == "native" else np.uint16))
         buffers = (codes, scales) * 3 + (scales,) * 2 + (typeof(h),)  # master, scale, scalars
-        one = (kind, kind, int64, int64, scales) + buffers  # starts, block starts, like: unused
-        table = (int64, int64, int64, int64, kind) + buffers  # param and grad addresses
+        one = (kind, kind) + (int64,) * 4 + (scales,) + buffers  # the table arguments unused
+        table = (int64,) * 6 + (kind,) + buffers  # addresses, starts, offsets, block starts...
         launcher.bind_table(1)  # makes the table kernel
         for label, kernel, signature in (("one", launcher.kernel, one),
                                          ("table", launcher._table_kernel, table)):

@@ -433,6 +433,22 @@ def test_master_copy_starts_from_the_param_at_its_first_step():
     assert_same_bits(params[1], expected.astype(BF16), "param")
 
 
+def test_a_param_starting_late_leaves_the_others_master_copies_alone():
+    """The master copy of a param whose first grad comes late is taken then, for it alone:
+    the others' copies hold more than their bfloat16 params and must not be re-taken.  An
+    optimizer over the first param alone is the twin."""
+    step = 2.0 ** -10  # a quarter of bfloat16's ulp at 1: kept by the master copy only
+    late, alone = [np.ones(4, BF16), np.ones(3, BF16)], [np.ones(4, BF16)]
+    a = nopt.SGD(late, lr=step, master_weights=True)
+    b = nopt.SGD(alone, lr=step, master_weights=True)
+    for k in range(3):
+        a.step([-np.ones(4, BF16), None if k == 0 else -np.ones(3, BF16)])
+        b.step([-np.ones(4, BF16)])
+    assert_same_bits(a.state[0]["master_param"], b.state[0]["master_param"], "master copy")
+    np.testing.assert_array_equal(a.state[0]["master_param"], 1 + 3 * step)
+    np.testing.assert_array_equal(a.state[1]["master_param"], 1 + 2 * step)
+
+
 def test_master_weights_accumulate_updates_the_param_cannot_hold():
     """An update below half an ulp of a bfloat16 param is lost on the param itself and kept in
     the master copy, which the param follows once the sum is large enough (Apex O2)."""

@@ -15,6 +15,7 @@ MASTER = "master_param"  # the float32 copy of a bfloat16 / float16 param (maste
 # With state_dtype='int8' each state of a quantized param is two buffers: its uint8 codes under the
 # state's own name, and its float32 scales (one per block of _quant.BLOCK) under name + ABSMAX.
 ABSMAX = "_absmax"
+MAX_SUBSET_TABLES = 8  # tables of some of a bucket's params kept per bucket (Bucket.table_of)
 
 
 class _States(list):
@@ -65,6 +66,8 @@ class _Bucket:
         # a multi-tensor table over the bucket's arrays, where the backend has such loops
         tabled = getattr(backend, "MULTI_TENSOR", False) and (
             not self.quantized or getattr(backend, "QUANTIZED_TABLE", False))
+        # tables of some of the params (the others' grads None), where the backend has them
+        self._subsets = {} if tabled and getattr(backend, "SUBSET_TABLES", False) else None
         self.table = None if not tabled else (
             np.array(indices, dtype=np.int64),
             *backend.table_layout([stop - start for start, stop in self.bounds],
@@ -87,6 +90,22 @@ class _Bucket:
         # the whole bucket as one kernel call: over its span, or over its table
         self.span_call = self.span_states = self.table_call = self.table_states = None
         self.param_calls = None  # [(kernel call, its state tuple)] per param
+
+    def table_of(self, positions):
+        """The table of the params at ``positions`` (a list; their state where the bucket's
+        table has it), made once per set of positions, for a backend that steps such tables
+        (``SUBSET_TABLES``); None otherwise, or past a few sets (a None-grad pattern that keeps
+        changing is cheaper stepped param by param than with new tables)."""
+        if self._subsets is None:
+            return None
+        key = tuple(positions)
+        if len(key) == len(self.params):
+            return self.table[1]
+        table = self._subsets.get(key)
+        if table is None and len(self._subsets) < MAX_SUBSET_TABLES:
+            table = self._subsets[key] = self.backend.subset_table(
+                self.table[1], key, [self.flat_params[j] for j in key])
+        return table
 
     def history(self, j):
         """(step count, started state names, host scalars) of the bucket's j-th param."""

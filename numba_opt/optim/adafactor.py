@@ -142,7 +142,7 @@ class Adafactor(Optimizer):
         bucket.step = step
         bucket.started.update(bucket.names)
 
-    def _step_params(self, bucket, grads):
+    def _step_params(self, bucket, grads, all_grads=None):
         """Param by param, each with its own step count (once some grads were None)."""
         if bucket.per_param is None:
             bucket.per_param = [[bucket.step, set(bucket.started), bucket.host]

@@ -301,7 +301,7 @@ class Optimizer(StateMixin):
             if presence == "all" and bucket.per_param is None:
                 self._step_bucket(bucket, bucket_grads, grad_span, seen[2])
             else:  # some grads are None, now or in an earlier step
-                self._step_params(bucket, bucket_grads)
+                self._step_params(bucket, bucket_grads, seen[2])
 
     def _stale_groups(self):
         """The groups whose hyper-parameters changed since they were last checked: an entry is a
@@ -400,29 +400,43 @@ class Optimizer(StateMixin):
             fields = _math.SCALARS[_math.KERNELS[kernel_name][1]]._fields
             self._step_indices = [fields.index(name) for name in self.step_fields]
 
-    def _step_params(self, bucket, grads):
-        """Param by param, each with its own step count (once some grads were None)."""
+    def _step_params(self, bucket, grads, all_grads=None):
+        """Each param with its own step count (once some grads were None): the params whose
+        histories are alike step together, in one launch over a table of them where the
+        backend has such tables (CUDA; ``all_grads``: every flat grad), else one call each."""
         hyper, names = self._group_cache[bucket.group_index][0], bucket.names
         if bucket.per_param is None:
             bucket.per_param = [[bucket.step, set(bucket.started), bucket.host]
                                 for _ in bucket.params]
-        for j, (param, grad, (call, states), history) in enumerate(zip(
-                bucket.flat_params, grads, bucket.param_calls, bucket.per_param)):
-            if grad is None:
-                continue
-            fresh = tuple(n for n in names if n not in history[1])
-            history[0] += 1
-            before, history[2] = history[2], self._advance_host(hyper, history[0], history[2])
-            used = self._host_for_step(hyper, history[0], before, history[2])
+        alike = {}  # (step count, started states, host scalars) -> the params with grads
+        for j, (grad, (step, started, host)) in enumerate(zip(grads, bucket.per_param)):
+            if grad is not None:
+                alike.setdefault((step, frozenset(started), tuple(host.items())), []).append(j)
+        for positions in alike.values():
+            step, started, host = bucket.per_param[positions[0]]
+            fresh = tuple(n for n in names if n not in started)
+            step += 1
+            after = self._advance_host(hyper, step, host)
+            used = self._host_for_step(hyper, step, host, after)
             scalars = self._backend.update_scalars(self._backend.scalars_argument(
-                self._scalars(hyper, history[0], fresh, **used), bucket.compute_dtype),
+                self._scalars(hyper, step, fresh, **used), bucket.compute_dtype),
                 (0, 1), _signed(self._grad_fields, hyper))
             if bucket.storage.stochastic:
-                scalars = self._salted(scalars, history[0])
-            if MASTER in fresh:
-                bucket.start_master(j)
-            call(param, grad, *states, scalars)
-            history[1].update(names)
+                scalars = self._salted(scalars, step)
+            for j in positions:
+                if MASTER in fresh:
+                    bucket.start_master(j)
+                history = bucket.per_param[j]
+                history[0], history[2] = step, after
+                history[1].update(names)
+            table = bucket.table_of(positions) if len(positions) > 1 else None
+            if table is not None:
+                bucket.table_call(None, all_grads, [bucket.indices[j] for j in positions], table,
+                                  *bucket.table_states, scalars)
+                continue
+            for j in positions:
+                call, states = bucket.param_calls[j]
+                call(bucket.flat_params[j], grads[j], *states, scalars)
 
     def _salted(self, scalars, step):
         """``scalars`` with the rounding salt of step number ``step`` (a param's own count)."""
