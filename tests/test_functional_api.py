@@ -98,3 +98,11 @@ def test_muon_takes_up_to_99_newton_schulz_steps():
     F.muon_step(param, grad, buffer, ns_steps=99, ns_dtype=None)
     assert np.all(np.isfinite(param)) and not np.all(param == 1)
     nopt.Muon([np.ones((3, 2))], ns_steps=99)
+
+
+@pytest.mark.parametrize("step_sizes, match", [((-1e-6, 50), r"step_sizes\[0\]"),
+                                               ((1e-6, -50), r"step_sizes\[1\]"),
+                                               ((60, 50), "step_size_min <= step_size_max")])
+def test_rprop_step_sizes_are_checked_each(step_sizes, match):
+    arrays = (np.ones(3), np.ones(3), np.zeros(3), np.zeros(3))
+    _refused(ValueError, match, F.rprop_step, *arrays, step=1, step_sizes=step_sizes)
