@@ -4,12 +4,13 @@
     make bench-gpu
 
 For each case (Adam float32: one FlatParams span, the same elements as a model's separate
-tensors -- one launch over a device table --, and each clipped by the global norm) it counts the
+tensors -- one launch over a device table --, those with the first grad None every step, and
+with int8 state; each also clipped by the global norm) it counts the
 kernel launches and host syncs of one step, then times ``--reps`` steps back to back between
 two CUDA events (no sync between steps: what a training loop sees), and the same number of
 calls of a roof kernel that reads 4 and writes 3 arrays of the same size (Adam's traffic; the
 best any Adam step can do on this device).  ``of roof`` = roof time / step time; GB/s counts
-Adam's 7 arrays.  The device's theoretical HBM bandwidth (memory clock x bus width) is printed
+Adam's 7 arrays (28 bytes an element; int8 state: 16, the roof time scaled to match).  The device's theoretical HBM bandwidth (memory clock x bus width) is printed
 beside.  Under the simulator (``NUMBA_ENABLE_CUDASIM=1``) it runs tiny sizes once as a smoke
 test: the counts mean something there, the times nothing.
 """
@@ -81,6 +82,13 @@ def hbm_bandwidth():
     return 2 * clock_khz * 1e3 * bus_bits / 8
 
 
+# the layouts: one FlatParams span; separate tensors (one launch over a device table); the
+# same with the first grad None every step (the others step over a table of them); separate
+# tensors with int8 state (one blockwise launch; tensors of 4096 elements or more quantized)
+LAYOUTS = ("FlatParams", "list", "list, grad 0 None", "list, int8 state")
+BYTES_PER_ELEMENT = {"list, int8 state": 16}  # else Adam float32's 28: 7 arrays of 4 bytes
+
+
 def make_case(sizes, layout, clip, rng):
     host = [rng.standard_normal(n).astype(np.float32) for n in sizes]
     if layout == "FlatParams":
@@ -90,7 +98,10 @@ def make_case(sizes, layout, clip, rng):
         opt, grads = nopt.Adam(flat, lr=1e-3), flat.grads
     else:
         params = [cuda.to_device(a) for a in host]
-        opt, grads = nopt.Adam(params, lr=1e-3), [cuda.to_device(a * 0.01) for a in host]
+        int8 = dict(state_dtype="int8") if layout.endswith("int8 state") else {}
+        opt, grads = nopt.Adam(params, lr=1e-3, **int8), [cuda.to_device(a * 0.01) for a in host]
+        if layout.endswith("None"):
+            grads[0] = None
     options = dict(max_grad_norm=1.0) if clip else {}
     return lambda: opt.step(grads, **options)
 
@@ -112,7 +123,7 @@ def run_case(label, sizes, layout, clip, reps, rng):
     step()
     with Counter() as counted:
         step()
-    n = sum(sizes)
+    n = sum(sizes[1:]) if layout.endswith("None") else sum(sizes)  # the elements stepped
     record = dict(case=label, layout=layout, clipped=clip, n=n, tensors=len(sizes),
                   launches=counted.launches, host_syncs=counted.syncs)
     if SIMULATED:
@@ -126,8 +137,11 @@ def run_case(label, sizes, layout, clip, reps, rng):
     roof_call()
     cuda.synchronize()
     seconds, roof_seconds = time_calls(step, reps), time_calls(roof_call, reps)
+    # the roof of this layout's traffic: the 28-byte roof kernel's time scaled to its bytes
+    moved = BYTES_PER_ELEMENT.get(layout, ADAM_ARRAYS * 4)
+    roof_seconds *= moved / (ADAM_ARRAYS * 4)
     record.update(seconds=seconds, roof_seconds=roof_seconds, of_roof=roof_seconds / seconds,
-                  gb_per_s=ADAM_ARRAYS * 4 * n / seconds / 1e9)
+                  gb_per_s=moved * n / seconds / 1e9)
     return record
 
 
@@ -143,9 +157,9 @@ def main():
     rng = np.random.default_rng(0)
     cases = [(f"n={n:.0e}", [int(n)], "FlatParams") for n in args.sizes]
     cases += [(f"{m} ({len(MODELS[m])} tensors)", MODELS[m], layout)
-              for m in args.models for layout in ("FlatParams", "list")]
-    if SIMULATED:  # a smoke test: tiny arrays, the same code paths
-        cases = [("smoke", [37, 5, 64], layout) for layout in ("FlatParams", "list")]
+              for m in args.models for layout in LAYOUTS]
+    if SIMULATED:  # a smoke test: tiny arrays (too small for int8 state), the same code paths
+        cases = [("smoke", [37, 5, 64], layout) for layout in LAYOUTS[:3]]
     records = [run_case(label, sizes, layout, clip, args.reps, rng)
                for label, sizes, layout in cases for clip in (False, True)]
     bandwidth = hbm_bandwidth()
