@@ -533,6 +533,15 @@ def test_save_and_load_remove_dead_writers_temps_only(saved, tmp_path):
         assert sorted(os.listdir(tmp_path)) == sorted(kept + ["c.npz"])
 
 
+SLEEPER = """
+import signal, time
+for number in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+    signal.signal(number, signal.SIG_DFL)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
 def test_temps_of_live_or_impossible_writers_are_kept_and_no_writer_is_signalled(saved,
                                                                                    tmp_path):
     """Whether a writer lives is asked with signal 0, which sends nothing: a sleeping child
@@ -542,8 +551,11 @@ def test_temps_of_live_or_impossible_writers_are_kept_and_no_writer_is_signalled
     import subprocess
     import sys
     opt, _, path, _ = saved
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # the child takes the default action on hang-ups and interrupts (a run under nohup would
+    # hand it SIGHUP ignored), and says when it is ready
+    child = subprocess.Popen([sys.executable, "-c", SLEEPER], stdout=subprocess.PIPE, text=True)
     try:
+        assert child.stdout.readline() == "ready\n"
         kept = [tmp_path / f"c.npz.{child.pid}.k2j4_9ab.tmp", tmp_path / "c.npz.9999999999.x.tmp"]
         for temp in kept:
             temp.write_bytes(b"x")
