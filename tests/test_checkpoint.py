@@ -286,3 +286,26 @@ def test_params_is_keyword_only_and_path_may_be_named(tmp_path):
             call(opt, tmp_path / "c.npz", False)
     nopt.save(opt, path=tmp_path / "c.npz", params=False)
     nopt.load(opt, path=tmp_path / "c.npz", params=False)
+
+
+def test_a_file_written_by_format_1_keeps_loading():
+    """tests/data/checkpoint_format_1.npz was saved by numba_opt (checkpoint format 1): Adam
+    with amsgrad, two steps from a seeded run.  Every later version must read it, with the same
+    values a fresh run of those two steps gives (to float32 rounding, across CPUs)."""
+    rng = np.random.default_rng(7)
+    params = [rng.standard_normal((3, 2)).astype(np.float32),
+              rng.standard_normal(4).astype(np.float32)]
+    run = nopt.Adam(params, lr=0.01, amsgrad=True)
+    for _ in range(2):
+        run.step([rng.standard_normal(p.shape).astype(np.float32) for p in params])
+    loaded = [np.zeros((3, 2), np.float32), np.zeros(4, np.float32)]
+    opt = nopt.Adam(loaded, lr=0.5)
+    nopt.load(opt, os.path.join(os.path.dirname(__file__), "data", "checkpoint_format_1.npz"))
+    assert opt.step_count == 2 and opt.param_groups[0]["lr"] == 0.01
+    assert opt.param_groups[0]["amsgrad"] is True
+    for a, b in zip(loaded, params):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    for a, b in zip(opt.state, run.state):
+        assert a.keys() == b.keys() and a["step"] == b["step"] == 2
+        for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-6)

@@ -175,12 +175,18 @@ def test_a_member_declaring_a_giant_shape_is_refused_unread(saved):
     refused(opt, params, path, r"params\[0\] has shape \(1099511627776,\)")
 
 
-def test_a_meta_member_declaring_a_giant_size_is_refused_unread(saved):
+@pytest.mark.parametrize("declared, message", [
+    (2 ** 40, r"'meta' entry is not JSON bytes of at most 67108864 bytes \(dtype uint8"),
+    (64 * 2 ** 20 + 1, "not JSON bytes of at most 67108864 bytes"),
+    (64 * 2 ** 20, r"holds \d+ bytes, its header declares 67108\d+$")])  # the cap: then the size
+def test_a_meta_member_declaring_a_giant_size_is_refused_unread(saved, declared, message):
+    """The meta is JSON of at most 64 MiB; a header declaring more is refused before anything
+    is read, and one declaring 64 MiB exactly is held to its size in the zip."""
     opt, params, path, _ = saved
     entries = members(path)
-    entries["meta.npy"] = npy_header((2 ** 40,), "|u1")
+    entries["meta.npy"] = npy_header((declared,), "|u1")
     write(path, entries)
-    refused(opt, params, path, "not JSON bytes")
+    refused(opt, params, path, message)
 
 
 def test_a_meta_member_of_two_dims_is_refused(saved):
