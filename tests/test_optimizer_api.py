@@ -1,4 +1,6 @@
 """Param groups, named params, editable hyper-parameters, None grads, state_dict round trips."""
+import os
+
 import numpy as np
 import pytest
 
@@ -307,3 +309,31 @@ def test_state_is_readable_by_param_name_when_params_were_named():
         state["w"]
     with pytest.raises(TypeError):  # a list of positions when params had no names
         nopt.Adam([np.ones(2)]).state["W"]
+
+
+def test_a_state_dict_of_format_1_keeps_loading():
+    """tests/data/state_dict_format_1.pickle is NAdam's state_dict (format 1, with the host
+    scalar mu_product) after two steps of a seeded run, pickled as numba_opt made it: every
+    later version must load it, and step on exactly as that run does (to float32 rounding)."""
+    import pickle
+    rng = np.random.default_rng(11)
+    params = [rng.standard_normal((2, 3)).astype(np.float32),
+              rng.standard_normal(5).astype(np.float32)]
+    resumed = [p.copy() for p in params]
+    run = nopt.NAdam(params, lr=0.01)
+    for _ in range(2):
+        run.step([rng.standard_normal(p.shape).astype(np.float32) for p in params])
+    with open(os.path.join(os.path.dirname(__file__), "data", "state_dict_format_1.pickle"),
+              "rb") as f:
+        saved = pickle.load(f)
+    assert saved["format"] == 1
+    opt = nopt.NAdam(resumed, lr=0.5)
+    opt.load_state_dict(saved)
+    for p, q in zip(resumed, params):  # the params are not in a state_dict: set them
+        p[...] = q
+    grads = [rng.standard_normal(p.shape).astype(np.float32) for p in params]
+    run.step(grads)
+    opt.step(grads)
+    for a, b in zip(resumed, params):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    assert opt.state[0]["mu_product"] == pytest.approx(run.state[0]["mu_product"], rel=1e-12)
