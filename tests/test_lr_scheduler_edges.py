@@ -146,7 +146,8 @@ def test_a_saved_beta1_outside_zero_one_is_refused(bad):
 DEFAULTS = {  # each scheduler with only its required arguments: the defaults must be torch's
     "StepLR": dict(step_size=3), "MultiStepLR": dict(milestones=[2, 4]),
     "ExponentialLR": dict(gamma=0.9), "CosineAnnealingLR": dict(T_max=5), "LinearLR": {},
-    "OneCycleLR": dict(max_lr=0.5, total_steps=20),
+    "OneCycleLR": dict(max_lr=0.5, total_steps=20), "ConstantLR": {},
+    "CyclicLR": dict(base_lr=0.01, max_lr=0.1, step_size_up=4, mode="exp_range"),  # gamma
 }
 
 
@@ -159,6 +160,20 @@ def test_default_arguments_give_torchs_schedule(name):
     for _ in range(12):
         mine.step()
         torchs.step()
+        assert mine.get_last_lr() == pytest.approx(torchs.get_last_lr(), rel=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore:The epoch parameter")
+def test_warm_restarts_at_given_epochs_keep_torchs_values_and_types():
+    """step(epoch): an int epoch keeps T_cur an int where torch's does (3), a float where the
+    restart arithmetic makes one (7 -> 3.0), and a fractional epoch stays fractional."""
+    ours, theirs = both(momentum=0.9)
+    mine = S.CosineAnnealingWarmRestarts(ours, T_0=4, T_mult=2)
+    torchs = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(theirs, T_0=4, T_mult=2)
+    for epoch in (3, 7, 2.5, 13, 0):
+        mine.step(epoch)
+        torchs.step(epoch)
+        assert repr(mine.T_cur) == repr(torchs.T_cur) and mine.T_i == torchs.T_i, epoch
         assert mine.get_last_lr() == pytest.approx(torchs.get_last_lr(), rel=1e-12)
 
 
