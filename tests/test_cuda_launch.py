@@ -119,6 +119,24 @@ def test_when_some_grads_are_none_the_params_alike_step_in_one_launch(spy):
     assert gpu.state_dict()["state"][1]["step"] == 4 and gpu.state_dict()["state"][5]["step"] == 5
 
 
+def test_params_whose_histories_meet_again_step_over_the_whole_table(spy):
+    """Param 1 misses step 1 and param 0 step 2: both have stepped once, so from step 3 on
+    they are alike again and step together over the bucket's own table."""
+    host = make_params(np.float32, shapes=[(3, 2), (5,)])
+    gpu, cpu = nopt.Adam(to_device(host), lr=0.01), nopt.Adam(host, lr=0.01)
+    for step, left_out in ((1, 1), (2, 0), (3, None), (4, None)):
+        grads = make_grads(host, step)
+        if left_out is not None:
+            grads[left_out] = None
+        spy["clear"]()
+        gpu.step([None if g is None else cuda.to_device(g) for g in grads])
+        cpu.step(grads)
+    assert [name for name in spy["launches"] if name != "_fill"] == ["kernel"]
+    assert gpu._buckets[0].per_param is not None  # still stepped as histories, alike
+    for d, h in zip(gpu._params, host):
+        np.testing.assert_allclose(d.copy_to_host(), h, **TOLERANCE[np.float32])
+
+
 @pytest.mark.parametrize("tables", [8, 1])
 def test_past_its_tables_for_none_patterns_a_bucket_steps_param_by_param(spy, monkeypatch,
                                                                           tables):
