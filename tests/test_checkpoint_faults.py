@@ -371,6 +371,21 @@ def test_odd_metadata_is_a_value_error(saved, change, message):
     refused(opt, params, path, message)
 
 
+@pytest.mark.parametrize("extra", [0, 1, 600])
+def test_what_a_crafted_file_says_is_cut_after_500_characters(saved, extra):
+    """A crafted file can name anything (here a long optimizer name); the message keeps the
+    path and the first 500 characters of the reason, then '...'."""
+    opt, params, path, _ = saved
+    reason = "state_dict comes from {}, not Adam"
+    name = "A" * (500 - len(reason.format("")) + extra)  # a reason of 500 + extra characters
+    with_meta(path, lambda m: m.update(optimizer=name))
+    with pytest.raises(ValueError) as info:
+        nopt.load(opt, path)
+    expected = reason.format(name)
+    assert len(expected) == 500 + extra
+    assert str(info.value) == f"{path}: " + (expected if not extra else expected[:500] + "...")
+
+
 # ---------------------------------------------------------------------------- damaged bytes
 def test_truncated_at_any_offset_is_a_value_error(saved):
     opt, params, path, _ = saved
