@@ -95,7 +95,8 @@ def test_matches_torch(kwargs, dtype):
 
 def test_groups_and_none_grads_match_torch():
     """Per-group hyper-parameters, and params whose grad is None at some steps (their step
-    counts, hence rho_t and beta2_t, fall behind the others', as in torch)."""
+    counts, hence rho_t and beta2_t, fall behind the others', as in torch), alone in their
+    bucket or beside one that steps."""
     params = make(np.float64)
     groups = [{"params": [0, 1], "lr": 0.05, "weight_decay": 0.2},
               {"params": [2, 3, 4], "d": 1.2, "maximize": True}]
@@ -108,6 +109,8 @@ def test_groups_and_none_grads_match_torch():
             grads[0] = None
         if step % 4 == 1:
             grads[3] = None
+        if step % 5 == 2:  # (1, 9) shares a bucket with (3, 4, 6): that bucket splits
+            grads[4] = None
         opt.step(grads)
         torch_step(expected, tensors, grads)
     for p, t in zip(params, tensors):

@@ -94,6 +94,12 @@ def test_named_params_take_a_dict_of_new_names():
     assert opt.state["head"]["step"] == 1 and opt.state["w"]["step"] == 2
     with pytest.raises(ValueError, match="head"):
         opt.step({"w": np.ones_like(w), "b": np.ones_like(b)})  # every name needs its grad
+    # names must be strings: the message names the first that is not
+    with pytest.raises(TypeError, match=r"^param names must be strings, got 7$"):
+        opt.add_param_group({"params": {"ok": np.ones(2), 7: np.ones(2), 8: np.ones(2)}})
+    assert len(opt.param_groups) == 2
+    with pytest.raises(TypeError, match=r"^param names must be strings, got 3$"):
+        nopt.Adam({"a": np.ones(2), 3: np.ones(2), 4: np.ones(2)})
 
 
 def test_state_dict_and_checkpoint_files_after_adding(tmp_path):
