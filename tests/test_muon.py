@@ -277,6 +277,8 @@ def test_params_must_be_2d_float32_or_float64():
     opt = nopt.Muon([_param((3, 2), np.float32)])
     with pytest.raises(ValueError, match=r"params\[1\] has shape \(4,\)"):
         opt.add_param_group({"params": [np.zeros(4, np.float32)]})
+    with pytest.raises(ValueError, match=r"params\[2\] has shape \(4,\)"):  # the second new one
+        opt.add_param_group({"params": [np.zeros((2, 2), np.float32), np.zeros(4, np.float32)]})
     assert len(opt.param_groups) == 1
     opt.add_param_group({"params": [np.zeros((2, 2), np.float32)], "lr": 0.1})
     opt.step([np.ones((3, 2), np.float32), np.ones((2, 2), np.float32)])

@@ -165,6 +165,12 @@ def test_an_empty_view_inside_another_param_shares_no_memory():
     opt.step([np.ones(10, np.float32), np.ones(0, np.float32), np.ones(0, np.float32)])
     opt.step([np.ones(10, np.float32), None, buffer[7:][:0]])  # an empty view as a grad too
     np.testing.assert_array_equal(buffer, np.full(10, -1.0, np.float32))
+    # a grad whose bytes hold an empty param's data pointer shares nothing with it either
+    other = np.full(6, 2.0, np.float32)
+    param = np.zeros(6, np.float32)
+    opt = nopt.SGD([param, other[2:][:0]], lr=0.5)
+    opt.step([other, None])
+    np.testing.assert_array_equal(param, np.full(6, -1.0, np.float32))
 
 
 def test_grads_sharing_memory_with_params_are_refused():
