@@ -156,6 +156,16 @@ def test_step_rejects_and_modifies_nothing(make_grads, edit, error, message):
         assert opt.step_count == count
 
 
+def test_a_stream_is_refused_on_the_cpu_when_made_and_when_stepped():
+    with pytest.raises(TypeError, match="stream= orders the CUDA kernels, but the optimizer "
+                                        "runs on cpu"):
+        nopt.SGD([np.zeros(3)], stream=0)
+    opt = nopt.SGD([np.zeros(3)], lr=0.1)
+    with pytest.raises(TypeError, match="stream= orders the CUDA kernels"):
+        opt.step([np.ones(3)], stream=0)
+    assert opt.step_count == 0
+
+
 def test_an_empty_view_inside_another_param_shares_no_memory():
     """An empty param or grad owns no bytes, wherever its data pointer lies (np.shares_memory
     agrees): it is accepted at construction, in an added group and as a grad, and steps."""
