@@ -187,14 +187,10 @@ class GradNorm:
 
 def _table_of(bucket, grads, presence):
     """(members, table) over the bucket's grads that are not None, or None where there is no
-    such table (no bucket table; a single grad; too many None patterns, see Bucket.table_of)."""
-    if bucket.table is None:
-        return None
+    such table (see Bucket.table_of)."""
     if presence == "all":
         return bucket.table
-    positions = [j for j, grad in enumerate(grads) if grad is not None]
-    table = bucket.table_of(positions) if len(positions) > 1 else None
-    return None if table is None else ([bucket.indices[j] for j in positions], table)
+    return bucket.table_of([j for j, grad in enumerate(grads) if grad is not None])
 
 
 class DeviceNorm:

@@ -92,20 +92,22 @@ class _Bucket:
         self.param_calls = None  # [(kernel call, its state tuple)] per param
 
     def table_of(self, positions):
-        """The table of the params at ``positions`` (a list; their state where the bucket's
-        table has it), made once per set of positions, for a backend that steps such tables
-        (``SUBSET_TABLES``); None otherwise, or past a few sets (a None-grad pattern that keeps
-        changing is cheaper stepped param by param than with new tables)."""
-        if self._subsets is None:
+        """(the params' indices in the optimizer, their table) for the bucket's params at
+        ``positions`` (a list; their state where the bucket's table has it), made once per set
+        of positions, for a backend that steps such tables (``SUBSET_TABLES``).  None for a
+        single param (its own call needs no table), on other backends, or past a few sets (a
+        None-grad pattern that keeps changing is cheaper stepped param by param)."""
+        if self._subsets is None or len(positions) < 2:
             return None
         key = tuple(positions)
         if len(key) == len(self.params):
-            return self.table[1]
-        table = self._subsets.get(key)
-        if table is None and len(self._subsets) < MAX_SUBSET_TABLES:
-            table = self._subsets[key] = self.backend.subset_table(
-                self.table[1], key, [self.flat_params[j] for j in key])
-        return table
+            return self.table
+        subset = self._subsets.get(key)
+        if subset is None and len(self._subsets) < MAX_SUBSET_TABLES:
+            subset = self._subsets[key] = (
+                [self.indices[j] for j in key],
+                self.backend.subset_table(self.table[1], key, [self.flat_params[j] for j in key]))
+        return subset
 
     def history(self, j):
         """(step count, started state names, host scalars) of the bucket's j-th param."""

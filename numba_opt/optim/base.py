@@ -429,10 +429,9 @@ class Optimizer(StateMixin):
                 history = bucket.per_param[j]
                 history[0], history[2] = step, after
                 history[1].update(names)
-            table = bucket.table_of(positions) if len(positions) > 1 else None
-            if table is not None:
-                bucket.table_call(None, all_grads, [bucket.indices[j] for j in positions], table,
-                                  *bucket.table_states, scalars)
+            subset = bucket.table_of(positions)
+            if subset is not None:
+                bucket.table_call(None, all_grads, *subset, *bucket.table_states, scalars)
                 continue
             for j in positions:
                 call, states = bucket.param_calls[j]
