@@ -66,7 +66,8 @@ def spy(monkeypatch):
 
 
 def to_device(arrays):
-    return [cuda.to_device(a) for a in arrays]
+    """Device copies of host arrays, None (an absent grad) kept."""
+    return [None if a is None else cuda.to_device(a) for a in arrays]
 
 
 def test_a_bucket_of_separate_arrays_steps_in_one_launch_without_host_syncs(spy):
@@ -99,7 +100,7 @@ def test_when_some_grads_are_none_the_params_alike_step_in_one_launch(spy):
         if step == 5:
             grads[5] = None
         spy["clear"]()
-        gpu.step([None if g is None else cuda.to_device(g) for g in grads],
+        gpu.step(to_device(grads),
                  max_grad_norm=1.0 if step == 3 else None)
         cpu.step(grads, max_grad_norm=1.0 if step == 3 else None)
         launches = [name for name in spy["launches"] if name != "_fill"]  # (state, unscale)
@@ -129,7 +130,7 @@ def test_params_whose_histories_meet_again_step_over_the_whole_table(spy):
         if left_out is not None:
             grads[left_out] = None
         spy["clear"]()
-        gpu.step([None if g is None else cuda.to_device(g) for g in grads])
+        gpu.step(to_device(grads))
         cpu.step(grads)
     assert [name for name in spy["launches"] if name != "_fill"] == ["kernel"]
     assert gpu._buckets[0].per_param is not None  # still stepped as histories, alike
@@ -151,7 +152,7 @@ def test_past_its_tables_for_none_patterns_a_bucket_steps_param_by_param(spy, mo
         grads = make_grads(host, step)
         grads[left_out] = None
         spy["clear"]()
-        gpu.step([None if g is None else cuda.to_device(g) for g in grads])
+        gpu.step(to_device(grads))
         cpu.step(grads)
     launches = [name for name in spy["launches"] if name != "_fill"]
     assert len(launches) == (2 if tables == 8 else 3), launches  # param 0 alone, then 2 and 3
@@ -171,14 +172,11 @@ def test_a_bucket_of_int8_state_steps_in_one_launch_without_host_syncs(spy, monk
     cpu = nopt.AdamW(host, lr=0.01, state_dtype="int8")
     for step in range(1, 5):
         grads = make_grads(host, step)
-        spy["clear"]()
-        if step < 4:
-            gpu.step(to_device(grads), max_grad_norm=1.0 if step == 3 else None)
-            cpu.step(grads, max_grad_norm=1.0 if step == 3 else None)
-        else:
+        if step == 4:
             grads[2] = None
-            gpu.step([None if g is None else cuda.to_device(g) for g in grads])
-            cpu.step(grads)
+        spy["clear"]()
+        gpu.step(to_device(grads), max_grad_norm=1.0 if step == 3 else None)
+        cpu.step(grads, max_grad_norm=1.0 if step == 3 else None)
         kernels = [name for name in spy["launches"] if name.startswith("kernel")]
         if step == 2:  # the int8 bucket and the float32 one
             assert len(spy["launches"]) == 2 and spy["syncs"] == [], spy["launches"]
@@ -278,7 +276,7 @@ def test_some_grads_none_step_param_by_param_and_clip_alike():
         grads = make_grads(host, step)
         if step == 2:
             grads[1] = None
-        device_grads = [None if g is None else cuda.to_device(g) for g in grads]
+        device_grads = to_device(grads)
         assert float(gpu.step(device_grads, max_grad_norm=0.5)) == pytest.approx(
             cpu.step(grads, max_grad_norm=0.5), rel=1e-12)
     for d, h in zip(gpu._params, host):
