@@ -109,6 +109,12 @@ class _Bucket:
                 self.backend.subset_table(self.table[1], key, [self.flat_params[j] for j in key]))
         return subset
 
+    def diverge(self):
+        """From now on each param keeps its own (step count, started states, host scalars),
+        starting from the bucket's: some grads were None."""
+        if self.per_param is None:
+            self.per_param = [[self.step, set(self.started), self.host] for _ in self.params]
+
     def history(self, j):
         """(step count, started state names, host scalars) of the bucket's j-th param."""
         if self.per_param is None:

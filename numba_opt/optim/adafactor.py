@@ -144,9 +144,7 @@ class Adafactor(Optimizer):
 
     def _step_params(self, bucket, grads, all_grads=None):
         """Param by param, each with its own step count (once some grads were None)."""
-        if bucket.per_param is None:
-            bucket.per_param = [[bucket.step, set(bucket.started), bucket.host]
-                                for _ in bucket.params]
+        bucket.diverge()
         for j, (grad, history) in enumerate(zip(grads, bucket.per_param)):
             if grad is None:
                 continue

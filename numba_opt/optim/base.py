@@ -405,9 +405,7 @@ class Optimizer(StateMixin):
         histories are alike step together, in one launch over a table of them where the
         backend has such tables (CUDA; ``all_grads``: every flat grad), else one call each."""
         hyper, names = self._group_cache[bucket.group_index][0], bucket.names
-        if bucket.per_param is None:
-            bucket.per_param = [[bucket.step, set(bucket.started), bucket.host]
-                                for _ in bucket.params]
+        bucket.diverge()
         alike = {}  # (step count, started states, host scalars) -> the params with grads
         for j, (grad, (step, started, host)) in enumerate(zip(grads, bucket.per_param)):
             if grad is not None:

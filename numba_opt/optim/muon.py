@@ -115,9 +115,8 @@ class Muon(Optimizer):
             hyper = self._group_cache[bucket.group_index][0]
             every = bucket.per_param is None and all(grads[i] is not None
                                                      for i in bucket.indices)
-            if not every and bucket.per_param is None:  # step counts diverge from here on
-                bucket.per_param = [[bucket.step, set(bucket.started), bucket.host]
-                                    for _ in bucket.params]
+            if not every:  # step counts diverge from here on
+                bucket.diverge()
             for j, i in enumerate(bucket.indices):
                 if grads[i] is None:
                     continue
